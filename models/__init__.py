@@ -1,0 +1,1 @@
+"""FASL model code: backbone, memory bank, FD, ASL heads + NAM, LFE windows."""

@@ -1,0 +1,86 @@
+"""ASL (Anomaly Score Learning): a BN-MLP per block that maps deviation vectors to
+(normal, anomalous) probabilities, and NAM, two 5x5 convolutions that refine a 2-channel
+score grid with its neighbourhood."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+HIDDEN = (512, 128, 32)
+
+
+class ASLHead(nn.Module):
+    """(Q, n, W) deviation vectors -> (Q, n, 2) probabilities (softmax over normal/anomalous).
+
+    BatchNorm1d(W) (optional) -> [Linear -> BN -> ReLU] x 3 (512, 128, 32) -> Linear(32, 2).
+    """
+
+    def __init__(self, width: int, input_bn: bool = True, hidden: tuple[int, ...] = HIDDEN):
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm1d(width)] if input_bn else []
+        dims = (width, *hidden)
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-1], 2))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Q, n, W = x.shape
+        logits = self.mlp(x.reshape(Q * n, W))  # [Q*n, 2]
+        return logits.softmax(dim=-1).reshape(Q, n, 2)
+
+
+class NAM(nn.Module):
+    """Neighbor Aggregation Module: (B, 2, h, w) probabilities -> refined (B, 2, h, w).
+
+    Conv2d(2->6, 5x5, same) -> ReLU -> Conv2d(6->2, 5x5, same) -> softmax over channels;
+    works on a grid of any size.
+    """
+
+    def __init__(self, channels: int = 6, kernel: int = 5):
+        super().__init__()
+        pad = kernel // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(2, channels, kernel, padding=pad),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, 2, kernel, padding=pad),
+        )
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        return self.net(probs).softmax(dim=1)
+
+
+@dataclass
+class ScoreMaps:
+    """Per-block score grids: raw (ASL) and refined (NAM), each L x (B, 2, h, w)."""
+
+    raw: list[torch.Tensor]
+    refined: list[torch.Tensor]
+
+
+class ScoreHeads(nn.Module):
+    """One ASL head and one NAM per block: the whole trainable part of FASL."""
+
+    def __init__(self, width: int, num_blocks: int, input_bn: bool = True):
+        super().__init__()
+        self.heads = nn.ModuleList(ASLHead(width, input_bn) for _ in range(num_blocks))
+        self.nams = nn.ModuleList(NAM() for _ in range(num_blocks))
+
+    def patch_probs(self, deviations: list[torch.Tensor], grid: tuple[int, int]) -> list[torch.Tensor]:
+        """deviations: L x (Q, n, W) with n = h * w. Returns L x (Q, 2, h, w) raw probabilities."""
+        out = []
+        for head, dev in zip(self.heads, deviations):
+            Q = dev.shape[0]
+            p = head(dev)  # [Q, n, 2]
+            out.append(p.permute(0, 2, 1).reshape(Q, 2, *grid))  # [Q, 2, h, w]
+        return out
+
+    def refine(self, probs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """L x (B, 2, h, w) -> L x (B, 2, h, w) through each block's NAM."""
+        return [nam(p) for nam, p in zip(self.nams, probs)]
+
+    def forward(self, deviations: list[torch.Tensor], grid: tuple[int, int]) -> ScoreMaps:
+        raw = self.patch_probs(deviations, grid)
+        return ScoreMaps(raw=raw, refined=self.refine(raw))

@@ -1,0 +1,218 @@
+"""FASL: backbone + memory bank + FD + ASL/NAM + LFE, composed.
+
+Data flow (DESIGN.md): tokens -> align against the class memory -> deviation |f - f_ref| ->
+per-block ASL head -> NAM -> mean over blocks, upsampled; LFE re-encodes overlapping windows,
+scores them the same way, merges them by averaging overlaps, and blends with the global map.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.asl import ScoreHeads, ScoreMaps
+from models.backbone import Backbone, BackboneOutput
+from models.fd import deviation, fd_scores
+from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
+from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, MemoryBank
+
+WINMODES = ("nan", "mul", "onlywin")
+SCORE_MODES = ("fasl", "fd")
+CHECKPOINT_FORMAT = "fasl-heads-v1"
+
+
+@dataclass
+class InferenceConfig:
+    """How a batch is scored.
+
+    mode: ``fasl`` (trained ASL heads) or ``fd`` (training-free 1 - similarity).
+    use_nam: refine head outputs with NAM (``fasl`` mode only).
+    winmode: ``nan`` global only, ``mul`` (1 - w) * global + w * window, ``onlywin`` windows only.
+    win_size, win_stride: LFE window size and step in patches; win_weight: w above.
+    align: ``exhaustive``, ``image_index`` or ``position`` (see models/memory.py).
+    win_radius: neighbourhood radius (in window steps) of ``position`` alignment.
+    out_size: side of the returned score map.
+    window_batch: windows per backbone call; max_bytes: similarity-matrix budget.
+    """
+
+    mode: str = "fasl"
+    use_nam: bool = True
+    winmode: str = "nan"
+    win_size: int = 13
+    win_stride: int = 2
+    win_weight: float = 0.5
+    align: str = "exhaustive"
+    win_radius: int = 1
+    out_size: int = 240
+    window_batch: int = 256
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self):
+        if self.mode not in SCORE_MODES:
+            raise ValueError(f"mode must be one of {SCORE_MODES}, got {self.mode!r}")
+        if self.winmode not in WINMODES:
+            raise ValueError(f"winmode must be one of {WINMODES}, got {self.winmode!r}")
+        if self.align not in ALIGN_MODES:
+            raise ValueError(f"align must be one of {ALIGN_MODES}, got {self.align!r}")
+        if not 0.0 <= self.win_weight <= 1.0:
+            raise ValueError(f"win_weight must lie in [0, 1], got {self.win_weight}")
+
+    @property
+    def uses_windows(self) -> bool:
+        return self.winmode != "nan"
+
+
+@dataclass
+class Prediction:
+    """score_map: (B, H, W) pixel anomaly scores in [0, 1]; image_score: (B,)."""
+
+    score_map: torch.Tensor
+    image_score: torch.Tensor
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint was trained for a different backbone configuration."""
+
+
+class FASL(nn.Module):
+    """The frozen backbone plus the trainable per-block ASL heads and NAMs."""
+
+    def __init__(self, backbone: Backbone, input_bn: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.input_bn = input_bn
+        self.heads = ScoreHeads(backbone.width, len(backbone.blocks), input_bn)
+        self.heads.to(backbone.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def bank_dtype(self) -> torch.dtype:
+        return torch.float16 if self.device.type == "cuda" else torch.float32
+
+    # ----------------------------------------------------------------- checkpoints
+    def config(self) -> dict:
+        return {**self.backbone.config(), "input_bn": self.input_bn}
+
+    def checkpoint_state(self, **extra) -> dict:
+        """Trainable state + the config that built it; loadable with weights_only=True."""
+        return {"format": CHECKPOINT_FORMAT, "config": self.config(), "heads": self.heads.state_dict(), **extra}
+
+    def check_config(self, config: dict, source: str = "checkpoint") -> None:
+        """Raise CheckpointMismatch naming every field that does not fit this backbone."""
+        mine = self.config()
+        keys = ("model", "width", "depth", "patch_size", "blocks", "input_bn")
+        diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in keys if config.get(k) != mine[k]]
+        if diffs:
+            raise CheckpointMismatch(f"{source} does not fit this backbone ({'; '.join(diffs)})")
+
+    def load_checkpoint(self, path: str | Path) -> dict:
+        """Load heads from a checkpoint file; returns the whole (tensor/primitive) state."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointMismatch(f"{path} is not a FASL checkpoint (format {CHECKPOINT_FORMAT})")
+        self.check_config(state["config"], source=f"checkpoint {path}")
+        self.heads.load_state_dict(state["heads"])
+        return state
+
+    # ----------------------------------------------------------------- memory
+    def window_grid(self, win_size: int, win_stride: int) -> WindowGrid:
+        g = self.backbone.image_size // self.backbone.patch_size
+        return window_grid((g, g), win_size, win_stride)
+
+    @torch.no_grad()
+    def build_memory(
+        self, references: torch.Tensor, windows: WindowGrid | None = None, window_batch: int = 256
+    ) -> MemoryBank:
+        """references: (k, 3, S, S) normalised good images -> the class's MemoryBank
+        (global tokens and embeddings; with ``windows`` also every reference window's)."""
+        references = references.to(self.device)
+        bank = MemoryBank(k=references.shape[0], windows=windows)
+        feats = self.backbone(references)
+        bank.global_memory.fill(feats.tokens, feats.embedding, dtype=self.bank_dtype)
+        if windows is not None:
+            crops = split_windows(references, windows, self.backbone.patch_size)  # [k*nw, 3, s*P, s*P]
+            wfeats = self.backbone(crops, chunk=window_batch)
+            bank.window_memory.fill(wfeats.tokens, wfeats.embedding, dtype=self.bank_dtype)
+        return bank
+
+    # ----------------------------------------------------------------- training
+    def score_features(self, feats: BackboneOutput, bank: MemoryBank, align: str = "exhaustive") -> ScoreMaps:
+        """Raw and NAM score grids of already-encoded images: L x (B, 2, h, w) each."""
+        alignment = bank.align_global(feats.tokens, feats.embedding, mode=align)
+        return self.heads(deviation(feats.tokens, alignment.aligned), feats.grid)
+
+    def forward(self, images: torch.Tensor, bank: MemoryBank, align: str = "exhaustive") -> ScoreMaps:
+        """Training forward: images (B, 3, S, S) of one class -> every block's raw and NAM maps."""
+        feats = self.backbone(images.to(self.device), with_embedding=align != "exhaustive")
+        return self.score_features(feats, bank, align)
+
+    # ----------------------------------------------------------------- inference
+    def _block_maps(self, tokens, embedding, grid, bank, cfg: InferenceConfig, windows: bool) -> torch.Tensor:
+        """Anomalous-class score per block on the patch grid: (Q, L, h, w) for Q queries."""
+        align = bank.align_windows if windows else bank.align_global
+        extra = {"radius": cfg.win_radius} if windows else {}
+        fasl = cfg.mode == "fasl"
+        alignment = align(tokens, embedding, mode=cfg.align, gather=fasl, max_bytes=cfg.max_bytes, **extra)
+        Q = tokens[0].shape[0]
+        if not fasl:
+            return fd_scores(alignment.similarity).reshape(Q, len(tokens), *grid)
+        probs = self.heads.patch_probs(deviation(tokens, alignment.aligned), grid)  # L x [Q, 2, h, w]
+        return torch.stack(probs, dim=1)  # [Q, L, 2, h, w]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig | None = None) -> Prediction:
+        """Score a batch of one class. images: (B, 3, S, S) -> Prediction at cfg.out_size."""
+        cfg = cfg or InferenceConfig()
+        self.heads.eval()
+        images = images.to(self.device)
+        B = images.shape[0]
+        need_embedding = cfg.align != "exhaustive"
+        L = len(self.backbone.blocks)
+        fasl = cfg.mode == "fasl"
+
+        parts: list[torch.Tensor] = []  # each [B, L, G, G]
+        if cfg.winmode != "onlywin":
+            feats = self.backbone(images, with_embedding=need_embedding)
+            maps = self._block_maps(feats.tokens, feats.embedding, feats.grid, bank, cfg, windows=False)
+            if fasl:  # [B, L, 2, G, G]
+                refined = self.heads.refine(list(maps.unbind(1))) if cfg.use_nam else list(maps.unbind(1))
+                maps = torch.stack([p[:, 1] for p in refined], dim=1)
+            parts.append(maps)
+        if cfg.uses_windows:
+            if bank.windows is None:
+                raise RuntimeError("winmode needs a memory bank built with windows")
+            wg = bank.windows
+            crops = split_windows(images, wg, self.backbone.patch_size)  # [B*nw, 3, s*P, s*P]
+            wfeats = self.backbone(crops, with_embedding=need_embedding, chunk=cfg.window_batch)
+            wmaps = self._block_maps(wfeats.tokens, wfeats.embedding, wfeats.grid, bank, cfg, windows=True)
+            s = wg.size
+            if fasl:  # [B*nw, L, 2, s, s] -> merged [B, L*2, G, G] -> NAM per block
+                merged = merge_windows(wmaps.reshape(B, wg.num_windows, L * 2, s, s), wg)
+                probs = list(merged.reshape(B, L, 2, *wg.grid).unbind(1))
+                refined = self.heads.refine(probs) if cfg.use_nam else probs
+                wmaps = torch.stack([p[:, 1] for p in refined], dim=1)
+            else:  # [B*nw, L, s, s] -> [B, L, G, G]
+                wmaps = merge_windows(wmaps.reshape(B, wg.num_windows, L, s, s), wg)
+            parts.append(wmaps)
+
+        score_maps, image_scores = [], []
+        for maps in parts:
+            up = F.interpolate(maps.float(), size=(cfg.out_size, cfg.out_size), mode="bilinear", align_corners=False)
+            score_maps.append(up.mean(dim=1))  # [B, H, W]
+            image_scores.append(up.amax(dim=(2, 3)).mean(dim=1))  # [B]
+        if cfg.winmode == "mul":
+            w = cfg.win_weight
+            score_map = (1 - w) * score_maps[0] + w * score_maps[1]
+            image_score = (1 - w) * image_scores[0] + w * image_scores[1]
+        else:
+            score_map, image_score = score_maps[0], image_scores[0]
+        return Prediction(score_map=score_map, image_score=image_score)

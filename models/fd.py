@@ -1,0 +1,21 @@
+"""FD (Feature Discrepancy): split each query patch into its aligned normal reference and the
+deviation from it. The deviation feeds the ASL heads; 1 - similarity is a training-free map."""
+from __future__ import annotations
+
+import torch
+
+
+def deviation(tokens: list[torch.Tensor], aligned: list[torch.Tensor]) -> list[torch.Tensor]:
+    """|f - f_ref| per block, in float32 for the heads.
+
+    tokens, aligned: L x (Q, n, W). Returns L x (Q, n, W).
+    """
+    return [(f.float() - r.float()).abs() for f, r in zip(tokens, aligned)]
+
+
+def fd_scores(similarity: list[torch.Tensor]) -> torch.Tensor:
+    """Training-free FD score per block: 1 - max cosine similarity.
+
+    similarity: L x (Q, n). Returns (Q, L, n) in float32; 0 where a patch has an exact match.
+    """
+    return 1.0 - torch.stack([s.float() for s in similarity], dim=1)

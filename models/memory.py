@@ -1,0 +1,209 @@
+"""Per-class memory bank of reference features and patch alignment.
+
+Alignment finds, for every query patch, the most similar reference patch (cosine similarity of
+L2-normalised tokens, so a dot product) of the same block. Three modes:
+
+* ``exhaustive``: against every reference patch (the paper's search); one matmul per chunk.
+* ``image_index``: the paper's image-feature index; each query (image or window) first picks
+  its most similar reference entry by global embedding and is aligned against it alone.
+* ``position``: windows only; each query window is aligned against the reference windows at the
+  same and neighbouring positions of every reference image (for the global map it falls back
+  to ``image_index``).
+
+Chunk sizes follow a byte budget so the similarity matrix never exceeds it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from models.lfe import WindowGrid, neighbour_windows
+
+ALIGN_MODES = ("exhaustive", "image_index", "position")
+DEFAULT_MAX_BYTES = 256 * 2**20
+
+
+def _rows_per_chunk(bytes_per_row: int, max_bytes: int) -> int:
+    return max(1, int(max_bytes // max(1, bytes_per_row)))
+
+
+def nearest_reference(query: torch.Tensor, bank: torch.Tensor, max_bytes: int = DEFAULT_MAX_BYTES):
+    """Most similar bank row for every query row.
+
+    query: (Q, N, W), bank: (M, W), both L2-normalised.
+    Returns (similarity (Q, N), index (Q, N) into bank rows).
+    """
+    Q, N, W = query.shape
+    flat = query.reshape(Q * N, W)
+    rows = _rows_per_chunk(bank.shape[0] * flat.element_size(), max_bytes)
+    sims, idxs = [], []
+    bank_t = bank.t()  # [W, M], one transpose view for all chunks
+    for start in range(0, Q * N, rows):
+        s = flat[start:start + rows] @ bank_t  # [rows, M]
+        best, arg = s.max(dim=1)
+        sims.append(best)
+        idxs.append(arg)
+    return torch.cat(sims).reshape(Q, N), torch.cat(idxs).reshape(Q, N)
+
+
+def nearest_in_candidates(
+    query: torch.Tensor, entries: torch.Tensor, candidates: torch.Tensor, max_bytes: int = DEFAULT_MAX_BYTES
+):
+    """Most similar patch among each query's candidate reference entries.
+
+    query: (Q, n, W); entries: (R, m, W) reference entries (images or windows) of m patches;
+    candidates: (Q, C) entry indices per query.
+    Returns (similarity (Q, n), index (Q, n) flat into the R * m patches of ``entries``).
+    """
+    Q, n, W = query.shape
+    R, m, _ = entries.shape
+    C = candidates.shape[1]
+    # per query: the gathered candidates (C*m*W) and the similarities (n*C*m)
+    per_query = (C * m * W + n * C * m) * query.element_size()
+    rows = _rows_per_chunk(per_query, max_bytes)
+    sims, idxs = [], []
+    for start in range(0, Q, rows):
+        cand = candidates[start:start + rows]  # [q, C]
+        gathered = entries[cand].reshape(cand.shape[0], C * m, W)  # [q, C*m, W]
+        s = torch.bmm(query[start:start + rows], gathered.transpose(1, 2))  # [q, n, C*m]
+        best, arg = s.max(dim=2)  # [q, n]
+        entry = cand.gather(1, arg // m)  # [q, n] which entry won
+        sims.append(best)
+        idxs.append(entry * m + arg % m)
+    return torch.cat(sims), torch.cat(idxs)
+
+
+@dataclass
+class Alignment:
+    """Result of aligning L blocks of queries against a memory.
+
+    similarity: L x (Q, n) cosine similarity to the aligned reference patch.
+    index: L x (Q, n) flat index of that patch in the memory's (R * m) patches of the block.
+    aligned: L x (Q, n, W) the aligned reference features (None when not gathered).
+    """
+
+    similarity: list[torch.Tensor]
+    index: list[torch.Tensor]
+    aligned: list[torch.Tensor] | None
+
+
+class PatchMemory(nn.Module):
+    """Reference features at one resolution: R entries (images or windows) of m patches each.
+
+    Held in buffers so ``.to()`` moves them; reading an empty memory raises.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("_tokens", torch.empty(0), persistent=False)  # [L, R, m, W]
+        self.register_buffer("_embedding", torch.empty(0), persistent=False)  # [R, D]
+
+    @property
+    def is_filled(self) -> bool:
+        return self._tokens.numel() > 0
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """(L, R, m, W) reference patch tokens."""
+        if not self.is_filled:
+            raise RuntimeError("memory bank is empty: build it from the reference images first")
+        return self._tokens
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """(R, D) global embedding of each entry."""
+        if self._embedding.numel() == 0:
+            raise RuntimeError("memory bank has no global embeddings: build it with embeddings")
+        return self._embedding
+
+    def fill(self, tokens: list[torch.Tensor], embedding: torch.Tensor | None, dtype: torch.dtype | None = None):
+        """tokens: L x (R, m, W); embedding: (R, D) or None. Stored contiguous in ``dtype``."""
+        stacked = torch.stack(tokens)  # [L, R, m, W]
+        dtype = dtype or stacked.dtype
+        self._tokens = stacked.to(dtype).contiguous()
+        self._embedding = embedding.to(dtype).contiguous() if embedding is not None else torch.empty(0)
+        return self
+
+    def nbytes(self) -> int:
+        return self._tokens.numel() * self._tokens.element_size() + self._embedding.numel() * self._embedding.element_size()
+
+    def align(
+        self,
+        tokens: list[torch.Tensor],
+        embedding: torch.Tensor | None = None,
+        mode: str = "exhaustive",
+        candidates: torch.Tensor | None = None,
+        gather: bool = True,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> Alignment:
+        """Align queries block by block.
+
+        tokens: L x (Q, n, W) query tokens; embedding: (Q, D), needed for ``image_index``;
+        candidates: (Q, C) entry indices, used instead of ``mode`` when given.
+        """
+        bank = self.tokens
+        L, R, m, W = bank.shape
+        if len(tokens) != L:
+            raise ValueError(f"query has {len(tokens)} blocks, the memory {L}")
+        if candidates is None and mode == "image_index":
+            if embedding is None:
+                raise ValueError("image_index alignment needs the query embeddings")
+            candidates = (embedding.to(bank.dtype) @ self.embedding.t()).argmax(dim=1, keepdim=True)  # [Q, 1]
+        elif candidates is None and mode != "exhaustive":
+            raise ValueError(f"unknown alignment mode {mode!r}; choose from {', '.join(ALIGN_MODES)}")
+        sims, idxs, aligned = [], [], []
+        for layer, query in enumerate(tokens):
+            query = query.to(bank.dtype)
+            if candidates is None:
+                s, i = nearest_reference(query, bank[layer].reshape(R * m, W), max_bytes)
+            else:
+                s, i = nearest_in_candidates(query, bank[layer], candidates, max_bytes)
+            sims.append(s)
+            idxs.append(i)
+            if gather:
+                aligned.append(bank[layer].reshape(R * m, W)[i])  # [Q, n, W]
+        return Alignment(similarity=sims, index=idxs, aligned=aligned if gather else None)
+
+
+class MemoryBank(nn.Module):
+    """A class's memory: the k reference images and, for LFE, their windows.
+
+    global_memory: k entries of N patches (+ one embedding per image).
+    window_memory: k * nw entries of size^2 patches (+ one embedding per window), image-major.
+    """
+
+    def __init__(self, k: int, windows: WindowGrid | None = None):
+        super().__init__()
+        self.k = k
+        self.windows = windows
+        self.global_memory = PatchMemory()
+        self.window_memory = PatchMemory()
+
+    def nbytes(self) -> dict[str, int]:
+        return {"global": self.global_memory.nbytes(), "window": self.window_memory.nbytes()}
+
+    def align_global(self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES):
+        """Queries are whole images: L x (B, N, W), embedding (B, D)."""
+        if mode == "position":
+            mode = "image_index"  # positions only exist for windows
+        return self.global_memory.align(tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes)
+
+    def align_windows(
+        self, tokens, embedding=None, mode="exhaustive", radius: int = 1, gather=True, max_bytes=DEFAULT_MAX_BYTES
+    ):
+        """Queries are windows, image-major: L x (B * nw, s*s, W), embedding (B * nw, D)."""
+        if self.windows is None or not self.window_memory.is_filled:
+            raise RuntimeError("memory bank has no windows: build it with a window configuration")
+        candidates = None
+        if mode == "position":
+            nw = self.windows.num_windows
+            near = neighbour_windows(self.windows.shape, radius)  # [nw, C]
+            per_ref = torch.arange(self.k)[:, None, None] * nw + near[None]  # [k, nw, C]
+            table = per_ref.permute(1, 0, 2).reshape(nw, -1)  # [nw, k*C]
+            Q = tokens[0].shape[0]
+            candidates = table.repeat(Q // nw, 1).to(tokens[0].device)  # [Q, k*C]
+        return self.window_memory.align(
+            tokens, embedding, mode=mode, candidates=candidates, gather=gather, max_bytes=max_bytes
+        )
