@@ -1,0 +1,171 @@
+"""Run helpers: device resolution, seeding, atomic file writes, logging, peak memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+_CUDA_RE = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def resolve_device(arg: Union[str, int, torch.device]) -> torch.device:
+    """Turn a command-line device string into a ``torch.device``.
+
+    Accepted: ``'cpu'``, ``'cuda'`` (→ ``cuda:0``), ``'cuda:N'`` and a bare index ``'N'``
+    (→ ``cuda:N``); an ``int`` or a ``torch.device`` is accepted too.
+
+    Raises:
+        ValueError: the string is none of the above.
+        RuntimeError: CUDA is requested but unavailable, or the index is out of range.
+    """
+    if isinstance(arg, torch.device):
+        arg = str(arg)
+    if isinstance(arg, bool):  # bool is an int subclass; True is not a device
+        raise ValueError(f"invalid device {arg!r}: use 'cpu', 'cuda', 'cuda:N' or N")
+    text = str(arg).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text.isdigit():
+        index = int(text)
+    else:
+        match = _CUDA_RE.match(text)
+        if match is None:
+            raise ValueError(f"invalid device {arg!r}: use 'cpu', 'cuda', 'cuda:N' or N")
+        index = int(match.group(1)) if match.group(1) is not None else 0
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {arg!r} requested but CUDA is not available on this machine; "
+            "use --device cpu")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise RuntimeError(
+            f"device {arg!r} requested but only {count} CUDA device(s) are visible "
+            f"(valid indices 0..{count - 1})")
+    return torch.device("cuda", index)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str) -> Path:
+    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync it, then rename over ``path``.
+
+    A crash mid-write leaves the old file (or none) in place, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj, path)`` through a temp file in the same folder + fsync + ``os.replace``.
+
+    Returns the destination path.
+    """
+    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    return _atomic_write(path, lambda f: f.write(text), "w")
+
+
+def _json_default(obj: Any) -> Any:
+    # NumPy scalars / arrays, tensors and paths are common in results; everything else is an error.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON (indent 2, sorted keys) atomically; returns the path.
+
+    NumPy scalars/arrays, tensors and paths are converted; NaN/inf raise ``ValueError``
+    (strict JSON has no NaN), so metrics must use ``None`` for "not available".
+    """
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+    return atomic_write_text(path, text + "\n")
+
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_LOG_DATEFMT = "%H:%M:%S"
+
+
+def get_logger(name: str, log_file: PathLike | None = None,
+               level: int = logging.INFO) -> logging.Logger:
+    """Logger writing ``HH:MM:SS LEVEL name: message`` to stdout and optionally to ``log_file``.
+
+    Calling it again for the same name adds no duplicate handlers; a new ``log_file`` adds
+    one more file handler (appending). The logger does not propagate to the root logger.
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(level)
+    logger.propagate = False
+    formatter = logging.Formatter(_LOG_FORMAT, datefmt=_LOG_DATEFMT)
+    owned = [h for h in logger.handlers if getattr(h, "_fasl_handler", False)]
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in owned):
+        stream = logging.StreamHandler(sys.stdout)
+        stream.setFormatter(formatter)
+        stream._fasl_handler = True
+        logger.addHandler(stream)
+    if log_file is not None:
+        log_path = os.path.abspath(log_file)
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == log_path
+                   for h in owned):
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+            handler.setFormatter(formatter)
+            handler._fasl_handler = True
+            logger.addHandler(handler)
+    return logger
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process in bytes (``ru_maxrss``; KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024

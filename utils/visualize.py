@@ -1,0 +1,119 @@
+"""Pictures of anomaly maps: JET heat-map overlays, ground-truth outlines, triptychs, PNGs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+from PIL import Image
+
+Color = Tuple[int, int, int]
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+    return image
+
+
+def _check_map(score_map: np.ndarray, image: np.ndarray, what: str) -> np.ndarray:
+    score_map = np.asarray(score_map)
+    if score_map.shape != image.shape[:2]:
+        raise ValueError(f"{what} {score_map.shape} must match the image size {image.shape[:2]}")
+    return score_map
+
+
+def normalize_map(score_map: Any, lo: Optional[float] = None,
+                  hi: Optional[float] = None) -> Any:
+    """Map ``[lo, hi]`` linearly onto ``[0, 1]`` and clip; works on arrays and tensors.
+
+    Args:
+        score_map: (H, W) (or any shape) float array or tensor.
+        lo, hi: range ends; default to the map's own min and max. A degenerate range
+            (``hi <= lo``) gives an all-zero map.
+
+    Returns:
+        same type and shape as the input, values in [0, 1] (float).
+    """
+    lo = float(score_map.min()) if lo is None else float(lo)
+    hi = float(score_map.max()) if hi is None else float(hi)
+    if hi <= lo:
+        return score_map * 0.0
+    return ((score_map - lo) / (hi - lo)).clip(0.0, 1.0)
+
+
+def heatmap_overlay(image_rgb: np.ndarray, score_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a JET-coloured score map over an image.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB.
+        score_map: (H, W) float in [0, 1] (clipped); 1 renders red, 0 blue.
+        alpha: weight of the heat map, in [0, 1].
+
+    Returns:
+        (H, W, 3) uint8 RGB: ``(1 - alpha) * image + alpha * jet(score_map)``.
+    """
+    image = _check_image(image_rgb)
+    score_map = _check_map(score_map, image, "score_map").astype(np.float32)
+    if not np.isfinite(score_map).all():
+        raise ValueError("score_map contains NaN or inf")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    grey = np.round(np.clip(score_map, 0.0, 1.0) * 255.0).astype(np.uint8)
+    heat = cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def mask_outline(image: np.ndarray, mask: np.ndarray, color: Color = (0, 255, 0),
+                 thickness: int = 2) -> np.ndarray:
+    """Draw the contour of a binary mask on a copy of the image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        mask: (H, W) bool or 0/1 (values > 0 count as foreground).
+        color: RGB colour of the outline.
+        thickness: line width in pixels.
+
+    Returns:
+        (H, W, 3) uint8 RGB copy with the outline drawn (unchanged if the mask is empty).
+    """
+    image = _check_image(image)
+    mask = _check_map(mask, image, "mask")
+    binary = (mask > 0).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.ascontiguousarray(image).copy()
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness)
+    return out
+
+
+def triptych(image: np.ndarray, gt_mask: Optional[np.ndarray], score_map: np.ndarray,
+             alpha: float = 0.5) -> np.ndarray:
+    """Side by side: image | image with the ground-truth outline | heat-map overlay.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        gt_mask: (H, W) 0/1 mask, or None (middle panel is then the plain image).
+        score_map: (H, W) float in [0, 1].
+
+    Returns:
+        (H, 3W, 3) uint8 RGB.
+    """
+    image = _check_image(image)
+    outlined = image.copy() if gt_mask is None else mask_outline(image, gt_mask)
+    return np.concatenate([image, outlined, heatmap_overlay(image, score_map, alpha)], axis=1)
+
+
+def save_png(path: Union[str, os.PathLike], array: np.ndarray) -> Path:
+    """Save a (H, W, 3) RGB or (H, W) grey uint8 array as PNG (parent folders created)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"expected uint8 (H, W) or (H, W, 3), got {array.dtype} {array.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")
+    return path
