@@ -1,0 +1,136 @@
+"""The torch Dataset over a meta.json split.
+
+Each item is a :class:`Sample` (a NamedTuple, so ``default_collate`` batches it into
+``image (B, 3, S, S)``, ``mask (B, 1, M, M)``, ``cls_name: list[str]``, ``anomaly (B,)`` and
+``img_path: list[str]``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.augment import crop_box_keeping_defect, quadrant_sizes, tile_2x2
+from data.images import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_image, load_mask,
+                         mask_to_tensor, normalize, resize_image, resize_mask)
+from data.meta import SPLITS, load_meta
+
+
+class Sample(NamedTuple):
+    image: torch.Tensor   # (3, S, S) float32, normalised with the backbone's mean/std
+    mask: torch.Tensor    # (1, M, M) float32 of 0/1; all zero for a normal image
+    cls_name: str
+    anomaly: int          # 0 normal, 1 anomalous
+    img_path: str         # relative to the dataset root, as in meta.json
+
+
+def select_classes(meta: dict, split: str, classes: str | Sequence[str] | None) -> list[str]:
+    """Validate a class filter against ``meta[split]``; None means all classes (sorted)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    available = sorted(meta[split])
+    if classes is None:
+        return available
+    wanted = [classes] if isinstance(classes, str) else list(classes)
+    unknown = [c for c in wanted if c not in meta[split]]
+    if unknown:
+        raise ValueError(f"class(es) {unknown} not in the {split} split; available: {available}")
+    return wanted
+
+
+class AnomalyDataset(Dataset):
+    """Images and masks of one split of a meta.json, transformed for the model.
+
+    Args:
+        root: dataset root holding ``meta.json`` (paths in it are relative to root).
+        split: ``"train"`` or ``"test"``.
+        classes: a class name, a list of them, or None for all.
+        image_size: S, the square model input size (bicubic resize, no transpose).
+        mask_size: M, the square mask size; None = S.
+        mean, std: per-channel normalisation of the backbone (CLIP's by default).
+        aug_rate: probability of a 2×2 mosaic of four images of the same class.
+        crop_rate: probability of a defect-keeping random crop (for non-mosaic items).
+        seed: augmentation seed; item ``i`` in epoch ``e`` draws from
+            ``np.random.default_rng([seed, e, i])``, so results do not depend on worker
+            count or iteration order. Call :meth:`set_epoch` every epoch.
+        meta: an already loaded meta dict (skips reading ``root/meta.json``).
+    """
+
+    def __init__(self, root: str | Path, split: str = "test",
+                 classes: str | Sequence[str] | None = None, image_size: int = 518,
+                 mask_size: int | None = None, mean: Sequence[float] = OPENAI_CLIP_MEAN,
+                 std: Sequence[float] = OPENAI_CLIP_STD, aug_rate: float = 0.0,
+                 crop_rate: float = 0.0, seed: int = 0, meta: dict | None = None):
+        self.root = Path(root)
+        self.meta = load_meta(root) if meta is None else meta
+        self.split = split
+        self.classes = select_classes(self.meta, split, classes)
+        self.samples = [s for c in self.classes for s in self.meta[split][c]]
+        # indices of each class's samples, the pool a mosaic draws its other tiles from
+        self._by_class = {c: [i for i, s in enumerate(self.samples) if s["cls_name"] == c]
+                          for c in self.classes}
+        self.image_size = int(image_size)
+        self.mask_size = int(mask_size) if mask_size is not None else self.image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        if not (0.0 <= aug_rate <= 1.0 and 0.0 <= crop_rate <= 1.0):
+            raise ValueError(f"aug_rate and crop_rate must be in [0, 1], got {aug_rate}, "
+                             f"{crop_rate}")
+        self.aug_rate, self.crop_rate = float(aug_rate), float(crop_rate)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (call at the start of every epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _read(self, i: int):
+        """Raw image (PIL RGB) and bool mask (H, W) of sample ``i``."""
+        s = self.samples[i]
+        img_path = self.root / s["img_path"]
+        img = load_image(img_path)
+        mask_path = self.root / s["mask_path"] if s["mask_path"] else ""
+        mask = load_mask(mask_path, (img.height, img.width), image_path=img_path)
+        return img, mask
+
+    def __getitem__(self, i: int) -> Sample:
+        s = self.samples[i]
+        S, M = self.image_size, self.mask_size
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        # always draw both numbers so each choice uses the same stream position
+        u_mosaic, u_crop = rng.random(2)
+        if u_mosaic < self.aug_rate:
+            image, mask, anomaly = self._mosaic(i, rng)
+        else:
+            img, mask_full = self._read(i)
+            box = None
+            if u_crop < self.crop_rate:
+                box = crop_box_keeping_defect(mask_full, rng)
+            image, mask = resize_image(img, S, box), resize_mask(mask_full, M, box)
+            anomaly = int(s["anomaly"])
+        return Sample(normalize(image, self.mean, self.std), mask_to_tensor(mask),
+                      s["cls_name"], anomaly, s["img_path"])
+
+    def _mosaic(self, i: int, rng: np.random.Generator):
+        """Item ``i`` plus three random items of its class, each resized to a quadrant.
+
+        Returns uint8 image (S, S, 3), bool mask (M, M) and the mosaic's anomaly label
+        (1 if any tile is anomalous).
+        """
+        pool = [j for j in self._by_class[self.samples[i]["cls_name"]] if j != i] or [i]
+        others = rng.choice(len(pool), size=3, replace=len(pool) < 3)
+        members = [i] + [pool[k] for k in others]
+        img_q = quadrant_sizes(self.image_size, self.image_size)
+        mask_q = quadrant_sizes(self.mask_size, self.mask_size)
+        img_tiles, mask_tiles = [], []
+        for j, iq, mq in zip(members, img_q, mask_q):
+            img, mask = self._read(j)
+            img_tiles.append(resize_image(img, iq))
+            mask_tiles.append(resize_mask(mask, mq))
+        anomaly = max(int(self.samples[j]["anomaly"]) for j in members)
+        return tile_2x2(img_tiles), tile_2x2(mask_tiles), anomaly
