@@ -1,0 +1,171 @@
+"""Few-shot evaluation: per class, k references -> memory bank -> score every test image.
+
+Metrics per class and their mean (image AUROC / F1-max / AP; pixel AUROC / F1-max / AP /
+AUPRO at --eval_size), printed as a table and written to results.json and results.csv.
+
+    python test_few_shot.py --data_path datasets/visa --dataset visa \
+        --checkpoint_path checkpoints/mvtec/epoch_15.pth --save_path results/visa --k_shot 1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.dataset import AnomalyDataset
+from data.images import load_image, resize_image
+from data.kshot import load_kshot, load_reference_images, sample_kshot, save_kshot
+from data.meta import load_meta
+from models import build_fasl
+from models.fasl import InferenceConfig
+from utils.args import add_backbone_args, add_inference_args
+from utils.metrics import class_metrics, format_table, write_results
+from utils.misc import get_logger, resolve_device, seed_everything
+from utils.visualize import save_png, triptych
+
+TABLE_KEYS = ("image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_aupro")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_path", required=True, help="root of the test dataset (holds meta.json)")
+    p.add_argument("--dataset", default="visa", help="name of the test dataset, for the results (default: %(default)s)")
+    p.add_argument("--save_path", required=True, help="output folder: results.json, results.csv, references.json, test.log")
+    p.add_argument("--checkpoint_path", default=None, help="trained heads (epoch_N.pth); required with --mode fasl")
+    add_backbone_args(p)
+    add_inference_args(p)
+    p.add_argument("--k_shot", type=int, default=1, help="reference images per class (default: %(default)s)")
+    p.add_argument("--refs", default=None, help="references.json of an earlier run: reuse exactly those references")
+    p.add_argument("--seed", type=int, default=111, help="seed of the reference sampling (default: %(default)s)")
+    p.add_argument("--eval_size", type=int, default=240, help="side of the maps and masks the metrics use (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=8, help="test images per forward pass (default: %(default)s)")
+    p.add_argument("--classes", nargs="+", default=None, help="evaluate these classes only (default: all)")
+    p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
+                   help="paper's evaluation: blend each image score 0.5/0.5 with the max of its map min-max "
+                        "normalised over the class's whole test set (default: on; --no-transductive scores "
+                        "each image on its own)")
+    p.add_argument("--save_maps", action="store_true", help="write each image's score map and mask as .npy under maps/")
+    p.add_argument("--save_vis", action="store_true", help="write image | ground truth | heatmap PNGs under vis/")
+    args = p.parse_args(argv)
+    if args.mode == "fasl" and not args.checkpoint_path:
+        p.error("--mode fasl needs --checkpoint_path (or use --mode fd, which needs no training)")
+    return args
+
+
+def transductive_scores(image_scores: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """0.5 * image score + 0.5 * max of the map min-max-normalised over the whole class.
+
+    image_scores: (N,), maps: (N, H, W). Returns (N,).
+    """
+    lo, hi = float(maps.min()), float(maps.max())
+    peak = (maps.reshape(len(maps), -1).max(axis=1) - lo) / max(hi - lo, 1e-12)
+    return 0.5 * image_scores + 0.5 * peak
+
+
+def _file_stem(img_path: str) -> str:
+    return Path(img_path).with_suffix("").as_posix().replace("/", "__")
+
+
+def evaluate_class(model, cfg: InferenceConfig, args, meta, cls: str, references: list[str], windows, log):
+    """Score every test image of ``cls``; returns (metrics dict, number of images)."""
+    bb = model.backbone
+    t0 = time.time()
+    bank = model.build_memory(load_reference_images(args.data_path, references, args.image_size, bb.mean, bb.std),
+                              windows, window_batch=cfg.window_batch)
+    dataset = AnomalyDataset(args.data_path, split="test", classes=cls, image_size=args.image_size,
+                             mask_size=args.eval_size, mean=bb.mean, std=bb.std, meta=meta)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
+    maps, scores, masks, labels, paths = [], [], [], [], []
+    for batch in tqdm(loader, desc=cls, leave=False, dynamic_ncols=True):
+        pred = model.predict(batch.image, bank, cfg)
+        maps.append(pred.score_map.float().cpu().numpy())
+        scores.append(pred.image_score.float().cpu().numpy())
+        masks.append(batch.mask[:, 0].numpy().astype(np.uint8))
+        labels.append(batch.anomaly.numpy())
+        paths += list(batch.img_path)
+    del bank  # a class's banks live only for its turn
+    maps, scores = np.concatenate(maps), np.concatenate(scores)
+    masks, labels = np.concatenate(masks), np.concatenate(labels)
+    if args.transductive:
+        scores = transductive_scores(scores, maps)
+    metrics = class_metrics(labels, scores, masks, maps)
+    metrics["n_images"] = len(paths)
+    metrics["n_anomalous"] = int(labels.sum())
+    save_outputs(args, cls, paths, maps, masks, scores)
+    log.info("%s: %d images (%d anomalous) in %.1fs%s", cls, len(paths), int(labels.sum()), time.time() - t0,
+             f" [{metrics['note']}]" if "note" in metrics else "")
+    return metrics
+
+
+def save_outputs(args, cls, paths, maps, masks, scores) -> None:
+    out = Path(args.save_path)
+    for path, score_map, mask, score in zip(paths, maps, masks, scores):
+        stem = _file_stem(path)
+        if args.save_maps:
+            (out / "maps" / cls).mkdir(parents=True, exist_ok=True)
+            np.save(out / "maps" / cls / f"{stem}_map.npy", score_map.astype(np.float32))
+            np.save(out / "maps" / cls / f"{stem}_mask.npy", mask.astype(np.uint8))
+        if args.save_vis:
+            image = resize_image(load_image(Path(args.data_path) / path), args.eval_size)
+            save_png(out / "vis" / cls / f"{stem}.png", triptych(image, mask, np.clip(score_map, 0, 1)))
+    if args.save_maps:
+        np.save(out / "maps" / cls / "image_scores.npy", scores.astype(np.float32))
+        (out / "maps" / cls / "paths.txt").write_text("\n".join(paths) + "\n")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    save_path = Path(args.save_path)
+    save_path.mkdir(parents=True, exist_ok=True)
+    log = get_logger("fasl.test", save_path / "test.log")
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+
+    meta = load_meta(args.data_path)
+    classes = sorted(meta["test"]) if args.classes is None else list(args.classes)
+    unknown = [c for c in classes if c not in meta["test"]]
+    if unknown:
+        raise ValueError(f"class(es) {unknown} not in {args.data_path}/meta.json; available: {sorted(meta['test'])}")
+    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device)
+    if args.mode == "fasl":
+        model.load_checkpoint(args.checkpoint_path)
+    model.eval()
+    cfg = InferenceConfig(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
+                          win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
+                          win_radius=args.win_radius, out_size=args.eval_size, window_batch=args.window_batch)
+    windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None
+
+    if args.refs:
+        refs = load_kshot(args.refs, meta)
+        missing = [c for c in classes if c not in refs]
+        if missing:
+            raise ValueError(f"{args.refs} has no references for class(es) {missing}")
+    else:
+        refs = {c: sample_kshot(meta, c, args.k_shot, args.seed) for c in classes}
+    save_kshot(save_path / "references.json", {c: refs[c] for c in classes},
+               {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot})
+    log.info("testing %s (%s): %d classes, k=%d, mode %s, winmode %s, align %s", args.data_path, args.dataset,
+             len(classes), args.k_shot, args.mode, args.winmode, args.align)
+
+    results = {}
+    for cls in tqdm(classes, desc="classes", dynamic_ncols=True):
+        results[cls] = evaluate_class(model, cfg, args, meta, cls, refs[cls], windows, log)
+    table = format_table(results, TABLE_KEYS)
+    print(table)
+    (save_path / "results.md").write_text(table + "\n")
+    files = write_results(save_path, results, {"args": vars(args), "references": str(save_path / "references.json")})
+    log.info("results: %s, %s", files.json, files.csv)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        sys.exit(f"test_few_shot.py: error: {err}")

@@ -1,0 +1,55 @@
+"""Command-line flags shared by train.py, test_few_shot.py, predict.py and the benchmark.
+
+Flag names follow the reference FASL / APRIL-GAN workflow so its users feel at home.
+"""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_MODEL = "ViT-L-14-336"
+DEFAULT_BLOCKS = [6, 12, 18, 24]
+ALIGN_CHOICES = ("exhaustive", "image_index", "position")
+DEFAULT_ALIGN = "exhaustive"
+
+
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backbone")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="open_clip model name, 'fasl-tiny-vit' (tiny random-weight config for tests/demo), "
+                        "or the path of an open_clip model-config JSON (default: %(default)s)")
+    g.add_argument("--pretrained", default="openai",
+                   help="open_clip pretrained tag (downloaded and cached by open_clip), a local weights "
+                        "file, or 'none' for random weights (default: %(default)s)")
+    g.add_argument("--image_size", type=int, default=518,
+                   help="square input size; a multiple of the patch size (default: %(default)s)")
+    g.add_argument("--features_list", type=int, nargs="+", default=DEFAULT_BLOCKS,
+                   help="1-based transformer blocks whose patch tokens are used (default: 6 12 18 24)")
+    g.add_argument("--device", default="cpu",
+                   help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")
+
+
+def add_align_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--align", choices=ALIGN_CHOICES, default=DEFAULT_ALIGN,
+                   help="patch alignment: 'exhaustive' (every reference patch, the paper's search), "
+                        "'image_index' (only the most similar reference image/window by global embedding), "
+                        "'position' (windows at the same and neighbouring positions) (default: %(default)s)")
+
+
+def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl") -> None:
+    g = p.add_argument_group("scoring")
+    g.add_argument("--mode", choices=("fasl", "fd"), default=mode_default,
+                   help="'fasl': trained ASL heads (needs a checkpoint); 'fd': training-free "
+                        "1 - similarity map (default: %(default)s)")
+    g.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
+                   help="refine scores with the Neighbor Aggregation Module (default: on)")
+    g.add_argument("--winmode", choices=("nan", "mul", "onlywin"), default="nan",
+                   help="LFE windows: 'nan' global map only, 'mul' (1-w)*global + w*window, "
+                        "'onlywin' window map only (default: %(default)s)")
+    g.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
+    g.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
+    g.add_argument("--win_weight", type=float, default=0.5, help="w, the window map's weight in 'mul' (default: %(default)s)")
+    g.add_argument("--win_radius", type=int, default=1,
+                   help="neighbourhood radius (window steps) of --align position (default: %(default)s)")
+    g.add_argument("--window_batch", type=int, default=256,
+                   help="windows encoded per backbone call (default: %(default)s)")
+    add_align_arg(g)
