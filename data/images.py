@@ -100,7 +100,10 @@ def resize_mask(mask: np.ndarray, size, box: Box | None = None) -> np.ndarray:
 
 def normalize(arr: np.ndarray, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
     """uint8 (H, W, 3) → float32 tensor (3, H, W) = (arr / 255 - mean) / std per channel."""
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants writable memory
+        arr = arr.copy()
+    x = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (x - mean_t) / std_t
@@ -115,4 +118,4 @@ def image_to_tensor(img: Image.Image, image_size: int, mean=OPENAI_CLIP_MEAN,
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     """bool (M, M) → float32 tensor (1, M, M) of 0/1."""
-    return torch.from_numpy(np.ascontiguousarray(mask)).float().unsqueeze(0)
+    return torch.from_numpy(np.array(mask, dtype=np.float32)).unsqueeze(0)

@@ -107,4 +107,7 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, FileExistsError, ValueError) as err:  # no traceback for user errors
+        sys.exit(f"error: {err}")
