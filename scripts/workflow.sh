@@ -1,0 +1,87 @@
+# Shared by trainAndTest.sh and test_few_shot.sh: positional arguments, environment defaults,
+# validation and dataset checks. Sourced, not run.
+
+FASL_USAGE="usage: bash $(basename "$0") {model_name} {device} {useNAM} {winmode} {win-size} {win-stride} {win-weight} {seed} {kshots}
+
+  model_name  name of this experiment (folder under \$CKPT_ROOT and \$RESULTS_ROOT), e.g. fasl
+  device      cpu, or a CUDA index (0, 1, ...) or cuda:N
+  useNAM      1/0 (or true/false): refine scores with the Neighbor Aggregation Module
+  winmode     nan (global only) | mul (global and LFE windows) | onlywin (windows only)
+  win-size    LFE window side in patches (paper: 13)
+  win-stride  LFE window step in patches (paper: 2)
+  win-weight  weight of the window map in 'mul' (paper: 0.5)
+  seed        random seed (reference images, shuffling, augmentation)
+  kshots      reference images per class; one value or a comma list, e.g. 1,2,4
+
+environment (defaults): MVTEC_ROOT (./datasets/mvtec) VISA_ROOT (./datasets/visa)
+  MODEL (ViT-L-14-336) PRETRAINED (openai) IMAGE_SIZE (518) BLOCKS ('6 12 18 24')
+  EPOCHS_MVTEC (15) EPOCHS_VISA (15) BATCH_SIZE (8) ALIGN (exhaustive)
+  RESULTS_ROOT (results) CKPT_ROOT (checkpoints) PYTHON (python)
+  EXTRA_TEST_ARGS (extra flags for test_few_shot.py, e.g. '--save_vis')"
+
+fasl_die() { echo "error: $*" >&2; echo >&2; echo "$FASL_USAGE" >&2; exit 2; }
+
+fasl_parse_args() {
+    [ "$#" -eq 9 ] || fasl_die "expected 9 positional arguments, got $#"
+    MODEL_NAME=$1; DEVICE=$2; USE_NAM=$3; WINMODE=$4; WIN_SIZE=$5; WIN_STRIDE=$6; WIN_WEIGHT=$7
+    SEED=$8; KSHOTS=$9
+    [[ "$MODEL_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || fasl_die "model_name '$MODEL_NAME' must be a plain folder name"
+    [[ "$DEVICE" =~ ^(cpu|cuda|cuda:[0-9]+|[0-9]+)$ ]] || fasl_die "device '$DEVICE' must be cpu, N or cuda:N"
+    case "$USE_NAM" in
+        1|true|True|TRUE|yes) NAM_FLAG=--nam ;;
+        0|false|False|FALSE|no) NAM_FLAG=--no-nam ;;
+        *) fasl_die "useNAM '$USE_NAM' must be 1 or 0" ;;
+    esac
+    case "$WINMODE" in nan|mul|onlywin) ;; *) fasl_die "winmode '$WINMODE' must be nan, mul or onlywin" ;; esac
+    [[ "$WIN_SIZE" =~ ^[0-9]+$ ]] || fasl_die "win-size '$WIN_SIZE' must be a positive integer"
+    [[ "$WIN_STRIDE" =~ ^[0-9]+$ ]] || fasl_die "win-stride '$WIN_STRIDE' must be a positive integer"
+    [[ "$WIN_WEIGHT" =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] || fasl_die "win-weight '$WIN_WEIGHT' must be a number in [0, 1]"
+    [[ "$SEED" =~ ^[0-9]+$ ]] || fasl_die "seed '$SEED' must be a non-negative integer"
+    [[ "$KSHOTS" =~ ^[0-9]+(,[0-9]+)*$ ]] || fasl_die "kshots '$KSHOTS' must be a number or a comma list like 1,2,4"
+
+    MVTEC_ROOT=${MVTEC_ROOT:-./datasets/mvtec}
+    VISA_ROOT=${VISA_ROOT:-./datasets/visa}
+    MODEL=${MODEL:-ViT-L-14-336}
+    PRETRAINED=${PRETRAINED:-openai}
+    IMAGE_SIZE=${IMAGE_SIZE:-518}
+    BLOCKS=${BLOCKS:-6 12 18 24}
+    EPOCHS_MVTEC=${EPOCHS_MVTEC:-15}
+    EPOCHS_VISA=${EPOCHS_VISA:-15}
+    BATCH_SIZE=${BATCH_SIZE:-8}
+    ALIGN=${ALIGN:-exhaustive}
+    RESULTS_ROOT=${RESULTS_ROOT:-results}
+    CKPT_ROOT=${CKPT_ROOT:-checkpoints}
+    PYTHON=${PYTHON:-python}
+    EXTRA_TEST_ARGS=${EXTRA_TEST_ARGS:-}
+    COMMON_ARGS=(--model "$MODEL" --pretrained "$PRETRAINED" --image_size "$IMAGE_SIZE"
+                 --features_list $BLOCKS --device "$DEVICE" --seed "$SEED" --align "$ALIGN")
+}
+
+# fasl_require_meta NAME ROOT BUILDER: stop with the command that builds a missing meta.json
+fasl_require_meta() {
+    local name=$1 root=$2 builder=$3
+    if [ ! -d "$root" ]; then
+        echo "error: $name dataset not found at '$root' (set ${name^^}_ROOT or download it; see README.md)" >&2
+        exit 1
+    fi
+    if [ ! -f "$root/meta.json" ]; then
+        echo "error: $root/meta.json not found; build it with:  python $builder --root $root" >&2
+        exit 1
+    fi
+}
+
+# fasl_test DATASET ROOT CKPT K: few-shot test of one dataset with one checkpoint
+fasl_test() {
+    local dataset=$1 root=$2 ckpt=$3 k=$4
+    local out="$RESULTS_ROOT/$dataset/$MODEL_NAME/${k}shot/seed$SEED"
+    if [ ! -f "$ckpt" ]; then
+        echo "error: checkpoint '$ckpt' not found; train it with trainAndTest.sh (or set CKPT_ROOT)" >&2
+        exit 1
+    fi
+    echo "== test on $dataset, k=$k -> $out"
+    # shellcheck disable=SC2086
+    "$PYTHON" test_few_shot.py --data_path "$root" --dataset "$dataset" --save_path "$out" \
+        --checkpoint_path "$ckpt" "${COMMON_ARGS[@]}" --k_shot "$k" $NAM_FLAG \
+        --winmode "$WINMODE" --win_size "$WIN_SIZE" --win_stride "$WIN_STRIDE" --win_weight "$WIN_WEIGHT" \
+        $EXTRA_TEST_ARGS
+}
