@@ -23,6 +23,7 @@ import torch.nn.functional as F
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TINY_MODEL = "fasl-tiny-vit"  # random-weight test/demo config, models/configs/fasl-tiny-vit.json
 DEFAULT_BLOCKS = (6, 12, 18, 24)
+PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 open_clip.add_model_config(CONFIG_DIR)
 
@@ -77,6 +78,8 @@ class Backbone(nn.Module):
         blocks: 1-based block numbers whose patch tokens are returned.
         image_size: input resolution (square); must be a multiple of the patch size.
         device: torch device for the weights.
+        precision: ``auto`` (float16 autocast on CUDA, float32 on CPU), ``fp32``, ``fp16`` or
+            ``bf16``; the encoder runs under autocast in that dtype and features are kept in it.
     """
 
     def __init__(
@@ -86,8 +89,11 @@ class Backbone(nn.Module):
         blocks: Sequence[int] = DEFAULT_BLOCKS,
         image_size: int = 518,
         device: torch.device | str = "cpu",
+        precision: str = "auto",
     ):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.model_name = resolve_model_name(model)
         pretrained = _pretrained_arg(pretrained)
         if pretrained is not None and os.sep in pretrained and not Path(pretrained).is_file():
@@ -135,6 +141,8 @@ class Backbone(nn.Module):
         self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        auto = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.feature_dtype = PRECISIONS[precision] or auto
 
     # The backbone never trains: keep dropout/BN-free eval behaviour under model.train().
     def train(self, mode: bool = True) -> "Backbone":
@@ -184,7 +192,7 @@ class Backbone(nn.Module):
         """Encode images (B, 3, H, W) at any size the patch size divides.
 
         chunk: encode at most this many images per call (bounds activation memory for windows).
-        Returns L2-normalised features in float32 on CPU and float16 under CUDA autocast.
+        Returns L2-normalised features in ``self.feature_dtype``.
         """
         B, _, H, W = images.shape
         P = self.patch_size
@@ -195,8 +203,9 @@ class Backbone(nn.Module):
         chunk = chunk or B
         tokens_parts: list[list[torch.Tensor]] = []
         emb_parts: list[torch.Tensor] = []
-        use_amp = images.device.type == "cuda"
-        with self._at_grid(grid), torch.autocast(images.device.type, dtype=torch.float16, enabled=use_amp):
+        feat_dtype = self.feature_dtype
+        use_amp = feat_dtype != torch.float32
+        with self._at_grid(grid), torch.autocast(images.device.type, dtype=feat_dtype, enabled=use_amp):
             for start in range(0, B, chunk):
                 out = self.visual.forward_intermediates(
                     images[start:start + chunk],
@@ -205,7 +214,6 @@ class Backbone(nn.Module):
                     intermediates_only=not with_embedding,
                     output_fmt="NLC",
                 )
-                feat_dtype = torch.float16 if use_amp else torch.float32
                 tokens_parts.append(
                     [F.normalize(t.float(), dim=-1).to(feat_dtype) for t in out["image_intermediates"]]
                 )  # each [b, N, W]

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import contextlib
+from typing import Callable, ContextManager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,6 +37,8 @@ class InferenceConfig:
     win_size, win_stride: LFE window size and step in patches; win_weight: w above.
     align: ``exhaustive``, ``image_index`` or ``position`` (see models/memory.py).
     win_radius: neighbourhood radius (in window steps) of ``position`` alignment.
+    win_topk: ``position`` searches only this many of the neighbourhood's reference windows,
+        the most similar by window embedding (0 = all k * (2r+1)^2 of them).
     out_size: side of the returned score map.
     window_batch: windows per backbone call; max_bytes: similarity-matrix budget.
     """
@@ -46,6 +51,7 @@ class InferenceConfig:
     win_weight: float = 0.5
     align: str = "exhaustive"
     win_radius: int = 1
+    win_topk: int = 4
     out_size: int = 240
     window_batch: int = 256
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -73,6 +79,10 @@ class Prediction:
     image_score: torch.Tensor
 
 
+def _no_timer(name: str) -> ContextManager:
+    return contextlib.nullcontext()
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint was trained for a different backbone configuration."""
 
@@ -93,7 +103,8 @@ class FASL(nn.Module):
 
     @property
     def bank_dtype(self) -> torch.dtype:
-        return torch.float16 if self.device.type == "cuda" else torch.float32
+        """Banks are kept in the features' dtype: float16 on CUDA, float32 on CPU by default."""
+        return self.backbone.feature_dtype
 
     # ----------------------------------------------------------------- checkpoints
     def config(self) -> dict:
@@ -156,22 +167,35 @@ class FASL(nn.Module):
         return self.score_features(feats, bank, align)
 
     # ----------------------------------------------------------------- inference
-    def _block_maps(self, tokens, embedding, grid, bank, cfg: InferenceConfig, windows: bool) -> torch.Tensor:
-        """Anomalous-class score per block on the patch grid: (Q, L, h, w) for Q queries."""
+    def _block_maps(self, tokens, embedding, grid, bank, cfg: InferenceConfig, windows: bool, timer) -> torch.Tensor:
+        """Per-block scores on the patch grid: FD (Q, L, h, w) or head probabilities (Q, L, 2, h, w)."""
         align = bank.align_windows if windows else bank.align_global
-        extra = {"radius": cfg.win_radius} if windows else {}
+        extra = {"radius": cfg.win_radius, "topk": cfg.win_topk} if windows else {}
         fasl = cfg.mode == "fasl"
-        alignment = align(tokens, embedding, mode=cfg.align, gather=fasl, max_bytes=cfg.max_bytes, **extra)
+        with timer("align"):
+            alignment = align(tokens, embedding, mode=cfg.align, gather=fasl, max_bytes=cfg.max_bytes, **extra)
         Q = tokens[0].shape[0]
         if not fasl:
             return fd_scores(alignment.similarity).reshape(Q, len(tokens), *grid)
-        probs = self.heads.patch_probs(deviation(tokens, alignment.aligned), grid)  # L x [Q, 2, h, w]
-        return torch.stack(probs, dim=1)  # [Q, L, 2, h, w]
+        with timer("heads"):
+            probs = self.heads.patch_probs(deviation(tokens, alignment.aligned), grid)  # L x [Q, 2, h, w]
+            return torch.stack(probs, dim=1)  # [Q, L, 2, h, w]
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig | None = None) -> Prediction:
-        """Score a batch of one class. images: (B, 3, S, S) -> Prediction at cfg.out_size."""
+    def predict(
+        self,
+        images: torch.Tensor,
+        bank: MemoryBank,
+        cfg: InferenceConfig | None = None,
+        timer: Callable[[str], ContextManager] | None = None,
+    ) -> Prediction:
+        """Score a batch of one class. images: (B, 3, S, S) -> Prediction at cfg.out_size.
+
+        timer: optional ``timer(stage)`` context manager factory (the benchmark's stopwatch);
+        stages: backbone_global, backbone_windows, align, heads, merge.
+        """
         cfg = cfg or InferenceConfig()
+        timer = timer or _no_timer
         self.heads.eval()
         images = images.to(self.device)
         B = images.shape[0]
@@ -181,27 +205,33 @@ class FASL(nn.Module):
 
         parts: list[torch.Tensor] = []  # each [B, L, G, G]
         if cfg.winmode != "onlywin":
-            feats = self.backbone(images, with_embedding=need_embedding)
-            maps = self._block_maps(feats.tokens, feats.embedding, feats.grid, bank, cfg, windows=False)
+            with timer("backbone_global"):
+                feats = self.backbone(images, with_embedding=need_embedding)
+            maps = self._block_maps(feats.tokens, feats.embedding, feats.grid, bank, cfg, False, timer)
             if fasl:  # [B, L, 2, G, G]
-                refined = self.heads.refine(list(maps.unbind(1))) if cfg.use_nam else list(maps.unbind(1))
-                maps = torch.stack([p[:, 1] for p in refined], dim=1)
+                with timer("heads"):
+                    refined = self.heads.refine(list(maps.unbind(1))) if cfg.use_nam else list(maps.unbind(1))
+                    maps = torch.stack([p[:, 1] for p in refined], dim=1)
             parts.append(maps)
         if cfg.uses_windows:
             if bank.windows is None:
                 raise RuntimeError("winmode needs a memory bank built with windows")
             wg = bank.windows
-            crops = split_windows(images, wg, self.backbone.patch_size)  # [B*nw, 3, s*P, s*P]
-            wfeats = self.backbone(crops, with_embedding=need_embedding, chunk=cfg.window_batch)
-            wmaps = self._block_maps(wfeats.tokens, wfeats.embedding, wfeats.grid, bank, cfg, windows=True)
+            with timer("backbone_windows"):
+                crops = split_windows(images, wg, self.backbone.patch_size)  # [B*nw, 3, s*P, s*P]
+                wfeats = self.backbone(crops, with_embedding=need_embedding, chunk=cfg.window_batch)
+            wmaps = self._block_maps(wfeats.tokens, wfeats.embedding, wfeats.grid, bank, cfg, True, timer)
             s = wg.size
             if fasl:  # [B*nw, L, 2, s, s] -> merged [B, L*2, G, G] -> NAM per block
-                merged = merge_windows(wmaps.reshape(B, wg.num_windows, L * 2, s, s), wg)
+                with timer("merge"):
+                    merged = merge_windows(wmaps.reshape(B, wg.num_windows, L * 2, s, s), wg)
                 probs = list(merged.reshape(B, L, 2, *wg.grid).unbind(1))
-                refined = self.heads.refine(probs) if cfg.use_nam else probs
-                wmaps = torch.stack([p[:, 1] for p in refined], dim=1)
+                with timer("heads"):
+                    refined = self.heads.refine(probs) if cfg.use_nam else probs
+                    wmaps = torch.stack([p[:, 1] for p in refined], dim=1)
             else:  # [B*nw, L, s, s] -> [B, L, G, G]
-                wmaps = merge_windows(wmaps.reshape(B, wg.num_windows, L, s, s), wg)
+                with timer("merge"):
+                    wmaps = merge_windows(wmaps.reshape(B, wg.num_windows, L, s, s), wg)
             parts.append(wmaps)
 
         score_maps, image_scores = [], []

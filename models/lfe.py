@@ -106,13 +106,17 @@ def merge_windows(values: torch.Tensor, windows: WindowGrid) -> torch.Tensor:
 
 
 def neighbour_windows(shape: tuple[int, int], radius: int) -> torch.Tensor:
-    """For each window, the windows at the same and neighbouring positions.
+    """For each window, the (2r+1)^2 windows at the same and neighbouring positions.
 
-    shape: (ny, nx) window layout. Returns (nw, (2r+1)^2) window indices; positions past the
-    border are clamped, so border windows repeat a neighbour (harmless for a max).
+    shape: (ny, nx) window layout. Returns (nw, (2r+1)^2) distinct window indices. Near the
+    border the neighbourhood is shifted inward (it always contains the window itself), so no
+    candidate is repeated; the radius shrinks to fit a layout smaller than the neighbourhood.
     """
     ny, nx = shape
-    d = torch.arange(-radius, radius + 1)
-    iy = (torch.arange(ny)[:, None, None, None] + d[None, None, :, None]).clamp(0, ny - 1)  # [ny,1,k,1]
-    ix = (torch.arange(nx)[None, :, None, None] + d[None, None, None, :]).clamp(0, nx - 1)  # [1,nx,1,k]
+    ry, rx = min(radius, (ny - 1) // 2), min(radius, (nx - 1) // 2)
+    dy, dx = torch.arange(2 * ry + 1), torch.arange(2 * rx + 1)
+    oy = (torch.arange(ny) - ry).clamp(0, ny - 2 * ry - 1)  # [ny] top row of each neighbourhood
+    ox = (torch.arange(nx) - rx).clamp(0, nx - 2 * rx - 1)  # [nx]
+    iy = oy[:, None, None, None] + dy[None, None, :, None]  # [ny, 1, 2ry+1, 1]
+    ix = ox[None, :, None, None] + dx[None, None, None, :]  # [1, nx, 1, 2rx+1]
     return (iy * nx + ix).reshape(ny * nx, -1)

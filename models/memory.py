@@ -7,7 +7,8 @@ L2-normalised tokens, so a dot product) of the same block. Three modes:
 * ``image_index``: the paper's image-feature index; each query (image or window) first picks
   its most similar reference entry by global embedding and is aligned against it alone.
 * ``position``: windows only; each query window is aligned against the reference windows at the
-  same and neighbouring positions of every reference image (for the global map it falls back
+  same and neighbouring positions (radius r) of every reference image, or, with ``topk``, the
+  ``topk`` of those most similar to it by window embedding (for the global map it falls back
   to ``image_index``).
 
 Chunk sizes follow a byte budget so the similarity matrix never exceeds it.
@@ -191,9 +192,14 @@ class MemoryBank(nn.Module):
         return self.global_memory.align(tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes)
 
     def align_windows(
-        self, tokens, embedding=None, mode="exhaustive", radius: int = 1, gather=True, max_bytes=DEFAULT_MAX_BYTES
+        self, tokens, embedding=None, mode="exhaustive", radius: int = 1, topk: int = 0, gather=True,
+        max_bytes=DEFAULT_MAX_BYTES,
     ):
-        """Queries are windows, image-major: L x (B * nw, s*s, W), embedding (B * nw, D)."""
+        """Queries are windows, image-major: L x (B * nw, s*s, W), embedding (B * nw, D).
+
+        radius, topk: ``position`` mode's neighbourhood and how many of its k * (2r+1)^2
+        reference windows (most similar by embedding) are searched; 0 = all of them.
+        """
         if self.windows is None or not self.window_memory.is_filled:
             raise RuntimeError("memory bank has no windows: build it with a window configuration")
         candidates = None
@@ -204,6 +210,12 @@ class MemoryBank(nn.Module):
             table = per_ref.permute(1, 0, 2).reshape(nw, -1)  # [nw, k*C]
             Q = tokens[0].shape[0]
             candidates = table.repeat(Q // nw, 1).to(tokens[0].device)  # [Q, k*C]
+            if 0 < topk < candidates.shape[1]:
+                if embedding is None:
+                    raise ValueError("position alignment with topk needs the query embeddings")
+                ref = self.window_memory.embedding[candidates]  # [Q, k*C, D]
+                sim = torch.einsum("qd,qcd->qc", embedding.to(ref.dtype), ref)
+                candidates = candidates.gather(1, sim.topk(topk, dim=1).indices)  # [Q, topk]
         return self.window_memory.align(
             tokens, embedding, mode=mode, candidates=candidates, gather=gather, max_bytes=max_bytes
         )

@@ -1,0 +1,182 @@
+"""Decision thresholds from good images alone.
+
+Without labelled defects, the only evidence of what "normal" scores look like is the k
+reference images themselves. Each is scored as if it were a query:
+
+* k >= 2, leave-one-out: reference i against a memory of the other k - 1 references.
+* k = 1, augmented self-copies: the reference against its own memory, but seen through 8
+  deterministic augmentations (flips, half-patch shifts, brightness +-10 %); scored unaltered it
+  would match itself exactly and score ~0, which says nothing about a new good part.
+
+Both give normal scores that are, if anything, a little high (a query at prediction time is
+matched against all k references, not k - 1, and a real part is rarely flipped), so thresholds
+set from them err towards fewer false alarms.
+
+The image threshold at false-alarm rate ``fpr`` is the larger of a normal fit,
+``mean + z * std`` with ``z = Phi^-1(1 - fpr)``, and the empirical ``1 - fpr`` quantile taken
+as an observed score ("higher" method), which is the largest normal score whenever
+``fpr < 1 / n``. With a handful of samples the fit extrapolates beyond the largest score and
+the empirical term guarantees no normal reference is ever above the threshold. The pixel
+threshold is the empirical ``1 - fpr`` quantile of the pooled normal pixel scores (there are
+many). Everything here scores each image on its own, never normalised over a set.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+
+import numpy as np
+import torch
+
+from models.fasl import FASL, InferenceConfig
+from models.memory import MemoryBank
+
+N_AUGMENTATIONS = 8
+BRIGHTNESS = 0.1
+
+
+def augmented_views(image: torch.Tensor, shift: int) -> torch.Tensor:
+    """Deterministic augmentations of one good image.
+
+    image: (3, S, S) float in [0, 1] (before normalisation); shift: pixels, >= 1.
+    Returns (8, 3, S, S) in [0, 1]: hflip, vflip, shifts by ``shift`` px right / left / down /
+    up (reflect padding fills the uncovered border), brightness x1.1 and x0.9 (clipped).
+    """
+    if image.dim() != 3:
+        raise ValueError(f"image must be (3, S, S), got {tuple(image.shape)}")
+    _, H, W = image.shape
+    if not 1 <= shift < min(H, W):
+        raise ValueError(f"shift must be in [1, {min(H, W) - 1}], got {shift}")
+    s = shift
+    padded = torch.nn.functional.pad(image[None], (s, s, s, s), mode="reflect")[0]  # [3, H+2s, W+2s]
+    views = [
+        image.flip(-1),
+        image.flip(-2),
+        padded[:, s:s + H, 0:W],  # content moves right by s
+        padded[:, s:s + H, 2 * s:2 * s + W],  # left
+        padded[:, 0:H, s:s + W],  # down
+        padded[:, 2 * s:2 * s + H, s:s + W],  # up
+        (image * (1 + BRIGHTNESS)).clamp(0, 1),
+        (image * (1 - BRIGHTNESS)).clamp(0, 1),
+    ]
+    return torch.stack(views)  # [8, 3, H, W]
+
+
+def subset_bank(bank: MemoryBank, keep: list[int]) -> MemoryBank:
+    """The memory of references ``keep`` only, sliced from a bank of all k (no re-encoding).
+
+    Global entries are one per reference; window entries are image-major, nw per reference.
+    """
+    sub = MemoryBank(k=len(keep), windows=bank.windows)
+    idx = torch.as_tensor(keep, dtype=torch.long, device=bank.global_memory.tokens.device)
+    g = bank.global_memory
+    sub.global_memory.fill(list(g.tokens[:, idx].unbind(0)), g.embedding[idx])  # L x [k', N, W]
+    if bank.windows is not None and bank.window_memory.is_filled:
+        nw = bank.windows.num_windows
+        widx = (idx[:, None] * nw + torch.arange(nw, device=idx.device)[None]).reshape(-1)  # [k'*nw]
+        w = bank.window_memory
+        sub.window_memory.fill(list(w.tokens[:, widx].unbind(0)), w.embedding[widx])
+    return sub
+
+
+@dataclass
+class NormalScores:
+    """Scores of good images seen as queries.
+
+    image_score: (n,); score_map: (n, H, W) at cfg.out_size; method: how they were obtained.
+    """
+
+    image_score: torch.Tensor
+    score_map: torch.Tensor
+    method: str
+
+
+@torch.no_grad()
+def score_references(
+    model: FASL, references: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig, views: torch.Tensor | None = None
+) -> NormalScores:
+    """Normal scores of the k references.
+
+    references: (k, 3, S, S) normalised; bank: their memory (all k, as built by build_memory).
+    views: (8, 3, S, S) normalised augmented copies of the single reference, needed when k = 1.
+    """
+    k = references.shape[0]
+    if k >= 2:
+        scores, maps = [], []
+        for i in range(k):
+            others = subset_bank(bank, [j for j in range(k) if j != i])
+            pred = model.predict(references[i:i + 1], others, cfg)
+            scores.append(pred.image_score.float().cpu())
+            maps.append(pred.score_map.float().cpu())
+        return NormalScores(torch.cat(scores), torch.cat(maps), "leave-one-out")
+    if views is None:
+        raise ValueError("one reference: its augmented views are needed to estimate normal scores")
+    pred = model.predict(views, bank, cfg)
+    return NormalScores(pred.image_score.float().cpu(), pred.score_map.float().cpu(), "augmented-self")
+
+
+@dataclass
+class ThresholdFit:
+    """Thresholds at false-alarm rate ``fpr`` and the statistics they came from."""
+
+    fpr: float
+    image_threshold: float
+    pixel_threshold: float
+    image_scores: list[float]
+    image_mean: float
+    image_std: float
+    image_gaussian: float  # mean + z * std
+    image_empirical: float  # empirical (1 - fpr) quantile, an observed score
+    pixel_median: float
+    n_pixels: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_fpr(fpr: float) -> float:
+    fpr = float(fpr)
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must lie strictly between 0 and 1, got {fpr}")
+    return fpr
+
+
+def image_threshold(scores: np.ndarray, fpr: float) -> tuple[float, float, float, float, float]:
+    """scores: (n,) normal image scores -> (threshold, mean, std, gaussian, empirical)."""
+    fpr = _check_fpr(fpr)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.size == 0:
+        raise ValueError("no normal image scores to fit a threshold on")
+    mean = float(scores.mean())
+    std = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
+    gaussian = mean + NormalDist().inv_cdf(1.0 - fpr) * std
+    empirical = float(np.quantile(scores, 1.0 - fpr, method="higher"))
+    return max(gaussian, empirical), mean, std, gaussian, empirical
+
+
+def pixel_threshold(pixels: np.ndarray, fpr: float) -> float:
+    """pixels: (P,) pooled normal pixel scores -> the empirical (1 - fpr) quantile."""
+    fpr = _check_fpr(fpr)
+    pixels = np.asarray(pixels).reshape(-1)
+    if pixels.size == 0:
+        raise ValueError("no normal pixel scores to fit a threshold on")
+    return float(np.quantile(pixels, 1.0 - fpr, method="higher"))
+
+
+def fit_thresholds(normal: NormalScores, fpr: float) -> ThresholdFit:
+    """Image and pixel thresholds from the normal scores (see the module docstring)."""
+    scores = normal.image_score.double().numpy()
+    pixels = normal.score_map.float().numpy().reshape(-1)
+    thr, mean, std, gaussian, empirical = image_threshold(scores, fpr)
+    return ThresholdFit(
+        fpr=float(fpr),
+        image_threshold=thr,
+        pixel_threshold=pixel_threshold(pixels, fpr),
+        image_scores=[float(s) for s in scores],
+        image_mean=mean,
+        image_std=std,
+        image_gaussian=gaussian,
+        image_empirical=empirical,
+        pixel_median=float(np.median(pixels)),
+        n_pixels=int(pixels.size),
+    )
