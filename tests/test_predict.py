@@ -1,0 +1,344 @@
+"""predict.py on generated images with the tiny random-weight config, plus its pure helpers
+(models/thresholds.py, utils/regions.py)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import predict
+from data.images import ImageReadError
+from models import build_fasl
+from models.fasl import CheckpointMismatch, InferenceConfig
+from models.thresholds import (NormalScores, augmented_views, fit_thresholds, image_threshold,
+                               pixel_threshold, subset_bank)
+from utils.regions import find_regions, resize_map
+
+TINY = ["--model", "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112",
+        "--features_list", "1", "2", "3", "4", "--device", "cpu"]
+WIN = ["--winmode", "mul", "--win_size", "4", "--win_stride", "2"]
+
+
+# ----------------------------------------------------------------------------- generated images
+
+def texture(h, w, seed):
+    """A good part: diagonal stripes and a soft grid, slightly shifted, with a little noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = rng.uniform(-2, 2, size=2)
+    stripes = 0.5 + 0.25 * np.sin((x + dx + y + dy) * 2 * np.pi / 16)
+    grid = 0.15 * (np.cos((x + dx) * 2 * np.pi / 24) * np.cos((y + dy) * 2 * np.pi / 24))
+    base = np.clip(stripes + grid + rng.normal(0, 0.02, size=(h, w)), 0, 1)
+    rgb = np.stack([base * 0.9, base * 0.6 + 0.1, base * 0.3 + 0.2], axis=-1)
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def with_defect(img, box):
+    """Paste a bright square; box = (x, y, side) in pixels."""
+    x, y, s = box
+    out = img.copy()
+    out[y:y + s, x:x + s] = 255
+    return out
+
+
+def write(path, arr, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(arr)
+    if mode:
+        im = im.convert(mode)
+    im.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict_data")
+    refs = [write(root / "refs" / f"ref{i}.png", texture(128, 128, i)) for i in range(4)]
+    good = [write(root / "imgs" / "good_a.png", texture(128, 128, 10)),
+            write(root / "imgs" / "good_wide.jpg", texture(96, 176, 11)),  # non-square, H=96, W=176
+            write(root / "imgs" / "good_gray.png", texture(120, 120, 12), mode="L"),  # grayscale
+            write(root / "imgs" / "good_b.bmp", texture(128, 128, 13))]
+    defect_box = (110, 20, 44)  # x, y, side on a 96x176 image: right part, top
+    defects = [write(root / "imgs" / "defect_wide.tif", with_defect(texture(96, 176, 20), defect_box)),
+               write(root / "imgs" / "defect_sq.png", with_defect(texture(128, 128, 21), (10, 60, 56)))]
+    # a non-square part of its own: references and good images like the wide defect
+    wide_refs = [write(root / "wide_refs" / f"w{i}.png", texture(96, 176, 30 + i)) for i in range(3)]
+    wide_good = [write(root / "wide_good" / f"w{i}.png", texture(96, 176, 40 + i)) for i in range(4)]
+    return {"root": root, "refs": refs, "good": good, "defects": defects, "defect_box": defect_box,
+            "wide_refs": wide_refs, "wide_good": wide_good}
+
+
+def run(args):
+    return predict.main([*args, *TINY])
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_outputs_for_every_image_at_original_size(data, tmp_path):
+    out = tmp_path / "out"
+    rc = run(["--refs", str(data["root"] / "refs"), "--images", str(data["root"] / "imgs"),
+              "--out", str(out), "--mode", "fd", *WIN])
+    assert rc == 0
+    pred = read_json(out / "predictions.json")
+    rows = read_csv(out / "predictions.csv")
+    inputs = sorted(data["good"] + data["defects"], key=lambda p: p.name)
+    assert [r["path"] for r in pred["images"]] == [str(p) for p in inputs]
+    thr = pred["thresholds"]
+    assert thr == read_json(out / "thresholds.json")
+    assert thr["method"] == "leave-one-out" and len(thr["fit"]["image_scores"]) == 4
+    assert thr["image"] >= max(thr["fit"]["image_scores"]) and thr["pixel"] > 0
+    assert pred["settings"]["inference"]["winmode"] == "mul"
+    for rec, row, src in zip(pred["images"], rows, inputs):
+        w, h = Image.open(src).size
+        overlay, mask = Image.open(out / rec["overlay"]), Image.open(out / rec["mask"])
+        assert overlay.size == (w, h) and overlay.mode == "RGB"
+        assert mask.size == (w, h) and mask.mode == "L"
+        m = np.asarray(mask)
+        assert set(np.unique(m)) <= {0, 255}
+        assert (rec["width"], rec["height"]) == (w, h)
+        # the mask is exactly the union of the regions, in original pixel coordinates
+        assert int((m > 0).sum()) == rec["defect_area"] == sum(r["area"] for r in rec["regions"])
+        for r in rec["regions"]:
+            x, y, bw, bh = r["bbox"]
+            assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h
+            assert m[y:y + bh, x:x + bw].any() and r["max_score"] > thr["pixel"]
+        # CSV and JSON agree, exactly
+        assert row["path"] == rec["path"] and row["status"] == rec["status"] == "ok"
+        assert float(row["score"]) == rec["score"]
+        assert row["verdict"] == rec["verdict"] == ("defect" if rec["score"] > thr["image"] else "ok")
+        assert int(row["n_regions"]) == len(rec["regions"]) and int(row["defect_area"]) == rec["defect_area"]
+        assert (row["overlay"], row["mask"]) == (rec["overlay"], rec["mask"])
+
+
+def test_defect_scores_above_every_good_image_fd(data, tmp_path):
+    out = tmp_path / "out"
+    defect = data["defects"][0]  # 96 x 176, like the references
+    images = [str(p) for p in data["wide_good"] + [defect]]
+    assert run(["--refs", *map(str, data["wide_refs"]), "--images", *images, "--out", str(out), "--mode", "fd"]) == 0
+    recs = {Path(r["path"]).name: r for r in read_json(out / "predictions.json")["images"]}
+    good = [recs[p.name]["score"] for p in data["wide_good"]]
+    assert recs[defect.name]["score"] > max(good)
+    assert recs[defect.name]["verdict"] == "defect"
+    # the largest region of the non-square defect image covers the pasted square (not transposed)
+    x, y, s = data["defect_box"]
+    mask = np.asarray(Image.open(out / recs["defect_wide.tif"]["mask"])) > 0
+    assert mask.shape == (96, 176)
+    assert mask[y:y + s, x:x + s].mean() > 0.5
+    assert mask[y:y + s, x:x + s].mean() > 3 * mask.mean() or mask.mean() < 0.2
+    bx, by, bw, bh = recs["defect_wide.tif"]["regions"][0]["bbox"]
+    cx, cy = x + s / 2, y + s / 2
+    assert bx <= cx <= bx + bw and by <= cy <= by + bh
+
+
+def test_save_load_round_trip_gives_identical_scores(data, tmp_path):
+    refs_file = tmp_path / "part.pt"
+    common = ["--images", str(data["root"] / "imgs"), "--mode", "fd", *WIN]
+    assert run(["--refs", str(data["root"] / "refs"), "--out", str(tmp_path / "a"), "--save_refs", str(refs_file),
+                *common]) == 0
+    assert run(["--load_refs", str(refs_file), "--out", str(tmp_path / "b"), *common]) == 0
+    a, b = read_json(tmp_path / "a" / "predictions.json"), read_json(tmp_path / "b" / "predictions.json")
+    assert [r["score"] for r in a["images"]] == [r["score"] for r in b["images"]]
+    assert [r["regions"] for r in a["images"]] == [r["regions"] for r in b["images"]]
+    assert (a["thresholds"]["image"], a["thresholds"]["pixel"]) == (b["thresholds"]["image"], b["thresholds"]["pixel"])
+    assert b["thresholds"]["image_source"].startswith("fit (from")
+    assert b["settings"]["references"] == [str(p) for p in data["refs"]]
+    for name in ("good_wide_mask.png", "defect_sq_mask.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
+    # the file holds only tensors and primitives
+    state = torch.load(refs_file, weights_only=True)
+    assert state["format"] == "fasl-refs-v1" and state["global_tokens"].shape[:2] == (4, 4)
+    assert state["window"] == {"size": 4, "stride": 2}
+
+    # refused, with the reason, when it does not fit the run
+    load = ["--load_refs", str(refs_file), "--images", str(data["good"][0]), "--out", str(tmp_path / "c")]
+    with pytest.raises(ValueError, match="windows of size 4, stride 2.*--winmode nan"):
+        run([*load, "--mode", "fd"])
+    with pytest.raises(ValueError, match="win_weight"):
+        run([*load, "--mode", "fd", *WIN, "--win_weight", "0.3"])
+    with pytest.raises(ValueError, match="fpr: file 0.01, now 0.05"):
+        run([*load, "--mode", "fd", *WIN, "--fpr", "0.05"])
+    with pytest.raises(CheckpointMismatch, match="blocks"):
+        predict.main([*load, "--mode", "fd", *WIN, *TINY[:6], "--features_list", "2", "4", "--device", "cpu"])
+    # both thresholds by hand: other scoring settings are accepted
+    assert run([*load, "--mode", "fd", *WIN, "--win_weight", "0.3", "--image_threshold", "0.5",
+                "--pixel_threshold", "0.5"]) == 0
+
+
+def test_fasl_mode_with_checkpoint_and_heads_check(data, tmp_path):
+    torch.manual_seed(0)
+    model = build_fasl("fasl-tiny-vit", "none", [1, 2, 3, 4], 112)
+    ckpt = tmp_path / "heads.pth"
+    torch.save(model.checkpoint_state(), ckpt)
+    refs_file = tmp_path / "part.pt"
+    args = ["--images", str(data["good"][0]), str(data["defects"][1]), "--checkpoint", str(ckpt)]
+    assert run([*args, "--refs", str(data["root"] / "refs"), "--out", str(tmp_path / "a"),
+                "--save_refs", str(refs_file)]) == 0
+    pred = read_json(tmp_path / "a" / "predictions.json")
+    assert pred["settings"]["inference"]["mode"] == "fasl"
+    assert all(0.0 <= r["score"] <= 1.0 for r in pred["images"])  # probabilities
+    assert run([*args, "--load_refs", str(refs_file), "--out", str(tmp_path / "b")]) == 0
+    assert [r["score"] for r in read_json(tmp_path / "b" / "predictions.json")["images"]] == \
+        [r["score"] for r in pred["images"]]
+    with torch.no_grad():
+        next(model.heads.parameters()).add_(0.5)
+    torch.save(model.checkpoint_state(), ckpt)
+    with pytest.raises(ValueError, match="heads differ"):
+        run([*args, "--load_refs", str(refs_file), "--out", str(tmp_path / "c")])
+
+
+def test_unreadable_image_is_reported_and_skipped(data, tmp_path, capsys):
+    broken = tmp_path / "in" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    out = tmp_path / "out"
+    rc = run(["--refs", str(data["root"] / "refs"), "--images", str(data["good"][0]), str(broken),
+              str(data["defects"][0]), "--out", str(out), "--mode", "fd"])
+    assert rc != 0
+    assert "broken.png" in capsys.readouterr().err
+    rows = read_csv(out / "predictions.csv")
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert "broken.png" in rows[1]["error"] and rows[1]["score"] == ""
+    pred = read_json(out / "predictions.json")
+    assert pred["failed"] == [str(broken)]
+    for p in (data["good"][0], data["defects"][0]):
+        assert (out / f"{p.stem}_overlay.png").is_file() and (out / f"{p.stem}_mask.png").is_file()
+    assert not (out / "broken_overlay.png").exists()
+
+
+def test_unreadable_reference_is_an_error(data, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ImageReadError, match="bad.jpg"):
+        run(["--refs", str(data["refs"][0]), str(bad), "--images", str(data["good"][0]),
+             "--out", str(tmp_path / "o"), "--mode", "fd"])
+
+
+def test_one_reference_uses_augmented_copies_and_overrides(data, tmp_path):
+    out = tmp_path / "out"
+    assert run(["--refs", str(data["refs"][0]), "--images", str(data["good"][0]), str(data["defects"][1]),
+                "--out", str(out), "--mode", "fd", "--fpr", "0.05"]) == 0
+    thr = read_json(out / "thresholds.json")
+    assert thr["method"] == "augmented-self" and thr["fpr"] == 0.05
+    scores = thr["fit"]["image_scores"]
+    assert len(scores) == 8 and min(scores) > 1e-4  # not an exact self-match
+    assert thr["image"] >= max(scores)
+    # a hand-set image threshold of 0 makes everything a defect; the fitted pixel threshold stays
+    out2 = tmp_path / "out2"
+    assert run(["--refs", str(data["refs"][0]), "--images", str(data["good"][0]), "--out", str(out2),
+                "--mode", "fd", "--fpr", "0.05", "--image_threshold", "0"]) == 0
+    pred = read_json(out2 / "predictions.json")
+    assert pred["thresholds"]["image"] == 0.0 and pred["thresholds"]["image_source"] == "override"
+    assert pred["thresholds"]["pixel"] == thr["pixel"] and pred["images"][0]["verdict"] == "defect"
+
+
+def test_duplicate_stems_and_input_selection(tmp_path):
+    a = write(tmp_path / "a" / "part.png", texture(64, 64, 0))
+    b = write(tmp_path / "b" / "part.PNG", texture(64, 64, 1))
+    c = write(tmp_path / "b" / "other.JPG", texture(64, 64, 2))
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    assert predict.collect_images([str(tmp_path / "b")], "--images") == [c, b]
+    assert predict.collect_images([str(tmp_path / "*" / "*.png"), str(a)], "--images") == [a]  # glob is case-sensitive
+    assert predict.output_names([a, b, c, a.parent / "PART.jpg"]) == ["a__part", "b__part", "other", "a__PART_2"]
+    assert predict.output_names([Path("x/p.png"), Path("x/p.jpg")]) == ["x__p", "x__p_2"]
+    with pytest.raises(FileNotFoundError, match=r"--images: pattern '.*\*\.bmp' selects no image"):
+        predict.collect_images([str(tmp_path / "*.bmp")], "--images")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="--refs: folder .*empty selects no image"):
+        predict.collect_images([str(tmp_path / "empty")], "--refs")
+
+
+def test_parse_args_errors(capsys):
+    base = ["--images", "x.png", "--out", "o"]
+    with pytest.raises(SystemExit):
+        predict.parse_args([*base, "--refs", "r.png", "--mode", "fasl"])
+    assert "--mode fd" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict.parse_args(base)
+    assert "exactly one" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict.parse_args([*base, "--refs", "r.png", "--fpr", "1.5"])
+    assert predict.parse_args([*base, "--refs", "r.png"]).mode == "fd"
+    assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint", "c.pth"]).mode == "fasl"
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+def test_threshold_fit_hand_values():
+    scores = np.array([1.0, 2.0, 3.0, 4.0])
+    thr, mean, std, gaussian, empirical = image_threshold(scores, 0.01)
+    assert mean == 2.5 and std == pytest.approx(np.sqrt(5 / 3))
+    assert gaussian == pytest.approx(2.5 + 2.3263478740 * np.sqrt(5 / 3), rel=1e-8)
+    assert empirical == 4.0 and thr == gaussian
+    # when the normal fit lands below the largest score, the empirical quantile wins
+    thr, *_ = image_threshold(np.array([0.0] * 9 + [10.0]), 0.05)  # fit: 1 + 1.645 * 3.16 = 6.2
+    assert thr == 10.0
+    assert pixel_threshold(np.arange(1000, dtype=np.float32), 0.01) == 990.0
+    fit = fit_thresholds(NormalScores(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.zeros(4, 5, 5), "x"), 0.01)
+    assert fit.image_threshold == thr_4() and fit.pixel_threshold == 0.0 and fit.n_pixels == 100
+    with pytest.raises(ValueError, match="fpr"):
+        image_threshold(scores, 0.0)
+
+
+def thr_4():
+    return image_threshold(np.array([1.0, 2.0, 3.0, 4.0]), 0.01)[0]
+
+
+def test_augmented_views():
+    img = torch.rand(3, 10, 12)
+    v = augmented_views(img, shift=2)
+    assert v.shape == (8, 3, 10, 12)
+    assert torch.equal(v[0], img.flip(-1)) and torch.equal(v[1], img.flip(-2))
+    assert torch.equal(v[2][:, :, 2:], img[:, :, :-2])  # right
+    assert torch.equal(v[3][:, :, :-2], img[:, :, 2:])  # left
+    assert torch.equal(v[4][:, 2:], img[:, :-2])  # down
+    assert torch.equal(v[5][:, :-2], img[:, 2:])  # up
+    assert torch.equal(v[2][:, :, :2], img[:, :, 1:3].flip(-1))  # reflect padding
+    assert torch.allclose(v[6], (img * 1.1).clamp(0, 1)) and torch.allclose(v[7], img * 0.9)
+
+
+def test_subset_bank_matches_building_from_the_subset():
+    torch.manual_seed(0)
+    model = build_fasl("fasl-tiny-vit", "none", [2, 4], 56)
+    refs = torch.randn(3, 3, 56, 56)
+    windows = model.window_grid(2, 1)
+    full = model.build_memory(refs, windows)
+    sub, direct = subset_bank(full, [0, 2]), model.build_memory(refs[[0, 2]], windows)
+    assert sub.k == 2
+    for a, b in ((sub.global_memory, direct.global_memory), (sub.window_memory, direct.window_memory)):
+        assert torch.allclose(a.tokens, b.tokens, atol=1e-5) and torch.allclose(a.embedding, b.embedding, atol=1e-5)
+    cfg = InferenceConfig(mode="fd", winmode="mul", win_size=2, win_stride=1, out_size=56)
+    q = torch.randn(2, 3, 56, 56)
+    assert torch.allclose(model.predict(q, sub, cfg).image_score, model.predict(q, direct, cfg).image_score, atol=1e-5)
+
+
+def test_find_regions_and_resize_map():
+    m = np.zeros((6, 8), dtype=np.float32)
+    m[1:3, 1:4] = [[0.6, 0.9, 0.6], [0.6, 0.6, 0.6]]  # 6 px
+    m[5, 7] = 0.7  # 1 px
+    m[4, 0] = 0.5  # at the threshold: not above it
+    found = find_regions(m, 0.5)
+    assert [r.bbox for r in found.regions] == [[1, 1, 3, 2], [7, 5, 1, 1]]
+    assert [r.area for r in found.regions] == [6, 1] and found.area == 7
+    assert found.regions[0].max_score == pytest.approx(0.9) and found.regions[0].mean_score == pytest.approx(0.65)
+    assert found.regions[0].centroid == pytest.approx([2.0, 1.5])
+    assert found.mask.sum() == 7 and not found.mask[4, 0]
+    small = find_regions(m, 0.5, min_area=2)
+    assert len(small.regions) == 1 and small.mask.sum() == 6 and not small.mask[5, 7]
+    # (h, w) -> (H, W) without transposing: a bright left column stays on the left
+    s = np.zeros((4, 4), dtype=np.float32)
+    s[:, 0] = 1
+    big = resize_map(s, (30, 80))
+    assert big.shape == (30, 80) and big[:, :10].mean() > 0.5 and big[:, 40:].max() == 0
