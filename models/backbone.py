@@ -96,8 +96,13 @@ class Backbone(nn.Module):
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.model_name = resolve_model_name(model)
         pretrained = _pretrained_arg(pretrained)
-        if pretrained is not None and os.sep in pretrained and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"pretrained weights file not found: {pretrained}")
+        if pretrained is not None and not Path(pretrained).is_file():
+            tags = open_clip.list_pretrained_tags_by_model(self.model_name)
+            if pretrained not in tags:
+                raise FileNotFoundError(
+                    f"pretrained weights file not found: {pretrained!r} is neither a file nor an open_clip tag of "
+                    f"{self.model_name} (tags: {', '.join(tags) or 'none'})"
+                )
         root_logger = logging.getLogger()
         level = root_logger.level
         if pretrained is None:

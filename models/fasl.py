@@ -65,6 +65,8 @@ class InferenceConfig:
             raise ValueError(f"align must be one of {ALIGN_MODES}, got {self.align!r}")
         if not 0.0 <= self.win_weight <= 1.0:
             raise ValueError(f"win_weight must lie in [0, 1], got {self.win_weight}")
+        if not 1 <= self.win_stride <= self.win_size:
+            raise ValueError(f"win_stride must lie in [1, win_size={self.win_size}], got {self.win_stride}")
 
     @property
     def uses_windows(self) -> bool:
@@ -196,7 +198,14 @@ class FASL(nn.Module):
         """
         cfg = cfg or InferenceConfig()
         timer = timer or _no_timer
+        was_training = self.heads.training
         self.heads.eval()
+        try:
+            return self._predict(images, bank, cfg, timer)
+        finally:
+            self.heads.train(was_training)
+
+    def _predict(self, images, bank, cfg: InferenceConfig, timer) -> Prediction:
         images = images.to(self.device)
         B = images.shape[0]
         need_embedding = cfg.align != "exhaustive"

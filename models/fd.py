@@ -18,4 +18,5 @@ def fd_scores(similarity: list[torch.Tensor]) -> torch.Tensor:
 
     similarity: L x (Q, n). Returns (Q, L, n) in float32; 0 where a patch has an exact match.
     """
-    return 1.0 - torch.stack([s.float() for s in similarity], dim=1)
+    # clamp: rounding makes an exact self-match's similarity exceed 1 by an ulp
+    return (1.0 - torch.stack([s.float() for s in similarity], dim=1)).clamp_(0.0, 2.0)

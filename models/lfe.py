@@ -17,6 +17,8 @@ def window_starts(length: int, size: int, stride: int) -> list[int]:
         raise ValueError(f"window size and stride must be >= 1 (got size={size}, stride={stride})")
     if size > length:
         raise ValueError(f"window size {size} is larger than the patch grid ({length})")
+    if stride > size:
+        raise ValueError(f"window stride {stride} is larger than the window size {size}: patches would be skipped")
     starts = list(range(0, length - size + 1, stride))
     if starts[-1] != length - size:
         starts.append(length - size)  # last window flush with the border
@@ -110,13 +112,12 @@ def neighbour_windows(shape: tuple[int, int], radius: int) -> torch.Tensor:
 
     shape: (ny, nx) window layout. Returns (nw, (2r+1)^2) distinct window indices. Near the
     border the neighbourhood is shifted inward (it always contains the window itself), so no
-    candidate is repeated; the radius shrinks to fit a layout smaller than the neighbourhood.
+    candidate is repeated; a layout smaller than the neighbourhood contributes all its windows.
     """
     ny, nx = shape
-    ry, rx = min(radius, (ny - 1) // 2), min(radius, (nx - 1) // 2)
-    dy, dx = torch.arange(2 * ry + 1), torch.arange(2 * rx + 1)
-    oy = (torch.arange(ny) - ry).clamp(0, ny - 2 * ry - 1)  # [ny] top row of each neighbourhood
-    ox = (torch.arange(nx) - rx).clamp(0, nx - 2 * rx - 1)  # [nx]
-    iy = oy[:, None, None, None] + dy[None, None, :, None]  # [ny, 1, 2ry+1, 1]
-    ix = ox[None, :, None, None] + dx[None, None, None, :]  # [1, nx, 1, 2rx+1]
+    sy, sx = min(2 * radius + 1, ny), min(2 * radius + 1, nx)  # neighbourhood side, fitted to the layout
+    oy = (torch.arange(ny) - radius).clamp(0, ny - sy)  # [ny] first row of each neighbourhood
+    ox = (torch.arange(nx) - radius).clamp(0, nx - sx)  # [nx]
+    iy = oy[:, None, None, None] + torch.arange(sy)[None, None, :, None]  # [ny, 1, sy, 1]
+    ix = ox[None, :, None, None] + torch.arange(sx)[None, None, None, :]  # [1, nx, 1, sx]
     return (iy * nx + ix).reshape(ny * nx, -1)

@@ -188,13 +188,9 @@ def test_backbone_missing_pretrained_path_raises(tmp_path):
         Backbone(TINY_MODEL, pretrained=str(tmp_path / "nope.pt"), blocks=BLOCKS, image_size=SIZE)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "models/backbone.py Backbone.__init__: the FileNotFoundError check only fires when the path "
-    "contains os.sep, so pretrained='nope.pt' (a file name in the working directory) reaches "
-    "open_clip and fails with RuntimeError 'not a known tag or valid file path'"))
 def test_backbone_missing_pretrained_bare_file_name_raises(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="neither a file nor an open_clip tag"):
         Backbone(TINY_MODEL, pretrained="nope.pt", blocks=BLOCKS, image_size=SIZE)
 
 
