@@ -1,0 +1,272 @@
+"""The paper's shell workflow: trainAndTest.sh and test_few_shot.sh (positional arguments).
+
+Argument validation and the dataset/checkpoint checks run with plain bash (no Python started).
+How arguments reach the Python CLIs is checked with a stub $PYTHON that records its command
+lines; one real tiny run of test_few_shot.sh checks the whole chain down to results.json.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = ["trainAndTest.sh", "test_few_shot.sh"]
+GOOD = ["fasl", "cpu", "1", "mul", "4", "2", "0.5", "7", "1"]
+METRICS = ("image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_aupro")
+
+# A stand-in for python: logs each command line (one argument per line, calls separated by
+# '--END--') and, when called as train.py, creates the checkpoint file train.py would write.
+STUB = r"""#!/usr/bin/env bash
+printf '%s\n' "$@" --END-- >> "$STUB_LOG"
+if [ "$1" = train.py ]; then
+    args=("$@")
+    for ((i = 0; i < ${#args[@]}; i++)); do
+        case "${args[i]}" in --save_path) save=${args[i+1]} ;; --epoch) epochs=${args[i+1]} ;; esac
+    done
+    mkdir -p "$save" && touch "$save/epoch_$epochs.pth"
+fi
+"""
+
+
+def run_script(script: str, args, env_extra=None, timeout=60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, **(env_extra or {})}
+    return subprocess.run(["bash", str(REPO / script), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def with_arg(position: int, value: str) -> list[str]:
+    args = list(GOOD)
+    args[position] = value
+    return args
+
+
+# ----------------------------------------------------------------------------- argument parsing
+
+BAD_ARGS = {
+    "too_few": (GOOD[:8], "expected 9 positional arguments, got 8"),
+    "too_many": (GOOD + ["extra"], "expected 9 positional arguments, got 10"),
+    "none": ([], "expected 9 positional arguments, got 0"),
+    "bad_model_name": (with_arg(0, "a/b"), "model_name 'a/b' must be a plain folder name"),
+    "bad_device": (with_arg(1, "gpu"), "device 'gpu' must be cpu, N or cuda:N"),
+    "bad_device_index": (with_arg(1, "cuda:x"), "device 'cuda:x' must be cpu, N or cuda:N"),
+    "bad_use_nam": (with_arg(2, "2"), "useNAM '2' must be 1 or 0"),
+    "bad_winmode": (with_arg(3, "max"), "winmode 'max' must be nan, mul or onlywin"),
+    "bad_win_size": (with_arg(4, "4.5"), "win-size '4.5' must be a positive integer"),
+    "bad_win_stride": (with_arg(5, "-2"), "win-stride '-2' must be a positive integer"),
+    "bad_win_weight": (with_arg(6, "1.5"), "win-weight '1.5' must be a number in [0, 1]"),
+    "bad_seed": (with_arg(7, "seven"), "seed 'seven' must be a non-negative integer"),
+    "bad_kshots": (with_arg(8, "1,x"), "kshots '1,x' must be a number or a comma list like 1,2,4"),
+    "bad_kshots_list": (with_arg(8, "1,,2"), "kshots '1,,2' must be a number or a comma list like 1,2,4"),
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("case", sorted(BAD_ARGS))
+def test_bad_arguments_exit_2_with_usage(script, case, tmp_path):
+    args, message = BAD_ARGS[case]
+    log = tmp_path / "calls.log"
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    res = run_script(script, args, {"PYTHON": str(stub), "STUB_LOG": str(log)})
+    assert res.returncode == 2, res.stderr
+    assert f"error: {message}" in res.stderr
+    assert f"usage: bash {script} {{model_name}} {{device}} {{useNAM}} {{winmode}}" in res.stderr
+    assert "kshots      reference images per class" in res.stderr
+    assert res.stdout == ""
+    assert not log.exists(), "python ran although the arguments were refused"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("position, value", [(4, "0"), (5, "0"), (8, "0"), (8, "1,0")],
+                         ids=["win_size_0", "win_stride_0", "kshots_0", "kshots_list_with_0"])
+@pytest.mark.xfail(strict=True, reason="scripts/workflow.sh lines 36-40 accept 0 for win-size, win-stride and "
+                                       "kshots although the usage says 'positive integer' / 'reference images "
+                                       "per class'; the run goes on to the dataset check (exit 1) or to Python")
+def test_zero_sizes_and_kshots_are_refused(script, position, value, tmp_path):
+    res = run_script(script, with_arg(position, value), {"MVTEC_ROOT": str(tmp_path / "none")})
+    assert res.returncode == 2, res.stderr
+    assert "usage: bash" in res.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("device, use_nam", [("cpu", "1"), ("cuda", "0"), ("0", "true"), ("cuda:1", "false"),
+                                              ("12", "yes"), ("cpu", "no")])
+def test_good_arguments_pass_parsing(script, device, use_nam, tmp_path):
+    # parsing accepts them, so the run stops at the next check: the missing dataset (exit 1)
+    missing = tmp_path / "no_such_dataset"
+    args = with_arg(1, device)
+    args[2] = use_nam
+    res = run_script(script, args, {"MVTEC_ROOT": str(missing)})
+    assert res.returncode == 1
+    assert f"mvtec dataset not found at '{missing}'" in res.stderr
+    assert "usage:" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- dataset / checkpoint checks
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_meta_json_stops_with_the_build_command(script, syn_datasets, tmp_path):
+    empty = tmp_path / "mvtec"
+    empty.mkdir()
+    res = run_script(script, GOOD, {"MVTEC_ROOT": str(empty), "VISA_ROOT": str(syn_datasets["visa"])})
+    assert res.returncode == 1
+    assert f"{empty}/meta.json not found; build it with:  python data/mvtec.py --root {empty}" in res.stderr
+    assert "== " not in res.stdout
+
+    res = run_script(script, GOOD, {"MVTEC_ROOT": str(syn_datasets["mvtec"]), "VISA_ROOT": str(empty)})
+    assert res.returncode == 1
+    assert f"{empty}/meta.json not found; build it with:  python data/visa.py --root {empty}" in res.stderr
+
+
+def test_missing_checkpoint_says_how_to_train_it(syn_datasets, tmp_path):
+    env = {"MVTEC_ROOT": str(syn_datasets["mvtec"]), "VISA_ROOT": str(syn_datasets["visa"]),
+           "CKPT_ROOT": str(tmp_path / "ckpt"), "RESULTS_ROOT": str(tmp_path / "results"), "EPOCHS_MVTEC": "3"}
+    res = run_script("test_few_shot.sh", GOOD, env)
+    assert res.returncode == 1
+    expected = tmp_path / "ckpt" / "mvtec" / "fasl" / "1shot" / "seed7" / "epoch_3.pth"
+    assert f"checkpoint '{expected}' not found; train it with trainAndTest.sh" in res.stderr
+    assert not (tmp_path / "results").exists()
+
+
+# ----------------------------------------------------------------------------- what reaches Python
+
+def stub_env(tmp_path, syn_datasets) -> tuple[dict, Path]:
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {"PYTHON": str(stub), "STUB_LOG": str(log), "MVTEC_ROOT": str(syn_datasets["mvtec"]),
+           "VISA_ROOT": str(syn_datasets["visa"]), "CKPT_ROOT": str(tmp_path / "ckpt"),
+           "RESULTS_ROOT": str(tmp_path / "results"), "MODEL": "fasl-tiny-vit", "PRETRAINED": "none",
+           "IMAGE_SIZE": "112", "BLOCKS": "1 2 3 4", "EPOCHS_MVTEC": "3", "EPOCHS_VISA": "2",
+           "BATCH_SIZE": "5", "ALIGN": "image_index", "EXTRA_TEST_ARGS": "--eval_size 64 --save_vis"}
+    return env, log
+
+
+def read_calls(log: Path) -> list[list[str]]:
+    calls, current = [], []
+    for line in log.read_text().splitlines():
+        if line == "--END--":
+            calls.append(current)
+            current = []
+        else:
+            current.append(line)
+    return calls
+
+
+def flag(call: list[str], name: str, n: int = 1):
+    i = call.index(name)
+    return call[i + 1] if n == 1 else call[i + 1:i + 1 + n]
+
+
+def test_train_and_test_script_forwards_every_argument(syn_datasets, tmp_path):
+    env, log = stub_env(tmp_path, syn_datasets)
+    res = run_script("trainAndTest.sh", ["exp1", "cuda:0", "0", "onlywin", "5", "3", "0.25", "9", "1,2"], env)
+    assert res.returncode == 0, res.stderr
+    calls = read_calls(log)
+    ckpt = tmp_path / "ckpt"
+    # per k: train mvtec -> test visa, train visa -> test mvtec
+    plan = [(c[0], flag(c, "--dataset")) for c in calls]
+    assert plan == [("train.py", "mvtec"), ("test_few_shot.py", "visa"), ("train.py", "visa"),
+                    ("test_few_shot.py", "mvtec")] * 2
+    for i, call in enumerate(calls):
+        k = "1" if i < 4 else "2"
+        assert flag(call, "--k_shot") == k
+        assert flag(call, "--model") == "fasl-tiny-vit" and flag(call, "--pretrained") == "none"
+        assert flag(call, "--image_size") == "112" and flag(call, "--features_list", 4) == ["1", "2", "3", "4"]
+        assert flag(call, "--device") == "cuda:0" and flag(call, "--seed") == "9"
+        assert flag(call, "--align") == "image_index"
+        if call[0] == "train.py":
+            train_set = flag(call, "--dataset")
+            assert flag(call, "--save_path") == f"{ckpt}/{train_set}/exp1/{k}shot/seed9"
+            assert flag(call, "--epoch") == ("3" if train_set == "mvtec" else "2")
+            assert flag(call, "--batch_size") == "5" and "--resume" in call
+            assert flag(call, "--train_data_path") == str(syn_datasets[train_set])
+        else:
+            test_set = flag(call, "--dataset")
+            train_set = "mvtec" if test_set == "visa" else "visa"
+            epochs = "3" if train_set == "mvtec" else "2"
+            assert flag(call, "--checkpoint_path") == f"{ckpt}/{train_set}/exp1/{k}shot/seed9/epoch_{epochs}.pth"
+            assert flag(call, "--save_path") == f"{tmp_path}/results/{test_set}/exp1/{k}shot/seed9"
+            assert flag(call, "--data_path") == str(syn_datasets[test_set])
+            assert "--no-nam" in call and "--nam" not in call
+            assert flag(call, "--winmode") == "onlywin" and flag(call, "--win_size") == "5"
+            assert flag(call, "--win_stride") == "3" and flag(call, "--win_weight") == "0.25"
+            assert call[-3:] == ["--eval_size", "64", "--save_vis"]
+
+
+def test_test_script_forwards_every_argument(syn_datasets, tmp_path):
+    env, log = stub_env(tmp_path, syn_datasets)
+    for train_set, epochs in (("mvtec", 3), ("visa", 2)):
+        for k in (1, 4):
+            folder = tmp_path / "ckpt" / train_set / "fasl" / f"{k}shot" / "seed111"
+            folder.mkdir(parents=True)
+            (folder / f"epoch_{epochs}.pth").touch()
+    res = run_script("test_few_shot.sh", ["fasl", "1", "true", "nan", "13", "2", "1", "111", "1,4"], env)
+    assert res.returncode == 0, res.stderr
+    calls = read_calls(log)
+    assert [(c[0], flag(c, "--dataset"), flag(c, "--k_shot")) for c in calls] == [
+        ("test_few_shot.py", "visa", "1"), ("test_few_shot.py", "mvtec", "1"),
+        ("test_few_shot.py", "visa", "4"), ("test_few_shot.py", "mvtec", "4")]
+    for call in calls:
+        assert "--nam" in call and "--no-nam" not in call
+        assert flag(call, "--device") == "1" and flag(call, "--winmode") == "nan"
+        assert flag(call, "--win_weight") == "1" and flag(call, "--seed") == "111"
+        assert Path(flag(call, "--checkpoint_path")).is_file()
+
+
+# ----------------------------------------------------------------------------- one real tiny run
+
+def test_test_script_full_tiny_run(syn_datasets, ckpt_root, mvtec_ckpt, tiny_backbone_args, train_args, tmp_path):
+    import train
+
+    # the layout the script reads: $CKPT_ROOT/<trainset>/<name>/<k>shot/seed<seed>/epoch_<EPOCHS>.pth
+    assert mvtec_ckpt == ckpt_root / "mvtec" / "fasl" / "1shot" / "seed7" / "epoch_1.pth"
+    visa_dir = ckpt_root / "visa" / "fasl" / "1shot" / "seed7"
+    if not (visa_dir / "epoch_1.pth").exists():
+        train.main(["--train_data_path", str(syn_datasets["visa"]), "--dataset", "visa", "--save_path",
+                    str(visa_dir), "--epoch", "1", *train_args, *tiny_backbone_args])
+    results = tmp_path / "results"
+    env = {"MODEL": "fasl-tiny-vit", "PRETRAINED": "none", "IMAGE_SIZE": "112", "BLOCKS": "1 2 3 4",
+           "EPOCHS_MVTEC": "1", "EPOCHS_VISA": "1", "RESULTS_ROOT": str(results), "CKPT_ROOT": str(ckpt_root),
+           "MVTEC_ROOT": str(syn_datasets["mvtec"]), "VISA_ROOT": str(syn_datasets["visa"]),
+           "EXTRA_TEST_ARGS": "--eval_size 64", "OMP_NUM_THREADS": "2"}
+    res = run_script("test_few_shot.sh", ["fasl", "cpu", "1", "mul", "4", "2", "0.5", "7", "1"], env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"== test on visa, k=1 -> {results}/visa/fasl/1shot/seed7" in res.stdout
+    assert f"== test on mvtec, k=1 -> {results}/mvtec/fasl/1shot/seed7" in res.stdout
+
+    for test_set, train_set in (("visa", "mvtec"), ("mvtec", "visa")):
+        out = results / test_set / "fasl" / "1shot" / "seed7"
+        doc = json.loads((out / "results.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
+        classes = sorted(json.loads((syn_datasets[test_set] / "meta.json").read_text())["test"])
+        assert sorted(doc["per_class"]) == classes
+        for where, metrics in [*doc["per_class"].items(), ("mean", doc["mean"])]:
+            for key in METRICS:
+                value = metrics[key]
+                assert isinstance(value, float) and not math.isnan(value) and 0.0 <= value <= 1.0, (where, key)
+        args = doc["extra"]["args"]
+        assert args["checkpoint_path"] == str(ckpt_root / train_set / "fasl" / "1shot" / "seed7" / "epoch_1.pth")
+        assert args["dataset"] == test_set and args["data_path"] == str(syn_datasets[test_set])
+        assert (args["mode"], args["nam"], args["winmode"]) == ("fasl", True, "mul")
+        assert (args["win_size"], args["win_stride"], args["win_weight"]) == (4, 2, 0.5)
+        assert (args["seed"], args["k_shot"], args["eval_size"]) == (7, 1, 64)
+        assert (args["model"], args["pretrained"], args["features_list"]) == ("fasl-tiny-vit", "none", [1, 2, 3, 4])
+        assert args["device"] == "cpu" and args["image_size"] == 112
+        refs = json.loads((out / "references.json").read_text())
+        assert sorted(refs["references"]) == classes and refs["info"]["seed"] == 7
+        assert (out / "results.csv").is_file() and (out / "test.log").is_file()
+
+
+def test_scripts_are_valid_bash():
+    for script in [*SCRIPTS, "scripts/workflow.sh"]:
+        res = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True)
+        assert res.returncode == 0, f"{script}: {res.stderr}"
