@@ -194,12 +194,10 @@ def load_references(paths: list[Path], model: FASL) -> tuple[torch.Tensor, torch
 # ----------------------------------------------------------------------------- reference files
 
 def inference_config(args) -> InferenceConfig:
-    # --win_topk only exists once utils/args.py offers it; until then the library default applies
-    extra = {"win_topk": args.win_topk} if getattr(args, "win_topk", None) is not None else {}
     return InferenceConfig(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
                            win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
                            win_radius=args.win_radius, out_size=args.map_size or args.image_size,
-                           window_batch=args.window_batch, **extra)
+                           win_topk=args.win_topk, window_batch=args.window_batch)
 
 
 def scoring_settings(cfg: InferenceConfig) -> dict:
@@ -381,8 +379,8 @@ def _run(args, out: Path, log) -> int:
 
     images = collect_images(args.images, "--images")
     ref_paths = collect_images(args.refs, "--refs") if args.refs else None
-    extra = {"precision": args.precision} if getattr(args, "precision", None) is not None else {}
-    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device, **extra)
+    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
+                       precision=args.precision)
     if args.mode == "fasl":
         model.load_checkpoint(args.checkpoint)
     model.eval()

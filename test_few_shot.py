@@ -132,13 +132,14 @@ def main(argv=None) -> dict:
     unknown = [c for c in classes if c not in meta["test"]]
     if unknown:
         raise ValueError(f"class(es) {unknown} not in {args.data_path}/meta.json; available: {sorted(meta['test'])}")
-    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device)
+    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
+                       precision=args.precision)
     if args.mode == "fasl":
         model.load_checkpoint(args.checkpoint_path)
     model.eval()
     cfg = InferenceConfig(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
                           win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
-                          win_radius=args.win_radius, out_size=args.eval_size, window_batch=args.window_batch)
+                          win_radius=args.win_radius, win_topk=args.win_topk, out_size=args.eval_size, window_batch=args.window_batch)
     windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None
 
     if args.refs:

@@ -26,6 +26,9 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                    help="1-based transformer blocks whose patch tokens are used (default: 6 12 18 24)")
     g.add_argument("--device", default="cpu",
                    help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")
+    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="encoder autocast and memory-bank dtype: 'auto' = fp16 on CUDA, fp32 on CPU "
+                        "(default: %(default)s)")
 
 
 def add_align_arg(p: argparse.ArgumentParser) -> None:
@@ -50,6 +53,9 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl") -
     g.add_argument("--win_weight", type=float, default=0.5, help="w, the window map's weight in 'mul' (default: %(default)s)")
     g.add_argument("--win_radius", type=int, default=1,
                    help="neighbourhood radius (window steps) of --align position (default: %(default)s)")
+    g.add_argument("--win_topk", type=int, default=4,
+                   help="--align position searches only the TOPK neighbourhood windows most similar to the "
+                        "query window by embedding; 0 = all of them (default: %(default)s)")
     g.add_argument("--window_batch", type=int, default=256,
                    help="windows encoded per backbone call (default: %(default)s)")
     add_align_arg(g)
