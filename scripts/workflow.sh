@@ -33,11 +33,11 @@ fasl_parse_args() {
         *) fasl_die "useNAM '$USE_NAM' must be 1 or 0" ;;
     esac
     case "$WINMODE" in nan|mul|onlywin) ;; *) fasl_die "winmode '$WINMODE' must be nan, mul or onlywin" ;; esac
-    [[ "$WIN_SIZE" =~ ^[0-9]+$ ]] || fasl_die "win-size '$WIN_SIZE' must be a positive integer"
-    [[ "$WIN_STRIDE" =~ ^[0-9]+$ ]] || fasl_die "win-stride '$WIN_STRIDE' must be a positive integer"
+    [[ "$WIN_SIZE" =~ ^[1-9][0-9]*$ ]] || fasl_die "win-size '$WIN_SIZE' must be a positive integer"
+    [[ "$WIN_STRIDE" =~ ^[1-9][0-9]*$ ]] || fasl_die "win-stride '$WIN_STRIDE' must be a positive integer"
     [[ "$WIN_WEIGHT" =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] || fasl_die "win-weight '$WIN_WEIGHT' must be a number in [0, 1]"
     [[ "$SEED" =~ ^[0-9]+$ ]] || fasl_die "seed '$SEED' must be a non-negative integer"
-    [[ "$KSHOTS" =~ ^[0-9]+(,[0-9]+)*$ ]] || fasl_die "kshots '$KSHOTS' must be a number or a comma list like 1,2,4"
+    [[ "$KSHOTS" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || fasl_die "kshots '$KSHOTS' must be a positive number or a comma list like 1,2,4"
 
     MVTEC_ROOT=${MVTEC_ROOT:-./datasets/mvtec}
     VISA_ROOT=${VISA_ROOT:-./datasets/visa}

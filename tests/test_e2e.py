@@ -447,9 +447,6 @@ def test_bad_device_string_is_an_error(cli, device, syn_datasets, tiny_backbone_
         fn([*argv, "--device", device])
 
 
-@pytest.mark.xfail(strict=True, reason="utils/misc.py get_logger keeps every earlier run's FileHandler on the "
-                                       "'fasl.test' / 'fasl.train' loggers, so a second in-process main() also "
-                                       "appends its log lines to the first run's test.log / train.log")
 def test_each_run_logs_only_into_its_own_folder(run_test, tmp_path):
     run_test(tmp_path / "first", "--mode", "fd", checkpoint=False)
     run_test(tmp_path / "second", "--mode", "fd", checkpoint=False)

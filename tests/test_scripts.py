@@ -86,9 +86,6 @@ def test_bad_arguments_exit_2_with_usage(script, case, tmp_path):
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("position, value", [(4, "0"), (5, "0"), (8, "0"), (8, "1,0")],
                          ids=["win_size_0", "win_stride_0", "kshots_0", "kshots_list_with_0"])
-@pytest.mark.xfail(strict=True, reason="scripts/workflow.sh lines 36-40 accept 0 for win-size, win-stride and "
-                                       "kshots although the usage says 'positive integer' / 'reference images "
-                                       "per class'; the run goes on to the dataset check (exit 1) or to Python")
 def test_zero_sizes_and_kshots_are_refused(script, position, value, tmp_path):
     res = run_script(script, with_arg(position, value), {"MVTEC_ROOT": str(tmp_path / "none")})
     assert res.returncode == 2, res.stderr

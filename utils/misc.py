@@ -137,8 +137,9 @@ def get_logger(name: str, log_file: PathLike | None = None,
                level: int = logging.INFO) -> logging.Logger:
     """Logger writing ``HH:MM:SS LEVEL name: message`` to stdout and optionally to ``log_file``.
 
-    Calling it again for the same name adds no duplicate handlers; a new ``log_file`` adds
-    one more file handler (appending). The logger does not propagate to the root logger.
+    Calling it again for the same name adds no duplicate handlers; a new ``log_file``
+    replaces (and closes) the previous file handler, so each run logs only into its own
+    file (appending). The logger does not propagate to the root logger.
     """
     logger = logging.getLogger(name)
     logger.setLevel(level)
@@ -153,8 +154,12 @@ def get_logger(name: str, log_file: PathLike | None = None,
         logger.addHandler(stream)
     if log_file is not None:
         log_path = os.path.abspath(log_file)
+        for h in owned:
+            if isinstance(h, logging.FileHandler) and h.baseFilename != log_path:
+                logger.removeHandler(h)
+                h.close()
         if not any(isinstance(h, logging.FileHandler) and h.baseFilename == log_path
-                   for h in owned):
+                   for h in logger.handlers):
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
             handler.setFormatter(formatter)
@@ -164,8 +169,18 @@ def get_logger(name: str, log_file: PathLike | None = None,
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process in bytes (``ru_maxrss``; KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process in bytes.
+
+    Linux: ``VmHWM`` of /proc/self/status (``ru_maxrss`` can lag behind the current RSS there);
+    elsewhere ``ru_maxrss`` (bytes on macOS, KiB otherwise).
+    """
     import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
