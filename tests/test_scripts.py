@@ -61,8 +61,8 @@ BAD_ARGS = {
     "bad_win_stride": (with_arg(5, "-2"), "win-stride '-2' must be a positive integer"),
     "bad_win_weight": (with_arg(6, "1.5"), "win-weight '1.5' must be a number in [0, 1]"),
     "bad_seed": (with_arg(7, "seven"), "seed 'seven' must be a non-negative integer"),
-    "bad_kshots": (with_arg(8, "1,x"), "kshots '1,x' must be a number or a comma list like 1,2,4"),
-    "bad_kshots_list": (with_arg(8, "1,,2"), "kshots '1,,2' must be a number or a comma list like 1,2,4"),
+    "bad_kshots": (with_arg(8, "1,x"), "kshots '1,x' must be a positive number or a comma list like 1,2,4"),
+    "bad_kshots_list": (with_arg(8, "1,,2"), "kshots '1,,2' must be a positive number or a comma list like 1,2,4"),
 }
 
 
