@@ -1,11 +1,21 @@
 """Train FASL's ASL heads and NAMs on an auxiliary dataset (the backbone stays frozen).
 
-Paper protocol (``--anomaly_source masks``): the training set is the *test* split of the
-auxiliary dataset (normal and anomalous images with masks); every image is aligned against the
-memory bank of its own class, built from k references of that dataset's ``train`` split.
-Loss: focal (gamma 2) + dice on every block's raw and NAM maps, upsampled to the input size.
+Paper protocol (``--anomaly_source masks``, the default): the training set is the *test* split
+of the auxiliary dataset (normal and anomalous images with masks); every image is aligned
+against the memory bank of its own class, built from k references of that dataset's ``train``
+split. Loss: focal (gamma 2) + dice on every block's raw and NAM maps, upsampled to the input
+size.
+
+Without defect masks (``--anomaly_source synthetic``): the training set is good images only,
+the ``train`` split of a meta.json or a plain folder / glob / list (``--train_images``, one
+class named by ``--class_name``). Defects (CutPaste patches and Perlin-noise texture blobs,
+``data/anomaly_synthesis.py``) are drawn on the fly with their exact masks, and a fraction
+``--clean_rate`` of the images stays clean every epoch. The k references of each class's memory
+bank come from the same good images and are left out of its training images when at least two
+others remain.
 
     python train.py --train_data_path datasets/mvtec --dataset mvtec --save_path checkpoints/x
+    python train.py --anomaly_source synthetic --train_images my_parts/good --save_path checkpoints/mine
 """
 from __future__ import annotations
 
@@ -14,15 +24,19 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.dataset import AnomalyDataset
-from data.kshot import load_kshot, load_reference_images, sample_kshot, save_kshot
+from data.anomaly_synthesis import SynthesisConfig, parse_kinds
+from data.dataset import AnomalyDataset, select_classes
+from data.kshot import load_kshot, load_reference_images, sample_kshot, save_kshot, stable_hash
 from data.meta import load_meta
+from data.synthetic_train import SynthesizedAnomalyDataset, list_image_files, relative_to_common_root
 from models import build_fasl
 from models.asl import ScoreMaps
 from models.backbone import BackboneOutput
@@ -31,12 +45,16 @@ from utils.losses import dice_loss, focal_loss
 from utils.misc import atomic_torch_save, get_logger, resolve_device, seed_everything, write_json
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
+ANOMALY_SOURCES = ("masks", "synthetic")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train_data_path", required=True, help="root of the auxiliary dataset (holds meta.json)")
-    p.add_argument("--dataset", default="mvtec", help="name of the auxiliary dataset, for logs (default: %(default)s)")
+    p.add_argument("--train_data_path", default=None,
+                   help="root of the auxiliary dataset (holds meta.json); not needed with --train_images")
+    p.add_argument("--dataset", default=None,
+                   help="name of the training data, for logs and the checkpoint (default: mvtec, or "
+                        "custom with --train_images)")
     p.add_argument("--save_path", required=True, help="folder for checkpoints (epoch_N.pth), train.log, references.json")
     add_backbone_args(p)
     p.add_argument("--k_shot", type=int, default=1, help="reference images per class for the memory banks (default: %(default)s)")
@@ -44,15 +62,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epoch", type=int, default=5, help="number of epochs (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=8, help="(default: %(default)s)")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--aug_rate", type=float, default=0.2, help="probability of the 2x2 mosaic augmentation (default: %(default)s)")
+    p.add_argument("--aug_rate", type=float, default=0.2,
+                   help="probability of the 2x2 mosaic augmentation; --anomaly_source masks only (default: %(default)s)")
     p.add_argument("--crop_rate", type=float, default=0.0,
-                   help="probability of the defect-keeping random crop (default: %(default)s)")
+                   help="probability of the defect-keeping random crop; --anomaly_source masks only "
+                        "(default: %(default)s)")
     p.add_argument("--no_input_bn", action="store_true", help="drop the BatchNorm1d in front of each ASL head")
     p.add_argument("--seed", type=int, default=111, help="seed for references, shuffling and augmentation (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch_N.pth in --save_path")
     p.add_argument("--classes", nargs="+", default=None, help="train on these classes only (default: all)")
     add_align_arg(p)
-    return p.parse_args(argv)
+    g = p.add_argument_group("anomaly source")
+    g.add_argument("--anomaly_source", choices=ANOMALY_SOURCES, default="masks",
+                   help="'masks': real defects and their ground-truth masks (the test split of "
+                        "--train_data_path, the paper's protocol); 'synthetic': good images only, defects "
+                        "synthesised on the fly (default: %(default)s)")
+    g.add_argument("--train_images", nargs="+", default=None, metavar="PATH",
+                   help="with --anomaly_source synthetic: good images as folders (recursive), glob "
+                        "patterns, image files or .txt lists, used as one class --class_name "
+                        "instead of the train split of --train_data_path")
+    g.add_argument("--class_name", default="custom",
+                   help="class name of the --train_images (default: %(default)s)")
+    g.add_argument("--clean_rate", type=float, default=0.3,
+                   help="synthetic: fraction of the training images left without a defect each epoch "
+                        "(default: %(default)s)")
+    g.add_argument("--synth_kinds", default="cutpaste,noise",
+                   help="synthetic: comma-separated defect kinds, from cutpaste, noise (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.train_images and args.anomaly_source != "synthetic":
+        p.error("--train_images has no masks: use it with --anomaly_source synthetic")
+    if args.train_images and args.train_data_path:
+        p.error("give either --train_data_path or --train_images, not both")
+    if args.train_images and args.classes:
+        p.error("--classes selects classes of a meta.json; --train_images is one class (--class_name)")
+    if not args.train_images and not args.train_data_path:
+        p.error("--train_data_path is required (or --anomaly_source synthetic with --train_images)")
+    if not 0.0 <= args.clean_rate <= 1.0:
+        p.error(f"--clean_rate must be in [0, 1], got {args.clean_rate}")
+    try:
+        args.synth_kinds = ",".join(parse_kinds(args.synth_kinds))
+    except ValueError as err:
+        p.error(f"--synth_kinds: {err}")
+    if args.dataset is None:
+        args.dataset = "custom" if args.train_images else "mvtec"
+    return args
 
 
 def segmentation_loss(maps: ScoreMaps, masks: torch.Tensor) -> torch.Tensor:
@@ -63,6 +116,66 @@ def segmentation_loss(maps: ScoreMaps, masks: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)  # [B, 2, S, S]
         loss = loss + focal_loss(up, masks) + dice_loss(up[:, 1], masks[:, 0])
     return loss
+
+
+def _folder_references(args, paths: list[str]) -> list[str]:
+    """k references among the --train_images (relative paths): from --refs, or a seeded draw
+    made like data.kshot.sample_kshot's."""
+    if args.refs:
+        refs = load_kshot(args.refs).get(args.class_name)
+        if refs is None:
+            raise ValueError(f"{args.refs} has no references for class {args.class_name!r}")
+        unknown = [r for r in refs if r not in set(paths)]
+        if unknown:
+            raise ValueError(f"{args.refs}: reference {unknown[0]!r} is not one of the --train_images")
+        return refs
+    if not 1 <= args.k_shot <= len(paths):
+        raise ValueError(f"k={args.k_shot} reference images requested, but --train_images has {len(paths)} images")
+    pool = sorted(paths)
+    rng = np.random.default_rng([int(args.seed), stable_hash(args.class_name)])
+    return [pool[j] for j in rng.choice(len(pool), size=args.k_shot, replace=False)]
+
+
+class TrainingData(NamedTuple):
+    root: Path                    # what every image path is relative to
+    classes: list[str]
+    refs: dict[str, list[str]]    # the k references of each class's memory bank
+    meta: dict | None             # None for --train_images
+    paths: list[str] | None       # the --train_images, relative to root
+
+
+def resolve_training_data(args) -> TrainingData:
+    """Find the training images and choose the references (before any model is built, so a
+    wrong path fails at once)."""
+    if args.train_images:
+        root, paths = relative_to_common_root(list_image_files(args.train_images))
+        return TrainingData(root, [args.class_name], {args.class_name: _folder_references(args, paths)}, None, paths)
+    root = Path(args.train_data_path)
+    meta = load_meta(root)
+    classes = select_classes(meta, "test" if args.anomaly_source == "masks" else "train", args.classes)
+    if args.refs:
+        refs = load_kshot(args.refs, meta)
+        missing = [c for c in classes if c not in refs]
+        if missing:
+            raise ValueError(f"{args.refs} has no references for class(es) {missing}")
+    else:
+        refs = {c: sample_kshot(meta, c, args.k_shot, args.seed) for c in classes}
+    return TrainingData(root, classes, refs, meta, None)
+
+
+def build_training_set(args, data: TrainingData, mean, std):
+    """The training Dataset: real masks (AnomalyDataset over the test split) or synthetic
+    defects on good images, references left out (SynthesizedAnomalyDataset)."""
+    if args.anomaly_source == "masks":
+        return AnomalyDataset(data.root, split="test", classes=args.classes, image_size=args.image_size,
+                              mean=mean, std=std, aug_rate=args.aug_rate, crop_rate=args.crop_rate,
+                              seed=args.seed, meta=data.meta)
+    common = dict(image_size=args.image_size, mean=mean, std=std, clean_rate=args.clean_rate,
+                  synthesis=SynthesisConfig(kinds=parse_kinds(args.synth_kinds)), seed=args.seed)
+    if data.paths is not None:
+        return SynthesizedAnomalyDataset.from_files(data.root, data.paths, args.class_name,
+                                                    exclude=data.refs[args.class_name], **common)
+    return SynthesizedAnomalyDataset.from_meta(data.root, data.meta, data.classes, exclude=data.refs, **common)
 
 
 def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
@@ -77,29 +190,27 @@ def main(argv=None) -> Path:
     log = get_logger("fasl.train", save_path / "train.log")
     device = resolve_device(args.device)
     seed_everything(args.seed)
+    data = resolve_training_data(args)
 
     model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
                        input_bn=not args.no_input_bn)
     bb = model.backbone
-    meta = load_meta(args.train_data_path)
-    dataset = AnomalyDataset(args.train_data_path, split="test", classes=args.classes, image_size=args.image_size,
-                             mean=bb.mean, std=bb.std, aug_rate=args.aug_rate, crop_rate=args.crop_rate,
-                             seed=args.seed, meta=meta)
-    if args.refs:
-        refs = load_kshot(args.refs, meta)
-        missing = [c for c in dataset.classes if c not in refs]
-        if missing:
-            raise ValueError(f"{args.refs} has no references for class(es) {missing}")
-    else:
-        refs = {c: sample_kshot(meta, c, args.k_shot, args.seed) for c in dataset.classes}
-    save_kshot(save_path / "references.json", {c: refs[c] for c in dataset.classes},
-               {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot})
-    log.info("training on %s (%s): %d images, %d classes, k=%d, model %s",
-             args.train_data_path, args.dataset, len(dataset), len(dataset.classes), args.k_shot, bb.model_name)
+    dataset = build_training_set(args, data, bb.mean, bb.std)
+    refs, ref_root = data.refs, data.root
+    info = {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot}
+    if args.train_images:  # a folder has no meta.json: say what the paths are relative to
+        info["root"] = str(ref_root)
+    save_kshot(save_path / "references.json", {c: refs[c] for c in dataset.classes}, info)
+    log.info("training on %s (%s, anomaly source %s): %d images, %d classes, k=%d, model %s",
+             ref_root, args.dataset, args.anomaly_source, len(dataset), len(dataset.classes), args.k_shot,
+             bb.model_name)
+    if args.anomaly_source == "synthetic":
+        log.info("synthetic defects %s, %d of %d images clean per epoch", args.synth_kinds,
+                 int(dataset.clean.sum()), len(dataset))
 
     banks = {}
     for c in tqdm(dataset.classes, desc="memory banks", leave=False):
-        banks[c] = model.build_memory(load_reference_images(args.train_data_path, refs[c], args.image_size, bb.mean, bb.std))
+        banks[c] = model.build_memory(load_reference_images(ref_root, refs[c], args.image_size, bb.mean, bb.std))
 
     optimizer = torch.optim.Adam(model.heads.parameters(), lr=args.learning_rate, betas=(0.5, 0.999))
     start_epoch, path = 0, save_path
@@ -113,6 +224,9 @@ def main(argv=None) -> Path:
             start_epoch, path = int(state["epoch"]), found[1]
             log.info("resumed from %s (epoch %d)", found[1], start_epoch)
     write_json(save_path / "train_args.json", vars(args))
+    source_info = {"anomaly_source": args.anomaly_source}  # primitives only: weights_only loading
+    if args.anomaly_source == "synthetic":
+        source_info.update(clean_rate=float(args.clean_rate), synth_kinds=args.synth_kinds)
 
     for epoch in range(start_epoch, args.epoch):
         # every epoch draws from its own streams, so a resumed run repeats an uninterrupted one
@@ -143,7 +257,7 @@ def main(argv=None) -> Path:
             bar.set_postfix(loss=f"{total / steps:.4f}")
         path = save_path / f"epoch_{epoch + 1}.pth"
         atomic_torch_save(model.checkpoint_state(optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                                                 seed=args.seed, dataset=args.dataset), path)
+                                                 seed=args.seed, dataset=args.dataset, **source_info), path)
         log.info("epoch %d/%d  loss %.4f  %.1fs  -> %s", epoch + 1, args.epoch, total / max(steps, 1),
                  time.time() - t0, path)
     return path
