@@ -193,7 +193,7 @@ def main(argv=None) -> Path:
     data = resolve_training_data(args)
 
     model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
-                       input_bn=not args.no_input_bn)
+                       input_bn=not args.no_input_bn, precision=args.precision)
     bb = model.backbone
     dataset = build_training_set(args, data, bb.mean, bb.std)
     refs, ref_root = data.refs, data.root
