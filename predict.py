@@ -197,7 +197,8 @@ def inference_config(args) -> InferenceConfig:
     return InferenceConfig(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
                            win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
                            win_radius=args.win_radius, out_size=args.map_size or args.image_size,
-                           win_topk=args.win_topk, window_batch=args.window_batch)
+                           win_topk=args.win_topk, search_precision=args.search_precision,
+                           window_batch=args.window_batch)
 
 
 def scoring_settings(cfg: InferenceConfig) -> dict:

@@ -139,7 +139,8 @@ def main(argv=None) -> dict:
     model.eval()
     cfg = InferenceConfig(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
                           win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
-                          win_radius=args.win_radius, win_topk=args.win_topk, out_size=args.eval_size, window_batch=args.window_batch)
+                          win_radius=args.win_radius, win_topk=args.win_topk, search_precision=args.search_precision,
+                          out_size=args.eval_size, window_batch=args.window_batch)
     windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None
 
     if args.refs:

@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--win_radius", type=int, default=1)
     p.add_argument("--win_topk", type=int, default=4)
     p.add_argument("--window_batch", type=int, default=256)
+    p.add_argument("--search_precision", choices=("exact", "bf16"), default="exact",
+                   help="alignment search matmul precision (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=1, help="query images per forward (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                    help="compute/bank dtype: auto = fp16 on CUDA, fp32 on CPU (default: %(default)s)")
@@ -131,6 +133,8 @@ def agreement(model, bank, images, cfg: InferenceConfig) -> dict:
     ref = bank.align_global(feats.tokens, feats.embedding, mode="exhaustive", gather=False)
     fast = bank.align_global(feats.tokens, feats.embedding, mode="image_index", gather=False)
     out["global image_index"] = float(np.mean([(a == b).float().mean().item() for a, b in zip(ref.index, fast.index)]))
+    bf16 = bank.align_global(feats.tokens, feats.embedding, mode="exhaustive", gather=False, search_dtype=torch.bfloat16)
+    out["global exhaustive bf16 search"] = float(np.mean([(a == b).float().mean().item() for a, b in zip(ref.index, bf16.index)]))
     if bank.windows is not None:
         crops = split_windows(images, bank.windows, bb.patch_size)
         wf = bb(crops, chunk=cfg.window_batch)
@@ -156,7 +160,8 @@ def main(argv=None) -> dict:
     bb = model.backbone
     cfg = InferenceConfig(mode=args.mode, winmode=args.winmode, win_size=args.win_size, win_stride=args.win_stride,
                           win_weight=args.win_weight, align=args.align, win_radius=args.win_radius,
-                          win_topk=args.win_topk, window_batch=args.window_batch)
+                          win_topk=args.win_topk, window_batch=args.window_batch,
+                          search_precision=args.search_precision)
     windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None
     refs = synthetic_images(args.k, args.image_size, 0, bb.mean, bb.std).to(device)
     n_batches = -(-args.n_images // args.batch_size)

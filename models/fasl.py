@@ -25,6 +25,7 @@ from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, MemoryBank
 WINMODES = ("nan", "mul", "onlywin")
 SCORE_MODES = ("fasl", "fd")
 CHECKPOINT_FORMAT = "fasl-heads-v1"
+SEARCH_PRECISIONS = {"exact": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -41,6 +42,8 @@ class InferenceConfig:
         the most similar by window embedding (0 = all k * (2r+1)^2 of them).
     out_size: side of the returned score map.
     window_batch: windows per backbone call; max_bytes: similarity-matrix budget.
+    search_precision: ``exact`` (search in the bank's dtype) or ``bf16`` (search matmul in
+        bfloat16, similarities of the chosen patches exact; see models/memory.py).
     """
 
     mode: str = "fasl"
@@ -55,8 +58,11 @@ class InferenceConfig:
     out_size: int = 240
     window_batch: int = 256
     max_bytes: int = DEFAULT_MAX_BYTES
+    search_precision: str = "exact"
 
     def __post_init__(self):
+        if self.search_precision not in SEARCH_PRECISIONS:
+            raise ValueError(f"search_precision must be one of {tuple(SEARCH_PRECISIONS)}, got {self.search_precision!r}")
         if self.mode not in SCORE_MODES:
             raise ValueError(f"mode must be one of {SCORE_MODES}, got {self.mode!r}")
         if self.winmode not in WINMODES:
@@ -175,7 +181,8 @@ class FASL(nn.Module):
         extra = {"radius": cfg.win_radius, "topk": cfg.win_topk} if windows else {}
         fasl = cfg.mode == "fasl"
         with timer("align"):
-            alignment = align(tokens, embedding, mode=cfg.align, gather=fasl, max_bytes=cfg.max_bytes, **extra)
+            alignment = align(tokens, embedding, mode=cfg.align, gather=fasl, max_bytes=cfg.max_bytes,
+                              search_dtype=SEARCH_PRECISIONS[cfg.search_precision], **extra)
         Q = tokens[0].shape[0]
         if not fasl:
             return fd_scores(alignment.similarity).reshape(Q, len(tokens), *grid)

@@ -10,7 +10,7 @@ def deviation(tokens: list[torch.Tensor], aligned: list[torch.Tensor]) -> list[t
 
     tokens, aligned: L x (Q, n, W). Returns L x (Q, n, W).
     """
-    return [(f.float() - r.float()).abs() for f, r in zip(tokens, aligned)]
+    return [torch.sub(f.float(), r.float()).abs_() for f, r in zip(tokens, aligned)]
 
 
 def fd_scores(similarity: list[torch.Tensor]) -> torch.Tensor:

@@ -12,6 +12,10 @@ L2-normalised tokens, so a dot product) of the same block. Three modes:
   to ``image_index``).
 
 Chunk sizes follow a byte budget so the similarity matrix never exceeds it.
+
+``search_dtype`` (e.g. bfloat16) runs the search matmul in a lower precision (several times
+faster on CPUs with AMX / AVX512-BF16); the chosen patch's similarity and aligned features are
+then taken exactly from the stored bank, so only near-ties may pick a different patch.
 """
 from __future__ import annotations
 
@@ -124,8 +128,18 @@ class PatchMemory(nn.Module):
         stacked = torch.stack(tokens)  # [L, R, m, W]
         dtype = dtype or stacked.dtype
         self._tokens = stacked.to(dtype).contiguous()
+        self._search_copy: torch.Tensor | None = None
         self._embedding = embedding.to(dtype).contiguous() if embedding is not None else torch.empty(0)
         return self
+
+    def search_tokens(self, dtype: torch.dtype | None) -> torch.Tensor:
+        """(L, R, m, W) tokens in the search dtype (a cached copy when it differs from the bank's)."""
+        bank = self.tokens
+        if dtype is None or dtype == bank.dtype:
+            return bank
+        if getattr(self, "_search_copy", None) is None or self._search_copy.dtype != dtype:
+            self._search_copy = bank.to(dtype)
+        return self._search_copy
 
     def nbytes(self) -> int:
         return self._tokens.numel() * self._tokens.element_size() + self._embedding.numel() * self._embedding.element_size()
@@ -138,13 +152,16 @@ class PatchMemory(nn.Module):
         candidates: torch.Tensor | None = None,
         gather: bool = True,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        search_dtype: torch.dtype | None = None,
     ) -> Alignment:
         """Align queries block by block.
 
         tokens: L x (Q, n, W) query tokens; embedding: (Q, D), needed for ``image_index``;
-        candidates: (Q, C) entry indices, used instead of ``mode`` when given.
+        candidates: (Q, C) entry indices, used instead of ``mode`` when given;
+        search_dtype: dtype of the search matmul (None = the bank's, exact).
         """
         bank = self.tokens
+        search = self.search_tokens(search_dtype)
         L, R, m, W = bank.shape
         if len(tokens) != L:
             raise ValueError(f"query has {len(tokens)} blocks, the memory {L}")
@@ -157,14 +174,18 @@ class PatchMemory(nn.Module):
         sims, idxs, aligned = [], [], []
         for layer, query in enumerate(tokens):
             query = query.to(bank.dtype)
+            q_search = query.to(search.dtype)
             if candidates is None:
-                s, i = nearest_reference(query, bank[layer].reshape(R * m, W), max_bytes)
+                s, i = nearest_reference(q_search, search[layer].reshape(R * m, W), max_bytes)
             else:
-                s, i = nearest_in_candidates(query, bank[layer], candidates, max_bytes)
+                s, i = nearest_in_candidates(q_search, search[layer], candidates, max_bytes)
+            rows = bank[layer].reshape(R * m, W)[i] if gather or search is not bank else None  # [Q, n, W]
+            if search is not bank:
+                s = (query.float() * rows.float()).sum(dim=-1).to(bank.dtype)  # exact similarity of the pick
             sims.append(s)
             idxs.append(i)
             if gather:
-                aligned.append(bank[layer].reshape(R * m, W)[i])  # [Q, n, W]
+                aligned.append(rows)
         return Alignment(similarity=sims, index=idxs, aligned=aligned if gather else None)
 
 
@@ -185,15 +206,19 @@ class MemoryBank(nn.Module):
     def nbytes(self) -> dict[str, int]:
         return {"global": self.global_memory.nbytes(), "window": self.window_memory.nbytes()}
 
-    def align_global(self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES):
+    def align_global(
+        self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES, search_dtype=None
+    ):
         """Queries are whole images: L x (B, N, W), embedding (B, D)."""
         if mode == "position":
             mode = "image_index"  # positions only exist for windows
-        return self.global_memory.align(tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes)
+        return self.global_memory.align(
+            tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes, search_dtype=search_dtype
+        )
 
     def align_windows(
         self, tokens, embedding=None, mode="exhaustive", radius: int = 1, topk: int = 0, gather=True,
-        max_bytes=DEFAULT_MAX_BYTES,
+        max_bytes=DEFAULT_MAX_BYTES, search_dtype=None,
     ):
         """Queries are windows, image-major: L x (B * nw, s*s, W), embedding (B * nw, D).
 
@@ -217,5 +242,6 @@ class MemoryBank(nn.Module):
                 sim = torch.einsum("qd,qcd->qc", embedding.to(ref.dtype), ref)
                 candidates = candidates.gather(1, sim.topk(topk, dim=1).indices)  # [Q, topk]
         return self.window_memory.align(
-            tokens, embedding, mode=mode, candidates=candidates, gather=gather, max_bytes=max_bytes
+            tokens, embedding, mode=mode, candidates=candidates, gather=gather, max_bytes=max_bytes,
+            search_dtype=search_dtype,
         )

@@ -520,3 +520,24 @@ def test_align_global_position_falls_back_to_image_index():
     for layer in range(2):
         assert torch.equal(pos.index[layer], idx.index[layer])
         assert torch.equal(pos.aligned[layer], idx.aligned[layer])
+
+
+# ----------------------------------------------------------------------------- bf16 search
+
+@pytest.mark.parametrize("mode", ["exhaustive", "image_index"])
+def test_bf16_search_keeps_exact_similarities_and_mostly_the_same_patches(mode):
+    g = torch.Generator().manual_seed(21)
+    R, m, W, Q, n = 3, 20, 48, 4, 20
+    memory = PatchMemory().fill([unit(R, m, W, generator=g) for _ in range(2)], unit(R, 8, generator=g))
+    query = [unit(Q, n, W, generator=g) for _ in range(2)]
+    q_emb = unit(Q, 8, generator=g)
+    exact = memory.align(query, q_emb, mode=mode)
+    fast = memory.align(query, q_emb, mode=mode, search_dtype=torch.bfloat16)
+    check_aligned_rows(memory, fast, query)  # similarity = exact dot product with the picked row
+    for layer in range(2):
+        assert fast.similarity[layer].dtype == torch.float32
+        # bf16 rounding may swap near-ties only: most picks agree, none is much worse
+        assert (fast.index[layer] == exact.index[layer]).float().mean() >= 0.9
+        assert (exact.similarity[layer] - fast.similarity[layer]).max() < 0.02
+    assert memory.search_tokens(torch.bfloat16).dtype == torch.bfloat16
+    assert memory.search_tokens(None) is memory.tokens
