@@ -12,7 +12,7 @@ HIDDEN = (512, 128, 32)
 
 
 class ASLHead(nn.Module):
-    """(Q, n, W) deviation vectors -> (Q, n, 2) probabilities (softmax over normal/anomalous).
+    """(..., W) deviation vectors -> (..., 2) probabilities (softmax over normal/anomalous).
 
     BatchNorm1d(W) (optional) -> [Linear -> BN -> ReLU] x 3 (512, 128, 32) -> Linear(32, 2).
     """
@@ -27,9 +27,9 @@ class ASLHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        Q, n, W = x.shape
-        logits = self.mlp(x.reshape(Q * n, W))  # [Q*n, 2]
-        return logits.softmax(dim=-1).reshape(Q, n, 2)
+        *lead, W = x.shape
+        logits = self.mlp(x.reshape(-1, W))  # [rows, 2]
+        return logits.softmax(dim=-1).reshape(*lead, 2)
 
 
 class NAM(nn.Module):
@@ -75,6 +75,34 @@ class ScoreHeads(nn.Module):
             Q = dev.shape[0]
             p = head(dev)  # [Q, n, 2]
             out.append(p.permute(0, 2, 1).reshape(Q, 2, *grid))  # [Q, 2, h, w]
+        return out
+
+    @torch.no_grad()
+    def aligned_probs(
+        self,
+        tokens: list[torch.Tensor],
+        index: list[torch.Tensor],
+        bank: torch.Tensor,
+        grid: tuple[int, int],
+        chunk_rows: int = 8192,
+    ) -> list[torch.Tensor]:
+        """Inference path of ``patch_probs`` straight from alignment indices.
+
+        tokens: L x (Q, n, W) queries; index: L x (Q, n) into ``bank[l].reshape(-1, W)``;
+        bank: (L, R, m, W). Deviations are formed and scored ``chunk_rows`` patches at a time,
+        so no (Q, n, W) aligned or deviation tensor is ever materialised (for LFE windows those
+        are hundreds of MB per block). Returns L x (Q, 2, h, w), equal to ``patch_probs``.
+        """
+        out = []
+        for head, query, idx, ref in zip(self.heads, tokens, index, bank):
+            Q, n, W = query.shape
+            flat_q, flat_idx, flat_ref = query.reshape(Q * n, W), idx.reshape(Q * n), ref.reshape(-1, W)
+            probs = torch.empty(Q * n, 2, device=query.device)
+            for start in range(0, Q * n, chunk_rows):
+                rows = slice(start, start + chunk_rows)
+                dev = torch.sub(flat_q[rows].float(), flat_ref[flat_idx[rows]].float()).abs_()  # [c, W]
+                probs[rows] = head(dev)
+            out.append(probs.reshape(Q, n, 2).permute(0, 2, 1).reshape(Q, 2, *grid))
         return out
 
     def refine(self, probs: list[torch.Tensor]) -> list[torch.Tensor]:

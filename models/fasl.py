@@ -181,13 +181,14 @@ class FASL(nn.Module):
         extra = {"radius": cfg.win_radius, "topk": cfg.win_topk} if windows else {}
         fasl = cfg.mode == "fasl"
         with timer("align"):
-            alignment = align(tokens, embedding, mode=cfg.align, gather=fasl, max_bytes=cfg.max_bytes,
+            alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
                               search_dtype=SEARCH_PRECISIONS[cfg.search_precision], **extra)
         Q = tokens[0].shape[0]
         if not fasl:
             return fd_scores(alignment.similarity).reshape(Q, len(tokens), *grid)
+        memory = bank.window_memory if windows else bank.global_memory
         with timer("heads"):
-            probs = self.heads.patch_probs(deviation(tokens, alignment.aligned), grid)  # L x [Q, 2, h, w]
+            probs = self.heads.aligned_probs(tokens, alignment.index, memory.tokens, grid)  # L x [Q, 2, h, w]
             return torch.stack(probs, dim=1)  # [Q, L, 2, h, w]
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ from models.lfe import WindowGrid, neighbour_windows
 
 ALIGN_MODES = ("exhaustive", "image_index", "position")
 DEFAULT_MAX_BYTES = 256 * 2**20
+CANDIDATE_CHUNK_BYTES = 16 * 2**20
 
 
 def _rows_per_chunk(bytes_per_row: int, max_bytes: int) -> int:
@@ -65,9 +66,10 @@ def nearest_in_candidates(
     Q, n, W = query.shape
     R, m, _ = entries.shape
     C = candidates.shape[1]
-    # per query: the gathered candidates (C*m*W) and the similarities (n*C*m)
+    # per query: the gathered candidates (C*m*W) and the similarities (n*C*m); small chunks keep
+    # the gathered block in cache for the bmm that reads it right after
     per_query = (C * m * W + n * C * m) * query.element_size()
-    rows = _rows_per_chunk(per_query, max_bytes)
+    rows = _rows_per_chunk(per_query, min(max_bytes, CANDIDATE_CHUNK_BYTES))
     sims, idxs = [], []
     for start in range(0, Q, rows):
         cand = candidates[start:start + rows]  # [q, C]
