@@ -35,6 +35,7 @@ from models import build_fasl  # noqa: E402
 from models.fasl import InferenceConfig  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
 from models.memory import ALIGN_MODES  # noqa: E402
+from utils.args import DEFAULT_ALIGN  # noqa: E402
 from utils.metrics import class_metrics  # noqa: E402
 from utils.misc import peak_rss_bytes, resolve_device, write_json  # noqa: E402
 
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--win_size", type=int, default=13)
     p.add_argument("--win_stride", type=int, default=2)
     p.add_argument("--win_weight", type=float, default=0.5)
-    p.add_argument("--align", choices=ALIGN_MODES, default="exhaustive", help="(default: %(default)s)")
+    p.add_argument("--align", choices=ALIGN_MODES, default=DEFAULT_ALIGN, help="(default: %(default)s)")
     p.add_argument("--win_radius", type=int, default=1)
     p.add_argument("--win_topk", type=int, default=4)
     p.add_argument("--window_batch", type=int, default=256)

@@ -15,7 +15,7 @@ FASL_USAGE="usage: bash $(basename "$0") {model_name} {device} {useNAM} {winmode
 
 environment (defaults): MVTEC_ROOT (./datasets/mvtec) VISA_ROOT (./datasets/visa)
   MODEL (ViT-L-14-336) PRETRAINED (openai) IMAGE_SIZE (518) BLOCKS ('6 12 18 24')
-  EPOCHS_MVTEC (15) EPOCHS_VISA (15) BATCH_SIZE (8) ALIGN (exhaustive)
+  EPOCHS_MVTEC (15) EPOCHS_VISA (15) BATCH_SIZE (8) ALIGN (image_index)
   RESULTS_ROOT (results) CKPT_ROOT (checkpoints) PYTHON (python)
   EXTRA_TEST_ARGS (extra flags for test_few_shot.py, e.g. '--save_vis')"
 
@@ -48,7 +48,7 @@ fasl_parse_args() {
     EPOCHS_MVTEC=${EPOCHS_MVTEC:-15}
     EPOCHS_VISA=${EPOCHS_VISA:-15}
     BATCH_SIZE=${BATCH_SIZE:-8}
-    ALIGN=${ALIGN:-exhaustive}
+    ALIGN=${ALIGN:-image_index}
     RESULTS_ROOT=${RESULTS_ROOT:-results}
     CKPT_ROOT=${CKPT_ROOT:-checkpoints}
     PYTHON=${PYTHON:-python}

@@ -9,7 +9,7 @@ import argparse
 DEFAULT_MODEL = "ViT-L-14-336"
 DEFAULT_BLOCKS = [6, 12, 18, 24]
 ALIGN_CHOICES = ("exhaustive", "image_index", "position")
-DEFAULT_ALIGN = "exhaustive"
+DEFAULT_ALIGN = "image_index"
 
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,46 @@
+"""Summarise bench/run_targets.sh results: one row per run, in the README's table layout.
+
+    python bench/summarize.py bench_out
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+
+def main(folder: str = "bench_out") -> str:
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        r = json.loads(path.read_text())
+        if "settings" not in r or path.stem == "metrics":
+            continue
+        s, t = r["settings"], r["per_image_s"]
+        rows.append([
+            s["winmode"], s["k"], s["align"], s.get("search_precision", "exact"),
+            f"{r['total_s']:.2f}", f"{r['floor_s']:.2f}", f"{r['total_over_floor']:.3f}",
+            f"{t['align']:.3f}", f"{t['heads']:.3f}", f"{t['backbone_windows']:.2f}",
+            f"{r['bank_bytes']['window'] / 2**20:.0f}", f"{r['peak_rss_bytes'] / 2**20:.0f}",
+        ])
+    table = tabulate(rows, headers=["winmode", "k", "align", "search", "total s/img", "floor s/img", "total/floor",
+                                    "align s", "heads s", "win enc s", "win bank MB", "peak RSS MB"],
+                     tablefmt="github", disable_numparse=True)
+    agreement = []
+    for path in sorted(Path(folder).glob("*.json")):
+        r = json.loads(path.read_text())
+        for key, value in r.get("agreement", {}).items():
+            agreement.append([path.stem, key, f"{value:.3f}"])
+    if agreement:
+        table += "\n\n" + tabulate(agreement, headers=["run", "agreement with exhaustive", "value"],
+                                   tablefmt="github", disable_numparse=True)
+    metrics = Path(folder) / "metrics.json"
+    if metrics.exists():
+        table += f"\n\nmetrics of one class, 100 maps 240x240 (AUPRO included): {json.loads(metrics.read_text())['metrics_s']:.2f} s"
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
