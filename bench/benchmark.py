@@ -14,7 +14,6 @@ ViT-L/14-336 shape (bench/configs/ViT-L-14-4blocks.json). Results go to --out as
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -136,6 +135,8 @@ def agreement(model, bank, images, cfg: InferenceConfig) -> dict:
     out["global image_index"] = float(np.mean([(a == b).float().mean().item() for a, b in zip(ref.index, fast.index)]))
     bf16 = bank.align_global(feats.tokens, feats.embedding, mode="exhaustive", gather=False, search_dtype=torch.bfloat16)
     out["global exhaustive bf16 search"] = float(np.mean([(a == b).float().mean().item() for a, b in zip(ref.index, bf16.index)]))
+    out["global exhaustive bf16 search similarity loss"] = float(
+        np.mean([(a.float() - b.float()).mean().item() for a, b in zip(ref.similarity, bf16.similarity)]))
     if bank.windows is not None:
         crops = split_windows(images, bank.windows, bb.patch_size)
         wf = bb(crops, chunk=cfg.window_batch)

@@ -6,10 +6,9 @@ scores them the same way, merges them by averaging overlaps, and blends with the
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import contextlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
@@ -154,6 +153,7 @@ class FASL(nn.Module):
         """references: (k, 3, S, S) normalised good images -> the class's MemoryBank
         (global tokens and embeddings; with ``windows`` also every reference window's)."""
         references = references.to(self.device)
+        windows = windows.to(self.device) if windows is not None else None  # index tensors live with the bank
         bank = MemoryBank(k=references.shape[0], windows=windows)
         feats = self.backbone(references)
         bank.global_memory.fill(feats.tokens, feats.embedding, dtype=self.bank_dtype)

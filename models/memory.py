@@ -218,6 +218,17 @@ class MemoryBank(nn.Module):
             tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes, search_dtype=search_dtype
         )
 
+    def _position_table(self, radius: int, device: torch.device) -> torch.Tensor:
+        """(nw, k * C) reference windows at the same and neighbouring positions, every reference
+        image; built once per radius on the bank's device (no host copies per query)."""
+        cache = self.__dict__.setdefault("_position_tables", {})
+        if (radius, device) not in cache:
+            nw = self.windows.num_windows
+            near = neighbour_windows(self.windows.shape, radius)  # [nw, C]
+            per_ref = torch.arange(self.k)[:, None, None] * nw + near[None]  # [k, nw, C]
+            cache[(radius, device)] = per_ref.permute(1, 0, 2).reshape(nw, -1).to(device)  # [nw, k*C]
+        return cache[(radius, device)]
+
     def align_windows(
         self, tokens, embedding=None, mode="exhaustive", radius: int = 1, topk: int = 0, gather=True,
         max_bytes=DEFAULT_MAX_BYTES, search_dtype=None,
@@ -231,12 +242,9 @@ class MemoryBank(nn.Module):
             raise RuntimeError("memory bank has no windows: build it with a window configuration")
         candidates = None
         if mode == "position":
-            nw = self.windows.num_windows
-            near = neighbour_windows(self.windows.shape, radius)  # [nw, C]
-            per_ref = torch.arange(self.k)[:, None, None] * nw + near[None]  # [k, nw, C]
-            table = per_ref.permute(1, 0, 2).reshape(nw, -1)  # [nw, k*C]
             Q = tokens[0].shape[0]
-            candidates = table.repeat(Q // nw, 1).to(tokens[0].device)  # [Q, k*C]
+            table = self._position_table(radius, tokens[0].device)  # [nw, k*C]
+            candidates = table.repeat(Q // self.windows.num_windows, 1)  # [Q, k*C]
             if 0 < topk < candidates.shape[1]:
                 if embedding is None:
                     raise ValueError("position alignment with topk needs the query embeddings")

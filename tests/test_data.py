@@ -21,7 +21,7 @@ from data.images import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageReadError, load
                          load_mask, resize_mask)
 from data.kshot import (load_kshot, load_reference_images, sample_kshot, save_kshot,
                         stable_hash)
-from data.meta import MetaError, load_meta, write_meta
+from data.meta import MetaError, load_meta
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,6 @@ from models.asl import NAM, ASLHead, ScoreHeads, ScoreMaps
 from models.backbone import CONFIG_DIR, TINY_MODEL, Backbone
 from models.fasl import FASL, CheckpointMismatch, InferenceConfig, Prediction
 from models.fd import deviation, fd_scores
-from models.lfe import window_grid
 
 SIZE = 112        # 8x8 patches of 14 px
 WIN, STRIDE = 4, 2  # windows of 4x4 patches (56 px), starts 0, 2, 4 -> 3x3 windows
@@ -512,6 +511,6 @@ def test_inference_config_rejects_bad_values(kw, match):
 
 def test_inference_config_defaults():
     c = InferenceConfig()
-    assert (c.mode, c.winmode, c.align, c.win_size, c.win_stride, c.win_weight) == ("fasl", "nan", "exhaustive", 13, 2, 0.5)
+    assert (c.mode, c.winmode, c.align, c.win_size, c.win_stride, c.win_weight) == ("fasl", "nan", "image_index", 13, 2, 0.5)
     assert not c.uses_windows and InferenceConfig(winmode="onlywin").uses_windows
     assert InferenceConfig(win_weight=0.0).win_weight == 0.0 and InferenceConfig(win_weight=1.0).win_weight == 1.0

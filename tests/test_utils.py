@@ -1,7 +1,6 @@
 """Tests for utils.losses, utils.visualize and utils.misc."""
 
 import json
-import logging
 import math
 import os
 import random
