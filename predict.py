@@ -50,6 +50,7 @@ from models.fasl import FASL, CheckpointMismatch, InferenceConfig
 from models.memory import MemoryBank
 from models.thresholds import augmented_views, fit_thresholds, score_references
 from utils.args import add_backbone_args, add_inference_args
+from utils.cli import run_cli
 from utils.misc import atomic_torch_save, get_logger, resolve_device, seed_everything, write_json
 from utils.regions import find_regions, resize_map
 from utils.visualize import heatmap_overlay, mask_outline, normalize_map, save_png
@@ -482,7 +483,4 @@ def _run(args, out: Path, log) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        sys.exit(f"predict.py: error: {err}")
+    run_cli(main, "predict.py")

@@ -9,7 +9,6 @@ AUPRO at --eval_size), printed as a table and written to results.json and result
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,13 +18,14 @@ from tqdm import tqdm
 
 from data.dataset import AnomalyDataset
 from data.images import load_image, resize_image
-from data.kshot import load_kshot, load_reference_images, sample_kshot, save_kshot
+from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import load_meta
 from models import build_fasl
 from models.fasl import InferenceConfig
 from utils.args import add_backbone_args, add_inference_args
 from utils.metrics import class_metrics, format_table, write_results
-from utils.misc import get_logger, resolve_device, seed_everything
+from utils.cli import run_cli
+from utils.misc import start_run
 from utils.visualize import save_png, triptych
 
 TABLE_KEYS = ("image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_aupro")
@@ -120,11 +120,7 @@ def save_outputs(args, cls, paths, maps, masks, scores) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    save_path = Path(args.save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
-    log = get_logger("fasl.test", save_path / "test.log")
-    device = resolve_device(args.device)
-    seed_everything(args.seed)
+    save_path, log, device = start_run(args, "test")
 
     meta = load_meta(args.data_path)
     classes = sorted(meta["test"]) if args.classes is None else list(args.classes)
@@ -142,13 +138,7 @@ def main(argv=None) -> dict:
                           out_size=args.eval_size, window_batch=args.window_batch)
     windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None
 
-    if args.refs:
-        refs = load_kshot(args.refs, meta)
-        missing = [c for c in classes if c not in refs]
-        if missing:
-            raise ValueError(f"{args.refs} has no references for class(es) {missing}")
-    else:
-        refs = {c: sample_kshot(meta, c, args.k_shot, args.seed) for c in classes}
+    refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs)
     save_kshot(save_path / "references.json", {c: refs[c] for c in classes},
                {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot})
     log.info("testing %s (%s): %d classes, k=%d, mode %s, winmode %s, align %s", args.data_path, args.dataset,
@@ -166,7 +156,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        sys.exit(f"test_few_shot.py: error: {err}")
+    run_cli(main, "test_few_shot.py")

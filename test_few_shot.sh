@@ -11,11 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/workflow.sh
-fasl_parse_args "$@"
-fasl_require_meta mvtec "$MVTEC_ROOT" data/mvtec.py
-fasl_require_meta visa "$VISA_ROOT" data/visa.py
+fasl_setup "$@"
 
-IFS=, read -r -a K_LIST <<< "$KSHOTS"
 for k in "${K_LIST[@]}"; do
     fasl_test visa "$VISA_ROOT" "$CKPT_ROOT/mvtec/$MODEL_NAME/${k}shot/seed$SEED/epoch_$EPOCHS_MVTEC.pth" "$k"
     fasl_test mvtec "$MVTEC_ROOT" "$CKPT_ROOT/visa/$MODEL_NAME/${k}shot/seed$SEED/epoch_$EPOCHS_VISA.pth" "$k"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 from data.anomaly_synthesis import SynthesisConfig, parse_kinds
 from data.dataset import AnomalyDataset, select_classes
-from data.kshot import load_kshot, load_reference_images, sample_kshot, save_kshot, stable_hash
+from data.kshot import choose_references, load_kshot, load_reference_images, save_kshot, stable_hash
 from data.meta import load_meta
 from data.synthetic_train import SynthesizedAnomalyDataset, list_image_files, relative_to_common_root
 from models import build_fasl
@@ -42,7 +41,8 @@ from models.asl import ScoreMaps
 from models.backbone import BackboneOutput
 from utils.args import add_align_arg, add_backbone_args
 from utils.losses import dice_loss, focal_loss
-from utils.misc import atomic_torch_save, get_logger, resolve_device, seed_everything, write_json
+from utils.cli import run_cli
+from utils.misc import atomic_torch_save, start_run, write_json
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
 ANOMALY_SOURCES = ("masks", "synthetic")
@@ -153,13 +153,7 @@ def resolve_training_data(args) -> TrainingData:
     root = Path(args.train_data_path)
     meta = load_meta(root)
     classes = select_classes(meta, "test" if args.anomaly_source == "masks" else "train", args.classes)
-    if args.refs:
-        refs = load_kshot(args.refs, meta)
-        missing = [c for c in classes if c not in refs]
-        if missing:
-            raise ValueError(f"{args.refs} has no references for class(es) {missing}")
-    else:
-        refs = {c: sample_kshot(meta, c, args.k_shot, args.seed) for c in classes}
+    refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs)
     return TrainingData(root, classes, refs, meta, None)
 
 
@@ -185,11 +179,7 @@ def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    save_path = Path(args.save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
-    log = get_logger("fasl.train", save_path / "train.log")
-    device = resolve_device(args.device)
-    seed_everything(args.seed)
+    save_path, log, device = start_run(args, "train")
     data = resolve_training_data(args)
 
     model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
@@ -264,7 +254,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        sys.exit(f"train.py: error: {err}")
+    run_cli(main, "train.py")

@@ -11,11 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/workflow.sh
-fasl_parse_args "$@"
-fasl_require_meta mvtec "$MVTEC_ROOT" data/mvtec.py
-fasl_require_meta visa "$VISA_ROOT" data/visa.py
+fasl_setup "$@"
 
-IFS=, read -r -a K_LIST <<< "$KSHOTS"
 for k in "${K_LIST[@]}"; do
     for pair in "mvtec:$MVTEC_ROOT:$EPOCHS_MVTEC:visa:$VISA_ROOT" "visa:$VISA_ROOT:$EPOCHS_VISA:mvtec:$MVTEC_ROOT"; do
         IFS=: read -r train_set train_root epochs test_set test_root <<< "$pair"

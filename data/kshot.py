@@ -89,6 +89,19 @@ def load_kshot(path: str | Path, meta: dict | None = None) -> dict[str, list[str
     return {c: list(v) for c, v in refs.items()}
 
 
+def choose_references(meta: dict, classes: Sequence[str], k: int, seed: int,
+                      refs_file: str | Path | None = None) -> dict[str, list[str]]:
+    """The k references of every class: reused from ``refs_file`` (a :func:`save_kshot` file)
+    when given, else drawn with :func:`sample_kshot`. A class missing from the file is an error."""
+    if refs_file is None:
+        return {c: sample_kshot(meta, c, k, seed) for c in classes}
+    refs = load_kshot(refs_file, meta)
+    missing = [c for c in classes if c not in refs]
+    if missing:
+        raise ValueError(f"{refs_file} has no references for class(es) {missing}")
+    return {c: refs[c] for c in classes}
+
+
 def load_reference_images(root: str | Path, paths: Sequence[str], image_size: int,
                           mean: Sequence[float] = OPENAI_CLIP_MEAN,
                           std: Sequence[float] = OPENAI_CLIP_STD) -> torch.Tensor:

@@ -126,3 +126,14 @@ def _validate_sample(sample, where: str, cls: str) -> None:
     if anomaly == 0 and sample["mask_path"]:
         raise MetaError(f"{where}: normal sample must have mask_path \"\", "
                         f"got {sample['mask_path']!r}")
+
+
+def write_meta_and_report(root: str | Path, meta: dict) -> Path:
+    """Write ``root/meta.json`` and print one line per class (train / test / anomalous counts)."""
+    path = write_meta(root, meta)
+    for cls in sorted(meta["test"]):
+        n_bad = sum(s["anomaly"] for s in meta["test"][cls])
+        print(f"{cls:>16}: train {len(meta['train'].get(cls, [])):4d}  test {len(meta['test'][cls]):4d} "
+              f"({n_bad} anomalous)")
+    print(f"wrote {path}")
+    return path

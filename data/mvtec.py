@@ -24,7 +24,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `import data` resolve to this repo
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.meta import IMAGE_EXTENSIONS, is_image_file, make_sample, write_meta  # noqa: E402
+from data.meta import IMAGE_EXTENSIONS, is_image_file, make_sample, write_meta_and_report  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 NORMAL = "good"
 
@@ -106,18 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    meta = build_mvtec_meta(args.root)
-    path = write_meta(args.root, meta)
-    for cls in meta["test"]:
-        n_bad = sum(s["anomaly"] for s in meta["test"][cls])
-        print(f"{cls:>16}: train {len(meta['train'][cls]):4d}  test {len(meta['test'][cls]):4d} "
-              f"({n_bad} anomalous)")
-    print(f"wrote {path}")
-    return path
+    return write_meta_and_report(args.root, build_mvtec_meta(args.root))
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, FileExistsError, ValueError) as err:  # no traceback for user errors
-        sys.exit(f"error: {err}")
+    run_cli(main, "mvtec.py")

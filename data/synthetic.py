@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make `import data` resolve to 
 from data.meta import write_meta  # noqa: E402
 from data.mvtec import build_mvtec_meta  # noqa: E402
 from data.visa import build_visa_meta  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 LAYOUTS = ("mvtec", "visa")
 DEFAULT_SIZE = {"mvtec": (256, 256), "visa": (320, 240)}  # (width, height)
@@ -518,7 +519,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, FileExistsError, ValueError) as err:  # no traceback for user errors
-        sys.exit(f"error: {err}")
+    run_cli(main, "synthetic.py")

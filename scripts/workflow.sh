@@ -85,3 +85,11 @@ fasl_test() {
         --winmode "$WINMODE" --win_size "$WIN_SIZE" --win_stride "$WIN_STRIDE" --win_weight "$WIN_WEIGHT" \
         $EXTRA_TEST_ARGS
 }
+
+# fasl_setup "$@": parse and check the arguments and both datasets; K_LIST holds the k values
+fasl_setup() {
+    fasl_parse_args "$@"
+    fasl_require_meta mvtec "$MVTEC_ROOT" data/mvtec.py
+    fasl_require_meta visa "$VISA_ROOT" data/visa.py
+    IFS=, read -r -a K_LIST <<< "$KSHOTS"
+}

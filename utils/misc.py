@@ -168,6 +168,17 @@ def get_logger(name: str, log_file: PathLike | None = None,
     return logger
 
 
+def start_run(args, name: str) -> tuple[Path, logging.Logger, torch.device]:
+    """Common start of train/test runs: create ``args.save_path``, log to ``<name>.log`` in it,
+    resolve ``args.device`` and seed everything from ``args.seed``."""
+    save_path = Path(args.save_path)
+    save_path.mkdir(parents=True, exist_ok=True)
+    log = get_logger(f"fasl.{name}", save_path / f"{name}.log")
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    return save_path, log, device
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process in bytes.
 
