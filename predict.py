@@ -195,11 +195,7 @@ def load_references(paths: list[Path], model: FASL) -> tuple[torch.Tensor, torch
 # ----------------------------------------------------------------------------- reference files
 
 def inference_config(args) -> InferenceConfig:
-    return InferenceConfig(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
-                           win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
-                           win_radius=args.win_radius, out_size=args.map_size or args.image_size,
-                           win_topk=args.win_topk, search_precision=args.search_precision,
-                           window_batch=args.window_batch)
+    return InferenceConfig.from_args(args, out_size=args.map_size or args.image_size)
 
 
 def scoring_settings(cfg: InferenceConfig) -> dict:
@@ -289,11 +285,15 @@ def load_refs(path, model: FASL, cfg: InferenceConfig, fpr: float | None, check_
             raise ValueError(f"the thresholds in {path} were fitted with other scoring settings ({'; '.join(diffs)}); "
                              f"use the same flags, rebuild with --refs, or give both --image_threshold and "
                              f"--pixel_threshold")
-    if state.get("pretrained") != (None if model.backbone.pretrained is None else str(model.backbone.pretrained)):
+    now = None if model.backbone.pretrained is None else str(model.backbone.pretrained)
+    if (state.get("pretrained") is None) != (now is None):
+        raise CheckpointMismatch(f"{path} was built with --pretrained {state.get('pretrained')}, this run uses "
+                                 f"{now}: random and pretrained features do not mix")
+    if state.get("pretrained") != now:
         print(f"predict.py: warning: {path} was built with --pretrained {state.get('pretrained')}, "
               f"this run uses {model.backbone.pretrained}", file=sys.stderr)
 
-    windows = model.window_grid(cfg.win_size, cfg.win_stride) if cfg.uses_windows else None
+    windows = model.windows_for(cfg)
     tokens = state["global_tokens"]
     bank = MemoryBank(k=tokens.shape[1], windows=windows)
     dev = model.device
@@ -382,9 +382,7 @@ def _run(args, out: Path, log) -> int:
     images = collect_images(args.images, "--images")
     ref_paths = collect_images(args.refs, "--refs") if args.refs else None
     model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
-                       precision=args.precision)
-    if args.mode == "fasl":
-        model.load_checkpoint(args.checkpoint)
+                       precision=args.precision, checkpoint=args.checkpoint if args.mode == "fasl" else None)
     model.eval()
     cfg = inference_config(args)
     both_given = args.image_threshold is not None and args.pixel_threshold is not None
@@ -400,8 +398,7 @@ def _run(args, out: Path, log) -> int:
     else:
         ref_names = [str(r) for r in ref_paths]
         refs, views = load_references(ref_paths, model)
-        windows = model.window_grid(cfg.win_size, cfg.win_stride) if cfg.uses_windows else None
-        bank = model.build_memory(refs, windows, window_batch=cfg.window_batch)
+        bank = model.build_memory(refs, model.windows_for(cfg), window_batch=cfg.window_batch)
         fit, method = None, None
         if not both_given:
             normal = score_references(model, refs, bank, cfg, views)

@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.dataset import AnomalyDataset
+from data.dataset import AnomalyDataset, select_classes
 from data.images import load_image, resize_image
 from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import load_meta
@@ -123,20 +123,15 @@ def main(argv=None) -> dict:
     save_path, log, device = start_run(args, "test")
 
     meta = load_meta(args.data_path)
-    classes = sorted(meta["test"]) if args.classes is None else list(args.classes)
-    unknown = [c for c in classes if c not in meta["test"]]
-    if unknown:
-        raise ValueError(f"class(es) {unknown} not in {args.data_path}/meta.json; available: {sorted(meta['test'])}")
+    classes = select_classes(meta, "test", args.classes)
+    empty = [c for c in classes if not meta["test"][c]]
+    if empty:
+        raise ValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
     model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
-                       precision=args.precision)
-    if args.mode == "fasl":
-        model.load_checkpoint(args.checkpoint_path)
+                       precision=args.precision, checkpoint=args.checkpoint_path if args.mode == "fasl" else None)
     model.eval()
-    cfg = InferenceConfig(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
-                          win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
-                          win_radius=args.win_radius, win_topk=args.win_topk, search_precision=args.search_precision,
-                          out_size=args.eval_size, window_batch=args.window_batch)
-    windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None
+    cfg = InferenceConfig.from_args(args, out_size=args.eval_size)
+    windows = model.windows_for(cfg)
 
     refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs)
     save_kshot(save_path / "references.json", {c: refs[c] for c in classes},

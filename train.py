@@ -172,6 +172,13 @@ def build_training_set(args, data: TrainingData, mean, std):
     return SynthesizedAnomalyDataset.from_meta(data.root, data.meta, data.classes, exclude=data.refs, **common)
 
 
+def run_settings(args) -> dict:
+    """What a resumed run must share with the checkpoint it continues (plain values only)."""
+    keys = ("seed", "dataset", "anomaly_source", "k_shot", "align", "learning_rate", "batch_size",
+            "aug_rate", "crop_rate", "clean_rate", "synth_kinds", "refs", "classes", "train_images")
+    return {k: getattr(args, k) for k in keys}
+
+
 def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
     found = [(int(m.group(1)), p) for p in folder.glob("epoch_*.pth") if (m := CHECKPOINT_RE.match(p.name))]
     return max(found) if found else None
@@ -210,6 +217,12 @@ def main(argv=None) -> Path:
             log.info("--resume: no checkpoint in %s, starting from scratch", save_path)
         else:
             state = model.load_checkpoint(found[1])
+            stored = state.get("run", {})
+            diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {v!r}" for k, v in run_settings(args).items()
+                     if stored.get(k) != v]
+            if diffs:
+                raise ValueError(f"--resume: {found[1]} belongs to a run with other settings ({'; '.join(diffs)}); "
+                                 f"use another --save_path or the same settings")
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, path = int(state["epoch"]), found[1]
             log.info("resumed from %s (epoch %d)", found[1], start_epoch)
@@ -247,7 +260,8 @@ def main(argv=None) -> Path:
             bar.set_postfix(loss=f"{total / steps:.4f}")
         path = save_path / f"epoch_{epoch + 1}.pth"
         atomic_torch_save(model.checkpoint_state(optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                                                 seed=args.seed, dataset=args.dataset, **source_info), path)
+                                                 seed=args.seed, dataset=args.dataset, run=run_settings(args),
+                                                 **source_info), path)
         log.info("epoch %d/%d  loss %.4f  %.1fs  -> %s", epoch + 1, args.epoch, total / max(steps, 1),
                  time.time() - t0, path)
     return path

@@ -167,6 +167,7 @@ class Backbone(nn.Module):
             "patch_size": self.patch_size,
             "blocks": list(self.blocks),
             "image_size": self.image_size,
+            "pretrained": self.pretrained,
         }
 
     def _interpolated_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:

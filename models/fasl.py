@@ -7,6 +7,7 @@ scores them the same way, merges them by averaging overlaps, and blends with the
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager
@@ -72,6 +73,20 @@ class InferenceConfig:
             raise ValueError(f"win_weight must lie in [0, 1], got {self.win_weight}")
         if not 1 <= self.win_stride <= self.win_size:
             raise ValueError(f"win_stride must lie in [1, win_size={self.win_size}], got {self.win_stride}")
+        for name in ("win_radius", "win_topk"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("window_batch", "out_size", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_args(cls, args, out_size: int) -> "InferenceConfig":
+        """From the flags of utils/args.py ``add_inference_args`` (shared by every program)."""
+        return cls(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
+                   win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
+                   win_radius=args.win_radius, win_topk=args.win_topk, search_precision=args.search_precision,
+                   window_batch=args.window_batch, out_size=out_size)
 
     @property
     def uses_windows(self) -> bool:
@@ -92,6 +107,20 @@ def _no_timer(name: str) -> ContextManager:
 
 class CheckpointMismatch(ValueError):
     """A checkpoint was trained for a different backbone configuration."""
+
+
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """A FASL checkpoint's contents (tensors and plain values only: ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a truncated file, or one holding pickled objects
+        raise CheckpointMismatch(f"{path} cannot be read as a FASL checkpoint: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "config" not in state:
+        raise CheckpointMismatch(f"{path} is not a FASL checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
 
 
 class FASL(nn.Module):
@@ -126,25 +155,34 @@ class FASL(nn.Module):
         mine = self.config()
         keys = ("model", "width", "depth", "patch_size", "blocks", "input_bn")
         diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in keys if config.get(k) != mine[k]]
+        if "pretrained" in config and (config["pretrained"] is None) != (mine["pretrained"] is None):
+            # heads fitted to random features mean nothing on real ones, and the other way round
+            diffs.append(f"pretrained: {source} has {config['pretrained']!r}, this model has {mine['pretrained']!r}")
         if diffs:
             raise CheckpointMismatch(f"{source} does not fit this backbone ({'; '.join(diffs)})")
+        if config.get("pretrained") != mine["pretrained"]:  # e.g. the tag vs a local copy of its file
+            warnings.warn(f"{source} was trained with pretrained={config.get('pretrained')!r}, this model uses "
+                          f"{mine['pretrained']!r}: make sure they are the same weights", stacklevel=2)
 
     def load_checkpoint(self, path: str | Path) -> dict:
         """Load heads from a checkpoint file; returns the whole (tensor/primitive) state."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatch(f"{path} is not a FASL checkpoint (format {CHECKPOINT_FORMAT})")
+        state = read_checkpoint(path, self.device)
         self.check_config(state["config"], source=f"checkpoint {path}")
-        self.heads.load_state_dict(state["heads"])
+        try:
+            self.heads.load_state_dict(state["heads"])
+        except RuntimeError as err:
+            raise CheckpointMismatch(f"checkpoint {path}: its heads do not fit this model: {err}") from err
         return state
 
     # ----------------------------------------------------------------- memory
     def window_grid(self, win_size: int, win_stride: int) -> WindowGrid:
+        """The LFE windows of this model's input grid, on the model's device."""
         g = self.backbone.image_size // self.backbone.patch_size
-        return window_grid((g, g), win_size, win_stride)
+        return window_grid((g, g), win_size, win_stride).to(self.device)
+
+    def windows_for(self, cfg: InferenceConfig) -> WindowGrid | None:
+        """The window grid ``cfg`` needs (None for winmode ``nan``)."""
+        return self.window_grid(cfg.win_size, cfg.win_stride) if cfg.uses_windows else None
 
     @torch.no_grad()
     def build_memory(

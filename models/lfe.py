@@ -32,6 +32,8 @@ class WindowGrid:
     starts_y: (ny,), starts_x: (nx,) window origins in patches.
     patch_index: (nw, size * size) flat index (row-major in the grid) of every window patch,
         windows ordered row-major over (ny, nx).
+    counts: (gh * gw,) how many windows cover each patch (>= 1), for the merge's average;
+        computed once here so merging never reads a size back from the device.
     """
 
     grid: tuple[int, int]
@@ -40,6 +42,7 @@ class WindowGrid:
     starts_y: torch.Tensor
     starts_x: torch.Tensor
     patch_index: torch.Tensor
+    counts: torch.Tensor
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -52,7 +55,7 @@ class WindowGrid:
     def to(self, device: torch.device | str) -> "WindowGrid":
         return WindowGrid(
             self.grid, self.size, self.stride,
-            self.starts_y.to(device), self.starts_x.to(device), self.patch_index.to(device),
+            self.starts_y.to(device), self.starts_x.to(device), self.patch_index.to(device), self.counts.to(device),
         )
 
 
@@ -68,6 +71,7 @@ def window_grid(grid: tuple[int, int], size: int, stride: int) -> WindowGrid:
     return WindowGrid(
         grid=(gh, gw), size=size, stride=stride, starts_y=starts_y, starts_x=starts_x,
         patch_index=flat.reshape(-1, size * size),
+        counts=torch.bincount(flat.reshape(-1), minlength=gh * gw).float(),
     )
 
 
@@ -103,7 +107,7 @@ def merge_windows(values: torch.Tensor, windows: WindowGrid) -> torch.Tensor:
     index = windows.patch_index.to(values.device).reshape(-1)  # [nw * s * s]
     flat = values.permute(0, 2, 1, 3, 4).reshape(B, C, nw * s * s)  # [B, C, nw*s*s]
     summed = flat.new_zeros(B, C, gh * gw).index_add_(2, index, flat)
-    counts = torch.bincount(index, minlength=gh * gw).to(flat.dtype)  # [gh*gw], all >= 1
+    counts = windows.counts.to(device=flat.device, dtype=flat.dtype)  # [gh*gw], all >= 1
     return (summed / counts).reshape(B, C, gh, gw)
 
 

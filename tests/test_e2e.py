@@ -452,3 +452,35 @@ def test_each_run_logs_only_into_its_own_folder(run_test, tmp_path):
     run_test(tmp_path / "second", "--mode", "fd", checkpoint=False)
     assert str(tmp_path / "second") in (tmp_path / "second" / "test.log").read_text()
     assert str(tmp_path / "second") not in (tmp_path / "first" / "test.log").read_text()
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+def test_no_input_bn_checkpoint_is_tested_with_its_own_head_layout(syn_datasets, run_test, tiny_backbone_args,
+                                                                    train_args, tmp_path):
+    ckpt = train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "nobn"),
+                       "--epoch", "1", "--no_input_bn", *train_args, *tiny_backbone_args])
+    state = torch.load(ckpt, weights_only=True)
+    assert state["config"]["input_bn"] is False
+    argv = ["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "out"), "--checkpoint_path",
+            str(ckpt), "--eval_size", "32", *tiny_backbone_args]
+    doc = test_few_shot.main(argv)
+    assert set(doc) == set(load_meta(syn_datasets["visa"])["test"])
+
+
+def test_resume_with_other_settings_is_refused(syn_datasets, tiny_backbone_args, train_args, tmp_path):
+    argv = ["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "run"),
+            *train_args, *tiny_backbone_args]
+    train.main([*argv, "--epoch", "1"])
+    with pytest.raises(ValueError, match=r"--resume: .*other settings.*learning_rate: checkpoint 0.001, now 0.01"):
+        train.main([*argv, "--epoch", "2", "--resume", "--learning_rate", "0.01"])
+
+
+def test_class_without_test_images_is_named(run_test, visa, tmp_path):
+    data = tmp_path / "visa_empty"
+    shutil.copytree(visa, data)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["test"]["pcb"] = []
+    (data / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"\['pcb'\] have no test images"):
+        run_test(tmp_path / "out", "--mode", "fd", data=data, checkpoint=False)

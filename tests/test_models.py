@@ -113,7 +113,7 @@ def test_backbone_shapes_and_norms(image_size, B):
     assert out.embedding.shape == (B, 32)
     assert_unit_norm(out.embedding)
     assert bb.config() == {"model": TINY_MODEL, "width": 64, "embed_dim": 32, "depth": 4, "patch_size": 14,
-                           "blocks": [1, 2, 3, 4], "image_size": image_size}
+                           "blocks": [1, 2, 3, 4], "image_size": image_size, "pretrained": None}
     # the blocks are really different layers
     assert not torch.allclose(out.tokens[0], out.tokens[-1], atol=1e-3)
 
@@ -514,3 +514,29 @@ def test_inference_config_defaults():
     assert (c.mode, c.winmode, c.align, c.win_size, c.win_stride, c.win_weight) == ("fasl", "nan", "image_index", 13, 2, 0.5)
     assert not c.uses_windows and InferenceConfig(winmode="onlywin").uses_windows
     assert InferenceConfig(win_weight=0.0).win_weight == 0.0 and InferenceConfig(win_weight=1.0).win_weight == 1.0
+
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+def test_checkpoint_from_random_weights_is_refused_on_pretrained_weights(model, tmp_path):
+    """Heads fitted to random features mean nothing on real ones: refused, naming 'pretrained'."""
+    state = model.checkpoint_state()
+    weights = tmp_path / "weights.pt"
+    torch.save(open_clip.create_model(TINY_MODEL).state_dict(), weights)
+    other = FASL(Backbone(TINY_MODEL, pretrained=str(weights), blocks=BLOCKS, image_size=SIZE))
+    with pytest.raises(CheckpointMismatch, match="pretrained: checkpoint has None"):
+        other.check_config(state["config"], source="checkpoint")
+
+
+@pytest.mark.parametrize("kw", [{"win_radius": -1}, {"win_topk": -1}, {"window_batch": 0}, {"out_size": 0}])
+def test_inference_config_rejects_negative_sizes(kw):
+    with pytest.raises(ValueError, match=list(kw)[0]):
+        InferenceConfig(**kw)
+
+
+def test_window_grid_on_the_model_device_carries_its_counts(model):
+    wg = model.window_grid(4, 3)
+    assert wg.patch_index.device == model.device and wg.counts.device == model.device
+    assert torch.equal(wg.counts, torch.bincount(wg.patch_index.reshape(-1), minlength=64).float())
+    assert model.windows_for(InferenceConfig(winmode="nan")) is None
