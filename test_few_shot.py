@@ -135,7 +135,8 @@ def main(argv=None) -> dict:
 
     refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs)
     save_kshot(save_path / "references.json", {c: refs[c] for c in classes},
-               {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot})
+               {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot if args.refs is None else None,
+                "refs_file": args.refs})
     log.info("testing %s (%s): %d classes, k=%d, mode %s, winmode %s, align %s", args.data_path, args.dataset,
              len(classes), args.k_shot, args.mode, args.winmode, args.align)
 

@@ -33,8 +33,7 @@ if str(ROOT) not in sys.path:
 from models import build_fasl  # noqa: E402
 from models.fasl import InferenceConfig  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
-from models.memory import ALIGN_MODES  # noqa: E402
-from utils.args import DEFAULT_ALIGN  # noqa: E402
+from utils.args import add_backbone_args, add_inference_args  # noqa: E402
 from utils.metrics import class_metrics  # noqa: E402
 from utils.misc import peak_rss_bytes, resolve_device, write_json  # noqa: E402
 
@@ -44,26 +43,12 @@ DEFAULT_MODEL = str(ROOT / "bench" / "configs" / "ViT-L-14-4blocks.json")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip name or config JSON (default: 4-block ViT-L/14 shape)")
-    p.add_argument("--pretrained", default="none", help="weights; 'none' = random (default: %(default)s)")
-    p.add_argument("--image_size", type=int, default=518, help="(default: %(default)s)")
-    p.add_argument("--features_list", type=int, nargs="+", default=[1, 2, 3, 4], help="blocks (default: 1 2 3 4)")
+    add_backbone_args(p)
+    add_inference_args(p)
+    # the benchmark's own defaults: a 4-block ViT-L/14 shape with random weights
+    p.set_defaults(model=DEFAULT_MODEL, pretrained="none", features_list=[1, 2, 3, 4])
     p.add_argument("--k", type=int, default=1, help="reference images (default: %(default)s)")
-    p.add_argument("--mode", choices=("fasl", "fd"), default="fasl", help="(default: %(default)s)")
-    p.add_argument("--winmode", choices=("nan", "mul", "onlywin"), default="nan", help="(default: %(default)s)")
-    p.add_argument("--win_size", type=int, default=13)
-    p.add_argument("--win_stride", type=int, default=2)
-    p.add_argument("--win_weight", type=float, default=0.5)
-    p.add_argument("--align", choices=ALIGN_MODES, default=DEFAULT_ALIGN, help="(default: %(default)s)")
-    p.add_argument("--win_radius", type=int, default=1)
-    p.add_argument("--win_topk", type=int, default=4)
-    p.add_argument("--window_batch", type=int, default=256)
-    p.add_argument("--search_precision", choices=("exact", "bf16"), default="exact",
-                   help="alignment search matmul precision (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=1, help="query images per forward (default: %(default)s)")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="compute/bank dtype: auto = fp16 on CUDA, fp32 on CPU (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or N (default: %(default)s)")
     p.add_argument("--n_images", type=int, default=2, help="timed query images (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches (default: %(default)s)")
     p.add_argument("--agreement", action="store_true",
@@ -160,10 +145,7 @@ def main(argv=None) -> dict:
     model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
                        precision=args.precision).eval()
     bb = model.backbone
-    cfg = InferenceConfig(mode=args.mode, winmode=args.winmode, win_size=args.win_size, win_stride=args.win_stride,
-                          win_weight=args.win_weight, align=args.align, win_radius=args.win_radius,
-                          win_topk=args.win_topk, window_batch=args.window_batch,
-                          search_precision=args.search_precision)
+    cfg = InferenceConfig.from_args(args, out_size=240)
     windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None
     refs = synthetic_images(args.k, args.image_size, 0, bb.mean, bb.std).to(device)
     n_batches = -(-args.n_images // args.batch_size)
