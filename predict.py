@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.images import ImageReadError, image_to_tensor, load_image, resize_image
+from data.images import ImageReadError, image_to_tensor, load_image, normalize_tensor, resize_image
 from models import build_fasl
 from models.fasl import FASL, CheckpointMismatch, InferenceConfig
 from models.memory import MemoryBank
@@ -166,11 +166,6 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """x: (..., 3, H, W) in [0, 1] -> CLIP-normalised."""
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-
-
 def load_references(paths: list[Path], model: FASL) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Good images -> (k, 3, S, S) normalised and, when k = 1, its (8, 3, S, S) augmented views.
 
@@ -188,8 +183,8 @@ def load_references(paths: list[Path], model: FASL) -> tuple[torch.Tensor, torch
     raw = torch.stack(raw)  # [k, 3, S, S] in [0, 1]
     views = None
     if len(paths) == 1:
-        views = _normalise(augmented_views(raw[0], shift=max(1, bb.patch_size // 2)), bb.mean, bb.std)
-    return _normalise(raw, bb.mean, bb.std), views
+        views = normalize_tensor(augmented_views(raw[0], shift=max(1, bb.patch_size // 2)), bb.mean, bb.std)
+    return normalize_tensor(raw, bb.mean, bb.std), views
 
 
 # ----------------------------------------------------------------------------- reference files

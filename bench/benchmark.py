@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from data.images import normalize_tensor  # noqa: E402
 from models import build_fasl  # noqa: E402
 from models.fasl import InferenceConfig  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
@@ -88,9 +89,7 @@ def synthetic_images(n: int, size: int, seed: int, mean, std) -> torch.Tensor:
     low = torch.rand(n, 3, 8, 8, generator=g)
     img = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
     img = (img + 0.05 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return (img - m) / s
+    return normalize_tensor(img, mean, std)
 
 
 def metric_time(n: int, seed: int = 0) -> float:

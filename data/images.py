@@ -103,9 +103,13 @@ def normalize(arr: np.ndarray, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> to
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants writable memory
         arr = arr.copy()
-    x = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return normalize_tensor(torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0), mean, std)
+
+
+def normalize_tensor(x: torch.Tensor, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
+    """(..., 3, H, W) float in [0, 1] → (x - mean) / std per channel."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
     return (x - mean_t) / std_t
 
 

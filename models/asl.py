@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from models.fd import deviation_rows
+
 HIDDEN = (512, 128, 32)
 
 
@@ -100,7 +102,7 @@ class ScoreHeads(nn.Module):
             probs = torch.empty(Q * n, 2, device=query.device)
             for start in range(0, Q * n, chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                dev = torch.sub(flat_q[rows].float(), flat_ref[flat_idx[rows]].float()).abs_()  # [c, W]
+                dev = deviation_rows(flat_q[rows], flat_ref[flat_idx[rows]])  # [c, W]
                 probs[rows] = head(dev)
             out.append(probs.reshape(Q, n, 2).permute(0, 2, 1).reshape(Q, 2, *grid))
         return out

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def deviation(tokens: list[torch.Tensor], aligned: list[torch.Tensor]) -> list[torch.Tensor]:
-    """|f - f_ref| per block, in float32 for the heads.
+def deviation_rows(f: torch.Tensor, f_ref: torch.Tensor) -> torch.Tensor:
+    """|f - f_ref| in float32 for the heads; any matching shapes (..., W)."""
+    return torch.sub(f.float(), f_ref.float()).abs_()
 
-    tokens, aligned: L x (Q, n, W). Returns L x (Q, n, W).
-    """
-    return [torch.sub(f.float(), r.float()).abs_() for f, r in zip(tokens, aligned)]
+
+def deviation(tokens: list[torch.Tensor], aligned: list[torch.Tensor]) -> list[torch.Tensor]:
+    """|f - f_ref| per block. tokens, aligned: L x (Q, n, W). Returns L x (Q, n, W)."""
+    return [deviation_rows(f, r) for f, r in zip(tokens, aligned)]
 
 
 def fd_scores(similarity: list[torch.Tensor]) -> torch.Tensor:
