@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from data.images import normalize_tensor  # noqa: E402
 from models import build_fasl  # noqa: E402
-from models.fasl import InferenceConfig  # noqa: E402
+from models.fasl import InferenceConfig, search_dtype  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
 from utils.args import add_backbone_args, add_inference_args  # noqa: E402
 from utils.metrics import class_metrics  # noqa: E402
@@ -182,6 +182,7 @@ def main(argv=None) -> dict:
                     "threads": torch.get_num_threads(), "device": str(device),
                     "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "search_dtype": str(search_dtype(cfg.search_precision, device) or bank.global_memory.tokens.dtype),
         "per_image_s": {s: per_image.get(s, 0.0) for s in (*STAGES, "rest")},
         "total_s": total,
         "floor_s": floor,
@@ -208,7 +209,8 @@ def main(argv=None) -> dict:
     for key, value in result.get("agreement", {}).items():
         rows.append([f"agreement: {key}", f"{value:.3f}"])
     title = (f"{bb.model_name} @ {args.image_size}px, k={args.k}, mode {args.mode}, winmode {args.winmode}, "
-             f"align {args.align}, batch {args.batch_size}, {args.precision}, {device}, {n} images")
+             f"align {args.align} (search {result['search_dtype'].replace('torch.', '')}), batch {args.batch_size}, "
+             f"{args.precision}, {device}, {n} images")
     print(title)
     print(tabulate(rows, headers=["measure", "value"], tablefmt="github", disable_numparse=True))
     write_json(Path(args.out), result)

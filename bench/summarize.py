@@ -11,6 +11,13 @@ from pathlib import Path
 from tabulate import tabulate
 
 
+def search_label(precision: str, dtype: str | None) -> str:
+    """'auto (bf16)': the flag and, when it was resolved at run time, what it resolved to."""
+    if precision != "auto" or not dtype:
+        return precision
+    return f"auto ({dtype.replace('torch.', '').replace('bfloat16', 'bf16').replace('float32', 'fp32').replace('float16', 'fp16')})"
+
+
 def main(folder: str = "bench_out") -> str:
     rows = []
     for path in sorted(Path(folder).glob("*.json")):
@@ -19,7 +26,7 @@ def main(folder: str = "bench_out") -> str:
             continue
         s, t = r["settings"], r["per_image_s"]
         rows.append([
-            s["winmode"], s["k"], s["align"], s.get("search_precision", "exact"),
+            s["winmode"], s["k"], s["align"], search_label(s.get("search_precision", "exact"), r.get("search_dtype")),
             f"{r['total_s']:.2f}", f"{r['floor_s']:.2f}", f"{r['total_over_floor']:.3f}",
             # the non-backbone stages measured inside predict, relative to the floor: less noisy
             # than total / floor, whose two backbone timings each wobble by a few per cent

@@ -25,7 +25,31 @@ from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, MemoryBank
 WINMODES = ("nan", "mul", "onlywin")
 SCORE_MODES = ("fasl", "fd")
 CHECKPOINT_FORMAT = "fasl-heads-v1"
-SEARCH_PRECISIONS = {"exact": None, "bf16": torch.bfloat16}
+SEARCH_PRECISIONS = ("auto", "exact", "bf16")
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU multiplies bfloat16 matrices in hardware (Intel AMX), where a bf16
+    search matmul is about 7x faster than fp32; elsewhere bf16 is no faster, or slower."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x; absent = no
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # pragma: no cover - a torch build without the probe's backend
+        return False
+
+
+def search_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The alignment search's matmul dtype for ``--search_precision`` on ``device``.
+
+    ``exact``: the bank's own dtype (None). ``bf16``: bfloat16. ``auto``: bfloat16 on CPUs with
+    AMX, the bank's dtype elsewhere (on CUDA that is already fp16 under ``--precision auto``).
+    In every case the heads read the picked reference features from the stored bank, exactly.
+    """
+    if precision not in SEARCH_PRECISIONS:
+        raise ValueError(f"search_precision must be one of {SEARCH_PRECISIONS}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and torch.device(device).type == "cpu" and cpu_has_amx()):
+        return torch.bfloat16
+    return None
 
 
 @dataclass
@@ -42,8 +66,8 @@ class InferenceConfig:
         the most similar by window embedding (0 = all k * (2r+1)^2 of them).
     out_size: side of the returned score map.
     window_batch: windows per backbone call; max_bytes: similarity-matrix budget.
-    search_precision: ``exact`` (search in the bank's dtype) or ``bf16`` (search matmul in
-        bfloat16, similarities of the chosen patches exact; see models/memory.py).
+    search_precision: ``auto`` (bf16 search matmul on CPUs with AMX, the bank's dtype
+        elsewhere), ``exact`` (the bank's dtype) or ``bf16``; see ``search_dtype``.
     """
 
     mode: str = "fasl"
@@ -58,11 +82,11 @@ class InferenceConfig:
     out_size: int = 240
     window_batch: int = 256
     max_bytes: int = DEFAULT_MAX_BYTES
-    search_precision: str = "exact"
+    search_precision: str = "auto"
 
     def __post_init__(self):
         if self.search_precision not in SEARCH_PRECISIONS:
-            raise ValueError(f"search_precision must be one of {tuple(SEARCH_PRECISIONS)}, got {self.search_precision!r}")
+            raise ValueError(f"search_precision must be one of {SEARCH_PRECISIONS}, got {self.search_precision!r}")
         if self.mode not in SCORE_MODES:
             raise ValueError(f"mode must be one of {SCORE_MODES}, got {self.mode!r}")
         if self.winmode not in WINMODES:
@@ -220,7 +244,8 @@ class FASL(nn.Module):
         fasl = cfg.mode == "fasl"
         with timer("align"):
             alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
-                              search_dtype=SEARCH_PRECISIONS[cfg.search_precision], **extra)
+                              search_dtype=search_dtype(cfg.search_precision, tokens[0].device),
+                              similarity=not fasl, **extra)
         Q = tokens[0].shape[0]
         if not fasl:
             return fd_scores(alignment.similarity).reshape(Q, len(tokens), *grid)

@@ -10,6 +10,18 @@ def deviation_rows(f: torch.Tensor, f_ref: torch.Tensor) -> torch.Tensor:
     return torch.sub(f.float(), f_ref.float()).abs_()
 
 
+def gathered_deviation(f: torch.Tensor, bank_rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """|f - bank_rows[index]| in float32 without an intermediate: (c, W), (M, W), (c,) -> (c, W).
+
+    Same values as ``deviation_rows(f, bank_rows[index])``; the gathered copy is fresh, so the
+    subtraction and the absolute value run in place on it.
+    """
+    ref = bank_rows.index_select(0, index)
+    if ref.dtype != torch.float32:
+        ref = ref.float()
+    return ref.sub_(f).abs_()
+
+
 def deviation(tokens: list[torch.Tensor], aligned: list[torch.Tensor]) -> list[torch.Tensor]:
     """|f - f_ref| per block. tokens, aligned: L x (Q, n, W). Returns L x (Q, n, W)."""
     return [deviation_rows(f, r) for f, r in zip(tokens, aligned)]

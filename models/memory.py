@@ -14,8 +14,8 @@ L2-normalised tokens, so a dot product) of the same block. Three modes:
 Chunk sizes follow a byte budget so the similarity matrix never exceeds it.
 
 ``search_dtype`` (e.g. bfloat16) runs the search matmul in a lower precision (several times
-faster on CPUs with AMX / AVX512-BF16); the chosen patch's similarity and aligned features are
-then taken exactly from the stored bank, so only near-ties may pick a different patch.
+faster on CPUs with AMX); the chosen patch's similarity and aligned features are then taken
+exactly from the stored bank, so only near-ties may pick a different patch.
 """
 from __future__ import annotations
 
@@ -82,16 +82,32 @@ def nearest_in_candidates(
     return torch.cat(sims), torch.cat(idxs)
 
 
+def picked_similarity(query: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, chunk_rows: int = 8192):
+    """Exact <query, rows[index]> per query patch: (Q, n, W), (M, W), (Q, n) -> (Q, n) float32.
+
+    Chunked, so no (Q, n, W) gathered copy is materialised (hundreds of MB for LFE windows).
+    """
+    Q, n, W = query.shape
+    flat_q, flat_i = query.reshape(Q * n, W), index.reshape(Q * n)
+    out = torch.empty(Q * n, device=query.device, dtype=torch.float32)
+    for start in range(0, Q * n, chunk_rows):
+        q = flat_q[start:start + chunk_rows].float()
+        r = rows.index_select(0, flat_i[start:start + chunk_rows]).float()
+        out[start:start + chunk_rows] = torch.linalg.vecdot(q, r)
+    return out.reshape(Q, n)
+
+
 @dataclass
 class Alignment:
     """Result of aligning L blocks of queries against a memory.
 
-    similarity: L x (Q, n) cosine similarity to the aligned reference patch.
+    similarity: L x (Q, n) cosine similarity to the aligned reference patch (None when a
+        low-precision search was asked not to compute it exactly).
     index: L x (Q, n) flat index of that patch in the memory's (R * m) patches of the block.
     aligned: L x (Q, n, W) the aligned reference features (None when not gathered).
     """
 
-    similarity: list[torch.Tensor]
+    similarity: list[torch.Tensor] | None
     index: list[torch.Tensor]
     aligned: list[torch.Tensor] | None
 
@@ -155,12 +171,15 @@ class PatchMemory(nn.Module):
         gather: bool = True,
         max_bytes: int = DEFAULT_MAX_BYTES,
         search_dtype: torch.dtype | None = None,
+        similarity: bool = True,
     ) -> Alignment:
         """Align queries block by block.
 
         tokens: L x (Q, n, W) query tokens; embedding: (Q, D), needed for ``image_index``;
         candidates: (Q, C) entry indices, used instead of ``mode`` when given;
-        search_dtype: dtype of the search matmul (None = the bank's, exact).
+        search_dtype: dtype of the search matmul (None = the bank's, exact);
+        similarity: with a low-precision search, also compute the picks' exact similarities
+        (one more pass over the picked rows; the heads only need the indices).
         """
         bank = self.tokens
         search = self.search_tokens(search_dtype)
@@ -181,14 +200,15 @@ class PatchMemory(nn.Module):
                 s, i = nearest_reference(q_search, search[layer].reshape(R * m, W), max_bytes)
             else:
                 s, i = nearest_in_candidates(q_search, search[layer], candidates, max_bytes)
-            rows = bank[layer].reshape(R * m, W)[i] if gather or search is not bank else None  # [Q, n, W]
-            if search is not bank:
-                s = (query.float() * rows.float()).sum(dim=-1).to(bank.dtype)  # exact similarity of the pick
+            flat_bank = bank[layer].reshape(R * m, W)
+            if search is not bank:  # the search's similarity is approximate: the pick's, exactly
+                s = picked_similarity(query, flat_bank, i).to(bank.dtype) if similarity else None
             sims.append(s)
             idxs.append(i)
             if gather:
-                aligned.append(rows)
-        return Alignment(similarity=sims, index=idxs, aligned=aligned if gather else None)
+                aligned.append(flat_bank[i])  # [Q, n, W]
+        exact = search is bank or similarity
+        return Alignment(similarity=sims if exact else None, index=idxs, aligned=aligned if gather else None)
 
 
 class MemoryBank(nn.Module):
@@ -209,13 +229,15 @@ class MemoryBank(nn.Module):
         return {"global": self.global_memory.nbytes(), "window": self.window_memory.nbytes()}
 
     def align_global(
-        self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES, search_dtype=None
+        self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES, search_dtype=None,
+        similarity=True,
     ):
         """Queries are whole images: L x (B, N, W), embedding (B, D)."""
         if mode == "position":
             mode = "image_index"  # positions only exist for windows
         return self.global_memory.align(
-            tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes, search_dtype=search_dtype
+            tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes, search_dtype=search_dtype,
+            similarity=similarity,
         )
 
     def _position_table(self, radius: int, device: torch.device) -> torch.Tensor:
@@ -231,7 +253,7 @@ class MemoryBank(nn.Module):
 
     def align_windows(
         self, tokens, embedding=None, mode="exhaustive", radius: int = 1, topk: int = 0, gather=True,
-        max_bytes=DEFAULT_MAX_BYTES, search_dtype=None,
+        max_bytes=DEFAULT_MAX_BYTES, search_dtype=None, similarity=True,
     ):
         """Queries are windows, image-major: L x (B * nw, s*s, W), embedding (B * nw, D).
 
@@ -253,5 +275,5 @@ class MemoryBank(nn.Module):
                 candidates = candidates.gather(1, sim.topk(topk, dim=1).indices)  # [Q, topk]
         return self.window_memory.align(
             tokens, embedding, mode=mode, candidates=candidates, gather=gather, max_bytes=max_bytes,
-            search_dtype=search_dtype,
+            search_dtype=search_dtype, similarity=similarity,
         )

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from models.lfe import merge_windows, neighbour_windows, split_windows, window_grid, window_starts
-from models.memory import MemoryBank, PatchMemory, nearest_in_candidates, nearest_reference
+from models.memory import MemoryBank, PatchMemory, nearest_in_candidates, nearest_reference, picked_similarity
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -541,3 +541,28 @@ def test_bf16_search_keeps_exact_similarities_and_mostly_the_same_patches(mode):
         assert (exact.similarity[layer] - fast.similarity[layer]).max() < 0.02
     assert memory.search_tokens(torch.bfloat16).dtype == torch.bfloat16
     assert memory.search_tokens(None) is memory.tokens
+
+
+def test_picked_similarity_equals_dot_products_in_chunks():
+    g = torch.Generator().manual_seed(22)
+    query, rows = unit(3, 7, 16, generator=g), unit(30, 16, generator=g).half()
+    index = torch.randint(0, 30, (3, 7), generator=g)
+    got = picked_similarity(query, rows, index, chunk_rows=4)  # 21 rows in 6 chunks
+    want = (query.double() * rows.double()[index]).sum(-1)
+    assert got.dtype == torch.float32 and got.shape == (3, 7)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["exhaustive", "image_index"])
+def test_low_precision_search_can_skip_the_similarity(mode):
+    """The heads need only the indices: the same picks, no similarity pass."""
+    g = torch.Generator().manual_seed(23)
+    memory = PatchMemory().fill([unit(3, 20, 48, generator=g) for _ in range(2)], unit(3, 8, generator=g))
+    query, q_emb = [unit(4, 20, 48, generator=g) for _ in range(2)], unit(4, 8, generator=g)
+    full = memory.align(query, q_emb, mode=mode, search_dtype=torch.bfloat16, gather=False)
+    lean = memory.align(query, q_emb, mode=mode, search_dtype=torch.bfloat16, gather=False, similarity=False)
+    assert lean.similarity is None and lean.aligned is None
+    assert all(torch.equal(a, b) for a, b in zip(full.index, lean.index))
+    # an exact search has its similarities for free and always returns them
+    exact = memory.align(query, q_emb, mode=mode, gather=False, similarity=False)
+    assert exact.similarity is not None

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from models.asl import NAM, ASLHead, ScoreHeads, ScoreMaps
 from models.backbone import CONFIG_DIR, TINY_MODEL, Backbone
-from models.fasl import FASL, CheckpointMismatch, InferenceConfig, Prediction
-from models.fd import deviation, fd_scores
+import models.fasl as fasl_module
+from models.fasl import FASL, CheckpointMismatch, InferenceConfig, Prediction, search_dtype
+from models.fd import deviation, deviation_rows, fd_scores, gathered_deviation
 
 SIZE = 112        # 8x8 patches of 14 px
 WIN, STRIDE = 4, 2  # windows of 4x4 patches (56 px), starts 0, 2, 4 -> 3x3 windows
@@ -274,6 +275,68 @@ def test_asl_head_shapes_and_probabilities(width, input_bn):
     assert isinstance(head.mlp[0], torch.nn.BatchNorm1d) == input_bn
 
 
+def randomised_head(width, input_bn, seed=0):
+    """A head whose BatchNorms have non-trivial running statistics and affine parameters."""
+    torch.manual_seed(seed)
+    head = ASLHead(width, input_bn=input_bn)
+    with torch.no_grad():
+        for m in head.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.2, 3.0)
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.3)
+    return head.eval()
+
+
+@pytest.mark.parametrize("input_bn", [True, False])
+def test_folded_head_equals_eval_forward(input_bn):
+    head = randomised_head(40, input_bn)
+    x = torch.rand(300, 40)
+    layers = head.folded()
+    # BN folded away: one affine map per Linear
+    assert [w.shape for w, _ in layers] == [(512, 40), (128, 512), (32, 128), (2, 32)]
+    torch.testing.assert_close(head.apply_folded(layers, x), head(x), rtol=1e-5, atol=1e-6)
+    # and the folding tracks the parameters it was built from
+    with torch.no_grad():
+        (head.mlp[0] if input_bn else head.mlp[1]).running_mean.add_(0.7)
+    assert not torch.allclose(head.apply_folded(layers, x), head(x), atol=1e-4)
+    torch.testing.assert_close(head.apply_folded(head.folded(), x), head(x), rtol=1e-5, atol=1e-6)
+
+
+def test_gathered_deviation_equals_deviation_of_gathered_rows():
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(9, 6, generator=g)
+    idx = torch.tensor([3, 0, 0, 7, 2, 7, 1, 5, 4])
+    for dtype in (torch.float32, torch.float16):
+        bank_rows = torch.randn(8, 6, generator=g).to(dtype)
+        dev = gathered_deviation(f, bank_rows, idx)
+        assert dev.dtype == torch.float32
+        assert torch.equal(dev, deviation_rows(f, bank_rows[idx]))
+        assert torch.equal(bank_rows, bank_rows.clone())  # the bank is read, never written
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_aligned_probs_equal_patch_probs_of_explicit_deviations(train):
+    """The chunked inference path == heads on materialised deviations (eval: folded heads)."""
+    heads = ScoreHeads(width=12, num_blocks=2)
+    for b, h in enumerate(heads.heads):
+        heads.heads[b] = randomised_head(12, True, seed=b)
+    heads.train(train)
+    g = torch.Generator().manual_seed(6)
+    tokens = [torch.randn(3, 35, 12, generator=g) for _ in range(2)]
+    bank = torch.randn(2, 2, 35, 12, generator=g)  # L, R, m, W
+    index = [torch.randint(0, 70, (3, 35), generator=g) for _ in range(2)]
+    got = heads.aligned_probs(tokens, index, bank, (7, 5), chunk_rows=16)  # several chunks
+    heads.eval()  # the reference: eval-mode modules, batch statistics play no part
+    with torch.no_grad():
+        aligned = [bank[b].reshape(-1, 12)[index[b]] for b in range(2)]
+        want = heads.patch_probs(deviation(tokens, aligned), (7, 5))
+    for a, b in zip(got, want):
+        assert a.shape == (3, 2, 7, 5)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("grid", [(7, 5), (1, 1), (3, 9), (8, 8)])
 def test_nam_keeps_grid_and_gives_probabilities(grid):
     torch.manual_seed(0)
@@ -509,9 +572,34 @@ def test_inference_config_rejects_bad_values(kw, match):
         InferenceConfig(**kw)
 
 
+def test_search_dtype_resolution(monkeypatch):
+    assert search_dtype("exact", torch.device("cpu")) is None
+    assert search_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert search_dtype("auto", torch.device("cuda", 0)) is None  # the fp16 bank itself on CUDA
+    monkeypatch.setattr(fasl_module, "cpu_has_amx", lambda: True)
+    assert search_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(fasl_module, "cpu_has_amx", lambda: False)
+    assert search_dtype("auto", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="search_precision must be one of"):
+        search_dtype("fp8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="search_precision must be one of"):
+        InferenceConfig(search_precision="fp8")
+
+
+@pytest.mark.parametrize("amx, same_as", [(True, "bf16"), (False, "exact")])
+def test_auto_search_precision_follows_the_cpu(monkeypatch, trained, bank, queries, amx, same_as):
+    monkeypatch.setattr(fasl_module, "cpu_has_amx", lambda: amx)
+    for mode in ("fasl", "fd"):
+        kw = dict(mode=mode, winmode="mul", align="exhaustive")
+        auto = trained.predict(queries, bank, cfg(search_precision="auto", **kw))
+        want = trained.predict(queries, bank, cfg(search_precision=same_as, **kw))
+        assert torch.equal(auto.score_map, want.score_map) and torch.equal(auto.image_score, want.image_score)
+
+
 def test_inference_config_defaults():
     c = InferenceConfig()
     assert (c.mode, c.winmode, c.align, c.win_size, c.win_stride, c.win_weight) == ("fasl", "nan", "image_index", 13, 2, 0.5)
+    assert c.search_precision == "auto"
     assert not c.uses_windows and InferenceConfig(winmode="onlywin").uses_windows
     assert InferenceConfig(win_weight=0.0).win_weight == 0.0 and InferenceConfig(win_weight=1.0).win_weight == 1.0
 

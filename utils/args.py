@@ -56,10 +56,11 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl") -
     g.add_argument("--win_topk", type=int, default=4,
                    help="--align position searches only the TOPK neighbourhood windows most similar to the "
                         "query window by embedding; 0 = all of them (default: %(default)s)")
-    g.add_argument("--search_precision", choices=("exact", "bf16"), default="exact",
-                   help="alignment search matmul: 'exact' (the bank's dtype) or 'bf16' (several times faster on "
-                        "CPUs with AMX/AVX512-BF16; the chosen patches' similarities stay exact, near-ties may "
-                        "pick another patch) (default: %(default)s)")
+    g.add_argument("--search_precision", choices=("auto", "exact", "bf16"), default="auto",
+                   help="dtype of the alignment search matmul: 'exact' (the bank's dtype: fp32 on CPU, fp16 on "
+                        "CUDA), 'bf16' (about 7x faster on CPUs with AMX; the heads still read the picked "
+                        "features exactly, only near-ties may pick another patch) or 'auto' (bf16 on CPUs with "
+                        "AMX, exact elsewhere) (default: %(default)s)")
     g.add_argument("--window_batch", type=int, default=256,
                    help="windows encoded per backbone call (default: %(default)s)")
     add_align_arg(g)
