@@ -16,6 +16,7 @@ FASL_USAGE="usage: bash $(basename "$0") {model_name} {device} {useNAM} {winmode
 environment (defaults): MVTEC_ROOT (./datasets/mvtec) VISA_ROOT (./datasets/visa)
   MODEL (ViT-L-14-336) PRETRAINED (openai) IMAGE_SIZE (518) BLOCKS ('6 12 18 24')
   EPOCHS_MVTEC (15) EPOCHS_VISA (15) BATCH_SIZE (8) ALIGN (image_index)
+  SEARCH_PRECISION (auto; 'exact' for an fp32 alignment search on CPU)
   RESULTS_ROOT (results) CKPT_ROOT (checkpoints) PYTHON (python)
   EXTRA_TEST_ARGS (extra flags for test_few_shot.py, e.g. '--save_vis')"
 
@@ -49,6 +50,8 @@ fasl_parse_args() {
     EPOCHS_VISA=${EPOCHS_VISA:-15}
     BATCH_SIZE=${BATCH_SIZE:-8}
     ALIGN=${ALIGN:-image_index}
+    SEARCH_PRECISION=${SEARCH_PRECISION:-auto}
+    case "$SEARCH_PRECISION" in auto|exact|bf16) ;; *) fasl_die "SEARCH_PRECISION '$SEARCH_PRECISION' must be auto, exact or bf16" ;; esac
     RESULTS_ROOT=${RESULTS_ROOT:-results}
     CKPT_ROOT=${CKPT_ROOT:-checkpoints}
     PYTHON=${PYTHON:-python}
@@ -83,7 +86,7 @@ fasl_test() {
     "$PYTHON" test_few_shot.py --data_path "$root" --dataset "$dataset" --save_path "$out" \
         --checkpoint_path "$ckpt" "${COMMON_ARGS[@]}" --k_shot "$k" $NAM_FLAG \
         --winmode "$WINMODE" --win_size "$WIN_SIZE" --win_stride "$WIN_STRIDE" --win_weight "$WIN_WEIGHT" \
-        $EXTRA_TEST_ARGS
+        --search_precision "$SEARCH_PRECISION" $EXTRA_TEST_ARGS
 }
 
 # fasl_setup "$@": parse and check the arguments and both datasets; K_LIST holds the k values

@@ -20,7 +20,7 @@ from PIL import Image
 import test_few_shot
 import train
 from data.meta import load_meta
-from models.fasl import CheckpointMismatch
+from models.fasl import CheckpointMismatch, cpu_has_amx
 from utils.metrics import CLASS_KEYS, image_metrics, pixel_metrics
 
 EVAL = 64  # --eval_size: side of the saved maps, masks and visualisations
@@ -164,6 +164,8 @@ def test_results_json_has_every_metric_in_unit_interval(winmode_runs, visa_class
     args = doc["extra"]["args"]
     assert args["winmode"] == winmode and args["mode"] == "fasl" and args["nam"] is True
     assert Path(doc["extra"]["references"]) == winmode_runs[winmode] / "references.json"
+    # what --search_precision auto resolved to on this machine is on record
+    assert doc["extra"]["search_dtype"] == ("bfloat16" if cpu_has_amx() else "float32")
 
 
 @pytest.mark.parametrize("winmode", ["nan", "mul", "onlywin"])

@@ -93,6 +93,13 @@ def test_zero_sizes_and_kshots_are_refused(script, position, value, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_search_precision_is_refused(script, tmp_path):
+    res = run_script(script, GOOD, {"SEARCH_PRECISION": "fp8", "MVTEC_ROOT": str(tmp_path / "none")})
+    assert res.returncode == 2, res.stderr
+    assert "error: SEARCH_PRECISION 'fp8' must be auto, exact or bf16" in res.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("device, use_nam", [("cpu", "1"), ("cuda", "0"), ("0", "true"), ("cuda:1", "false"),
                                               ("12", "yes"), ("cpu", "no")])
 def test_good_arguments_pass_parsing(script, device, use_nam, tmp_path):
@@ -143,7 +150,8 @@ def stub_env(tmp_path, syn_datasets) -> tuple[dict, Path]:
            "VISA_ROOT": str(syn_datasets["visa"]), "CKPT_ROOT": str(tmp_path / "ckpt"),
            "RESULTS_ROOT": str(tmp_path / "results"), "MODEL": "fasl-tiny-vit", "PRETRAINED": "none",
            "IMAGE_SIZE": "112", "BLOCKS": "1 2 3 4", "EPOCHS_MVTEC": "3", "EPOCHS_VISA": "2",
-           "BATCH_SIZE": "5", "ALIGN": "image_index", "EXTRA_TEST_ARGS": "--eval_size 64 --save_vis"}
+           "BATCH_SIZE": "5", "ALIGN": "image_index", "SEARCH_PRECISION": "exact",
+           "EXTRA_TEST_ARGS": "--eval_size 64 --save_vis"}
     return env, log
 
 
@@ -196,6 +204,7 @@ def test_train_and_test_script_forwards_every_argument(syn_datasets, tmp_path):
             assert "--no-nam" in call and "--nam" not in call
             assert flag(call, "--winmode") == "onlywin" and flag(call, "--win_size") == "5"
             assert flag(call, "--win_stride") == "3" and flag(call, "--win_weight") == "0.25"
+            assert flag(call, "--search_precision") == "exact"
             assert call[-3:] == ["--eval_size", "64", "--save_vis"]
 
 
