@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from data.images import ImageReadError, image_to_tensor, load_image, normalize_tensor, resize_image
 from models import build_fasl
-from models.fasl import FASL, CheckpointMismatch, InferenceConfig
+from models.fasl import FASL, CheckpointMismatch, InferenceConfig, resolved_search_dtype
 from models.memory import MemoryBank
 from models.thresholds import augmented_views, fit_thresholds, score_references
 from utils.args import add_backbone_args, add_inference_args
@@ -458,7 +458,8 @@ def _run(args, out: Path, log) -> int:
     bar.close()
 
     failed = [r for r in records if r["status"] != "ok"]
-    settings = {"args": vars(args), "inference": asdict(cfg), "model": model.config(), "references": ref_names}
+    settings = {"args": vars(args), "inference": asdict(cfg), "model": model.config(), "references": ref_names,
+                "search_dtype": resolved_search_dtype(model, cfg)}
     write_csv(out / "predictions.csv", records)
     write_json(out / "predictions.json", {"format": PREDICTIONS_FORMAT, "thresholds": thresholds,
                                           "settings": settings, "images": records,

@@ -21,7 +21,7 @@ from data.images import load_image, resize_image
 from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import load_meta
 from models import build_fasl
-from models.fasl import InferenceConfig, search_dtype
+from models.fasl import InferenceConfig, resolved_search_dtype
 from utils.args import add_backbone_args, add_inference_args
 from utils.metrics import class_metrics, format_table, write_results
 from utils.cli import run_cli
@@ -146,9 +146,8 @@ def main(argv=None) -> dict:
     table = format_table(results, TABLE_KEYS)
     print(table)
     (save_path / "results.md").write_text(table + "\n")
-    searched = search_dtype(cfg.search_precision, device) or model.bank_dtype
     files = write_results(save_path, results, {"args": vars(args), "references": str(save_path / "references.json"),
-                                               "search_dtype": str(searched).replace("torch.", "")})
+                                               "search_dtype": resolved_search_dtype(model, cfg)})
     log.info("results: %s, %s", files.json, files.csv)
     return results
 

@@ -154,7 +154,6 @@ def main(argv=None) -> dict:
     watch = Stopwatch(device)
     with watch("bank_build"):
         bank = model.build_memory(refs, windows, window_batch=cfg.window_batch)
-    bank_bytes = bank.nbytes()
 
     for batch in batches[:args.warmup]:
         model.predict(batch, bank, cfg)
@@ -172,6 +171,7 @@ def main(argv=None) -> dict:
             if windows is not None:
                 bb(split_windows(batch, windows, bb.patch_size), with_embedding=cfg.align != "exhaustive",
                    chunk=cfg.window_batch)
+    bank_bytes = bank.nbytes()  # after the runs: includes a bf16 search copy if the search made one
     n = sum(len(b) for b in timed)
     per_image = {k: v / n for k, v in stages.times.items()}
     per_image["rest"] = watch.times["total"] / n - sum(per_image.get(s, 0.0) for s in STAGES)

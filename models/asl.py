@@ -47,6 +47,8 @@ class ASLHead(nn.Module):
         open_linear = False  # the last Linear has no activation after it yet
         for m in self.mlp:
             if isinstance(m, nn.BatchNorm1d):
+                if m.running_var is None:
+                    raise TypeError("cannot fold a BatchNorm without running statistics")
                 scale = (m.running_var + m.eps).rsqrt()
                 if m.weight is not None:
                     scale = scale * m.weight

@@ -29,8 +29,8 @@ SEARCH_PRECISIONS = ("auto", "exact", "bf16")
 
 
 def cpu_has_amx() -> bool:
-    """True when this CPU multiplies bfloat16 matrices in hardware (Intel AMX), where a bf16
-    search matmul is about 7x faster than fp32; elsewhere bf16 is no faster, or slower."""
+    """True when this CPU multiplies bfloat16 matrices in tiles (Intel AMX), where a bf16 search
+    matmul is 6-7x faster than fp32; without AMX the gain is small or negative."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x; absent = no
     try:
         return bool(probe()) if probe is not None else False
@@ -38,18 +38,32 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def search_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def search_dtype(precision: str, device: torch.device, small: bool = False) -> torch.dtype | None:
     """The alignment search's matmul dtype for ``--search_precision`` on ``device``.
 
     ``exact``: the bank's own dtype (None). ``bf16``: bfloat16. ``auto``: bfloat16 on CPUs with
-    AMX, the bank's dtype elsewhere (on CUDA that is already fp16 under ``--precision auto``).
-    In every case the heads read the picked reference features from the stored bank, exactly.
+    AMX for the large searches (the global map; LFE windows under ``exhaustive``), the bank's
+    dtype elsewhere (on CUDA that is already fp16 under ``--precision auto``). ``small``: the
+    search compares each query patch with a few hundred patches only (LFE windows under
+    ``image_index`` / ``position``); there the fp32 matmul is cheap and the low-precision
+    shortlist's exact re-ranking would cost more than it saves, so ``auto`` stays exact.
+    A low-precision search shortlists candidates that exact dot products then decide between
+    (models/memory.py), and the heads read the picked features from the stored bank.
     """
     if precision not in SEARCH_PRECISIONS:
         raise ValueError(f"search_precision must be one of {SEARCH_PRECISIONS}, got {precision!r}")
-    if precision == "bf16" or (precision == "auto" and torch.device(device).type == "cpu" and cpu_has_amx()):
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and not small and torch.device(device).type == "cpu" and cpu_has_amx():
         return torch.bfloat16
     return None
+
+
+def resolved_search_dtype(model: "FASL", cfg: "InferenceConfig") -> str:
+    """What ``cfg.search_precision`` searches the global map in on ``model``'s device, for the
+    record (results.json, predictions.json): e.g. 'bfloat16' or 'float32'."""
+    dtype = search_dtype(cfg.search_precision, model.device) or model.bank_dtype
+    return str(dtype).replace("torch.", "")
 
 
 @dataclass
@@ -66,8 +80,8 @@ class InferenceConfig:
         the most similar by window embedding (0 = all k * (2r+1)^2 of them).
     out_size: side of the returned score map.
     window_batch: windows per backbone call; max_bytes: similarity-matrix budget.
-    search_precision: ``auto`` (bf16 search matmul on CPUs with AMX, the bank's dtype
-        elsewhere), ``exact`` (the bank's dtype) or ``bf16``; see ``search_dtype``.
+    search_precision: ``auto`` (bf16 search on CPUs with AMX for the large searches, the
+        bank's dtype elsewhere), ``exact`` (the bank's dtype) or ``bf16``; see ``search_dtype``.
     """
 
     mode: str = "fasl"
@@ -244,8 +258,8 @@ class FASL(nn.Module):
         fasl = cfg.mode == "fasl"
         with timer("align"):
             alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
-                              search_dtype=search_dtype(cfg.search_precision, tokens[0].device),
-                              similarity=not fasl, **extra)
+                              search_dtype=search_dtype(cfg.search_precision, tokens[0].device,
+                                                        small=windows and cfg.align != "exhaustive"), **extra)
         Q = tokens[0].shape[0]
         if not fasl:
             return fd_scores(alignment.similarity).reshape(Q, len(tokens), *grid)

@@ -14,8 +14,10 @@ L2-normalised tokens, so a dot product) of the same block. Three modes:
 Chunk sizes follow a byte budget so the similarity matrix never exceeds it.
 
 ``search_dtype`` (e.g. bfloat16) runs the search matmul in a lower precision (several times
-faster on CPUs with AMX); the chosen patch's similarity and aligned features are then taken
-exactly from the stored bank, so only near-ties may pick a different patch.
+faster on CPUs with AMX) to shortlist the ``RERANK`` most similar patches of every query patch;
+exact dot products with the stored bank then pick among them, so the result differs from the
+exact search only where the exact best patch falls outside the low-precision shortlist (rare:
+it needs ``RERANK`` other patches within the rounding error of the best).
 """
 from __future__ import annotations
 
@@ -29,43 +31,50 @@ from models.lfe import WindowGrid, neighbour_windows
 ALIGN_MODES = ("exhaustive", "image_index", "position")
 DEFAULT_MAX_BYTES = 256 * 2**20
 CANDIDATE_CHUNK_BYTES = 16 * 2**20
+RERANK = 4  # a low-precision search's shortlist per query patch, re-ranked exactly
 
 
 def _rows_per_chunk(bytes_per_row: int, max_bytes: int) -> int:
     return max(1, int(max_bytes // max(1, bytes_per_row)))
 
 
-def nearest_reference(query: torch.Tensor, bank: torch.Tensor, max_bytes: int = DEFAULT_MAX_BYTES):
-    """Most similar bank row for every query row.
+def nearest_reference(query: torch.Tensor, bank: torch.Tensor, max_bytes: int = DEFAULT_MAX_BYTES, topk: int = 1):
+    """Most similar bank row(s) for every query row.
 
     query: (Q, N, W), bank: (M, W), both L2-normalised.
-    Returns (similarity (Q, N), index (Q, N) into bank rows).
+    Returns (similarity, index into bank rows), each (Q, N); with ``topk`` > 1 the best
+    ``topk`` rows, most similar first, each (Q, N, topk).
     """
     Q, N, W = query.shape
     flat = query.reshape(Q * N, W)
+    t = min(topk, bank.shape[0])
     rows = _rows_per_chunk(bank.shape[0] * flat.element_size(), max_bytes)
     sims, idxs = [], []
     bank_t = bank.t()  # [W, M], one transpose view for all chunks
     for start in range(0, Q * N, rows):
         s = flat[start:start + rows] @ bank_t  # [rows, M]
-        best, arg = s.max(dim=1)
+        best, arg = s.max(dim=1) if topk == 1 else s.topk(t, dim=1)
         sims.append(best)
         idxs.append(arg)
-    return torch.cat(sims).reshape(Q, N), torch.cat(idxs).reshape(Q, N)
+    shape = (Q, N) if topk == 1 else (Q, N, t)
+    return torch.cat(sims).reshape(shape), torch.cat(idxs).reshape(shape)
 
 
 def nearest_in_candidates(
-    query: torch.Tensor, entries: torch.Tensor, candidates: torch.Tensor, max_bytes: int = DEFAULT_MAX_BYTES
+    query: torch.Tensor, entries: torch.Tensor, candidates: torch.Tensor, max_bytes: int = DEFAULT_MAX_BYTES,
+    topk: int = 1,
 ):
-    """Most similar patch among each query's candidate reference entries.
+    """Most similar patch(es) among each query's candidate reference entries.
 
     query: (Q, n, W); entries: (R, m, W) reference entries (images or windows) of m patches;
     candidates: (Q, C) entry indices per query.
-    Returns (similarity (Q, n), index (Q, n) flat into the R * m patches of ``entries``).
+    Returns (similarity, index flat into the R * m patches of ``entries``), each (Q, n); with
+    ``topk`` > 1 the best ``topk`` patches, most similar first, each (Q, n, topk).
     """
     Q, n, W = query.shape
     R, m, _ = entries.shape
     C = candidates.shape[1]
+    t = min(topk, C * m)
     # per query: the gathered candidates (C*m*W) and the similarities (n*C*m); small chunks keep
     # the gathered block in cache for the bmm that reads it right after
     per_query = (C * m * W + n * C * m) * query.element_size()
@@ -73,41 +82,48 @@ def nearest_in_candidates(
     sims, idxs = [], []
     for start in range(0, Q, rows):
         cand = candidates[start:start + rows]  # [q, C]
-        gathered = entries[cand].reshape(cand.shape[0], C * m, W)  # [q, C*m, W]
+        q = cand.shape[0]
+        gathered = entries[cand].reshape(q, C * m, W)  # [q, C*m, W]
         s = torch.bmm(query[start:start + rows], gathered.transpose(1, 2))  # [q, n, C*m]
-        best, arg = s.max(dim=2)  # [q, n]
-        entry = cand.gather(1, arg // m)  # [q, n] which entry won
+        best, arg = s.max(dim=2) if topk == 1 else s.topk(t, dim=2)  # [q, n(, t)]
+        entry = cand.gather(1, (arg // m).reshape(q, -1)).reshape(arg.shape)  # which entry won
         sims.append(best)
         idxs.append(entry * m + arg % m)
     return torch.cat(sims), torch.cat(idxs)
 
 
-def picked_similarity(query: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, chunk_rows: int = 8192):
-    """Exact <query, rows[index]> per query patch: (Q, n, W), (M, W), (Q, n) -> (Q, n) float32.
+def exact_best(query: torch.Tensor, rows: torch.Tensor, candidates: torch.Tensor, chunk_rows: int = 8192):
+    """The most similar of each query patch's candidate rows, by exact dot products in float32.
 
-    Chunked, so no (Q, n, W) gathered copy is materialised (hundreds of MB for LFE windows).
+    query: (Q, n, W); rows: (M, W); candidates: (Q, n, t) row indices (t = 1: the similarity of
+    a given pick). Returns (similarity (Q, n) float32, index (Q, n) into ``rows``); ties go to
+    the earlier candidate. Chunked, so no (Q, n, t, W) gathered copy is materialised.
     """
     Q, n, W = query.shape
-    flat_q, flat_i = query.reshape(Q * n, W), index.reshape(Q * n)
-    out = torch.empty(Q * n, device=query.device, dtype=torch.float32)
+    t = candidates.shape[-1]
+    flat_q, flat_c = query.reshape(Q * n, W), candidates.reshape(Q * n, t)
+    sim = torch.empty(Q * n, device=query.device, dtype=torch.float32)
+    idx = torch.empty(Q * n, device=query.device, dtype=torch.long)
     for start in range(0, Q * n, chunk_rows):
+        c = flat_c[start:start + chunk_rows]  # [c, t]
         q = flat_q[start:start + chunk_rows].float()
-        r = rows.index_select(0, flat_i[start:start + chunk_rows]).float()
-        out[start:start + chunk_rows] = torch.linalg.vecdot(q, r)
-    return out.reshape(Q, n)
+        r = rows.index_select(0, c.reshape(-1)).reshape(c.shape[0], t, W).float()
+        best, arg = torch.einsum("ctw,cw->ct", r, q).max(dim=1)
+        sim[start:start + chunk_rows] = best
+        idx[start:start + chunk_rows] = c.gather(1, arg[:, None]).squeeze(1)
+    return sim.reshape(Q, n), idx.reshape(Q, n)
 
 
 @dataclass
 class Alignment:
     """Result of aligning L blocks of queries against a memory.
 
-    similarity: L x (Q, n) cosine similarity to the aligned reference patch (None when a
-        low-precision search was asked not to compute it exactly).
+    similarity: L x (Q, n) cosine similarity to the aligned reference patch.
     index: L x (Q, n) flat index of that patch in the memory's (R * m) patches of the block.
     aligned: L x (Q, n, W) the aligned reference features (None when not gathered).
     """
 
-    similarity: list[torch.Tensor] | None
+    similarity: list[torch.Tensor]
     index: list[torch.Tensor]
     aligned: list[torch.Tensor] | None
 
@@ -160,7 +176,9 @@ class PatchMemory(nn.Module):
         return self._search_copy
 
     def nbytes(self) -> int:
-        return self._tokens.numel() * self._tokens.element_size() + self._embedding.numel() * self._embedding.element_size()
+        """Bytes held: tokens, embeddings and, once a low-precision search made one, its copy."""
+        held = [self._tokens, self._embedding, getattr(self, "_search_copy", None)]
+        return sum(t.numel() * t.element_size() for t in held if t is not None)
 
     def align(
         self,
@@ -171,15 +189,13 @@ class PatchMemory(nn.Module):
         gather: bool = True,
         max_bytes: int = DEFAULT_MAX_BYTES,
         search_dtype: torch.dtype | None = None,
-        similarity: bool = True,
     ) -> Alignment:
         """Align queries block by block.
 
         tokens: L x (Q, n, W) query tokens; embedding: (Q, D), needed for ``image_index``;
         candidates: (Q, C) entry indices, used instead of ``mode`` when given;
-        search_dtype: dtype of the search matmul (None = the bank's, exact);
-        similarity: with a low-precision search, also compute the picks' exact similarities
-        (one more pass over the picked rows; the heads only need the indices).
+        search_dtype: dtype of the search matmul (None = the bank's, exact). A lower precision
+        keeps its ``RERANK`` best patches per query, and the exact dot products pick among them.
         """
         bank = self.tokens
         search = self.search_tokens(search_dtype)
@@ -192,23 +208,26 @@ class PatchMemory(nn.Module):
             candidates = (embedding.to(bank.dtype) @ self.embedding.t()).argmax(dim=1, keepdim=True)  # [Q, 1]
         elif candidates is None and mode != "exhaustive":
             raise ValueError(f"unknown alignment mode {mode!r}; choose from {', '.join(ALIGN_MODES)}")
+        if R == 1:
+            candidates = None  # one entry (k = 1 global memory): the same search, without a per-query gather
         sims, idxs, aligned = [], [], []
         for layer, query in enumerate(tokens):
             query = query.to(bank.dtype)
             q_search = query.to(search.dtype)
+            topk = 1 if search is bank else RERANK
             if candidates is None:
-                s, i = nearest_reference(q_search, search[layer].reshape(R * m, W), max_bytes)
+                s, i = nearest_reference(q_search, search[layer].reshape(R * m, W), max_bytes, topk)
             else:
-                s, i = nearest_in_candidates(q_search, search[layer], candidates, max_bytes)
+                s, i = nearest_in_candidates(q_search, search[layer], candidates, max_bytes, topk)
             flat_bank = bank[layer].reshape(R * m, W)
-            if search is not bank:  # the search's similarity is approximate: the pick's, exactly
-                s = picked_similarity(query, flat_bank, i).to(bank.dtype) if similarity else None
+            if search is not bank:  # approximate shortlist: the exact similarities decide
+                s, i = exact_best(query, flat_bank, i)
+                s = s.to(bank.dtype)
             sims.append(s)
             idxs.append(i)
             if gather:
                 aligned.append(flat_bank[i])  # [Q, n, W]
-        exact = search is bank or similarity
-        return Alignment(similarity=sims if exact else None, index=idxs, aligned=aligned if gather else None)
+        return Alignment(similarity=sims, index=idxs, aligned=aligned if gather else None)
 
 
 class MemoryBank(nn.Module):
@@ -230,14 +249,12 @@ class MemoryBank(nn.Module):
 
     def align_global(
         self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES, search_dtype=None,
-        similarity=True,
     ):
         """Queries are whole images: L x (B, N, W), embedding (B, D)."""
         if mode == "position":
             mode = "image_index"  # positions only exist for windows
         return self.global_memory.align(
             tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes, search_dtype=search_dtype,
-            similarity=similarity,
         )
 
     def _position_table(self, radius: int, device: torch.device) -> torch.Tensor:
@@ -253,7 +270,7 @@ class MemoryBank(nn.Module):
 
     def align_windows(
         self, tokens, embedding=None, mode="exhaustive", radius: int = 1, topk: int = 0, gather=True,
-        max_bytes=DEFAULT_MAX_BYTES, search_dtype=None, similarity=True,
+        max_bytes=DEFAULT_MAX_BYTES, search_dtype=None,
     ):
         """Queries are windows, image-major: L x (B * nw, s*s, W), embedding (B * nw, D).
 
@@ -275,5 +292,5 @@ class MemoryBank(nn.Module):
                 candidates = candidates.gather(1, sim.topk(topk, dim=1).indices)  # [Q, topk]
         return self.window_memory.align(
             tokens, embedding, mode=mode, candidates=candidates, gather=gather, max_bytes=max_bytes,
-            search_dtype=search_dtype, similarity=similarity,
+            search_dtype=search_dtype,
         )

@@ -308,12 +308,15 @@ def test_gathered_deviation_equals_deviation_of_gathered_rows():
     g = torch.Generator().manual_seed(5)
     f = torch.randn(9, 6, generator=g)
     idx = torch.tensor([3, 0, 0, 7, 2, 7, 1, 5, 4])
-    for dtype in (torch.float32, torch.float16):
-        bank_rows = torch.randn(8, 6, generator=g).to(dtype)
-        dev = gathered_deviation(f, bank_rows, idx)
-        assert dev.dtype == torch.float32
-        assert torch.equal(dev, deviation_rows(f, bank_rows[idx]))
-        assert torch.equal(bank_rows, bank_rows.clone())  # the bank is read, never written
+    for bank_dtype in (torch.float32, torch.float16):
+        for query_dtype in (torch.float32, torch.float16, torch.bfloat16):  # CUDA: fp16 queries and banks
+            q = f.to(query_dtype)
+            bank_rows = torch.randn(8, 6, generator=g).to(bank_dtype)
+            before = bank_rows.clone()
+            dev = gathered_deviation(q, bank_rows, idx)
+            assert dev.dtype == torch.float32
+            assert torch.equal(dev, deviation_rows(q, bank_rows[idx]))
+            assert torch.equal(bank_rows, before)  # the bank is read, never written
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -578,6 +581,8 @@ def test_search_dtype_resolution(monkeypatch):
     assert search_dtype("auto", torch.device("cuda", 0)) is None  # the fp16 bank itself on CUDA
     monkeypatch.setattr(fasl_module, "cpu_has_amx", lambda: True)
     assert search_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert search_dtype("auto", torch.device("cpu"), small=True) is None  # windows under image_index/position
+    assert search_dtype("bf16", torch.device("cpu"), small=True) == torch.bfloat16
     monkeypatch.setattr(fasl_module, "cpu_has_amx", lambda: False)
     assert search_dtype("auto", torch.device("cpu")) is None
     with pytest.raises(ValueError, match="search_precision must be one of"):

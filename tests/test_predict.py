@@ -13,7 +13,7 @@ from PIL import Image
 import predict
 from data.images import ImageReadError
 from models import build_fasl
-from models.fasl import CheckpointMismatch, InferenceConfig
+from models.fasl import CheckpointMismatch, InferenceConfig, cpu_has_amx
 from models.thresholds import (NormalScores, augmented_views, fit_thresholds, image_threshold,
                                pixel_threshold, subset_bank)
 from utils.regions import find_regions, resize_map
@@ -101,6 +101,7 @@ def test_outputs_for_every_image_at_original_size(data, tmp_path):
     assert thr["method"] == "leave-one-out" and len(thr["fit"]["image_scores"]) == 4
     assert thr["image"] >= max(thr["fit"]["image_scores"]) and thr["pixel"] > 0
     assert pred["settings"]["inference"]["winmode"] == "mul"
+    assert pred["settings"]["search_dtype"] == ("bfloat16" if cpu_has_amx() else "float32")
     for rec, row, src in zip(pred["images"], rows, inputs):
         w, h = Image.open(src).size
         overlay, mask = Image.open(out / rec["overlay"]), Image.open(out / rec["mask"])

@@ -58,9 +58,10 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl") -
                         "query window by embedding; 0 = all of them (default: %(default)s)")
     g.add_argument("--search_precision", choices=("auto", "exact", "bf16"), default="auto",
                    help="dtype of the alignment search matmul: 'exact' (the bank's dtype: fp32 on CPU, fp16 on "
-                        "CUDA), 'bf16' (about 7x faster on CPUs with AMX; the heads still read the picked "
-                        "features exactly, only near-ties may pick another patch) or 'auto' (bf16 on CPUs with "
-                        "AMX, exact elsewhere) (default: %(default)s)")
+                        "CUDA); 'bf16' (a bf16 shortlist of 4 patches per query patch, re-ranked by exact dot "
+                        "products: the same picks bar extreme near-ties, a 6-7x faster matmul on CPUs with AMX); "
+                        "'auto': bf16 on CPUs with AMX for the large searches (global map, exhaustive window "
+                        "search), exact elsewhere (default: %(default)s)")
     g.add_argument("--window_batch", type=int, default=256,
                    help="windows encoded per backbone call (default: %(default)s)")
     add_align_arg(g)
