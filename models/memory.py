@@ -83,7 +83,7 @@ def nearest_in_candidates(
     for start in range(0, Q, rows):
         cand = candidates[start:start + rows]  # [q, C]
         q = cand.shape[0]
-        gathered = entries[cand].reshape(q, C * m, W)  # [q, C*m, W]
+        gathered = entries.index_select(0, cand.reshape(-1)).reshape(q, C * m, W)  # [q, C*m, W]
         s = torch.bmm(query[start:start + rows], gathered.transpose(1, 2))  # [q, n, C*m]
         best, arg = s.max(dim=2) if topk == 1 else s.topk(t, dim=2)  # [q, n(, t)]
         entry = cand.gather(1, (arg // m).reshape(q, -1)).reshape(arg.shape)  # which entry won
