@@ -183,6 +183,9 @@ def main(argv=None) -> dict:
                     "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "search_dtype": str(search_dtype(cfg.search_precision, device) or bank.global_memory.tokens.dtype),
+        "window_search_dtype": None if windows is None else str(
+            search_dtype(cfg.search_precision, device, small=cfg.align != "exhaustive")
+            or bank.window_memory.tokens.dtype),
         "per_image_s": {s: per_image.get(s, 0.0) for s in (*STAGES, "rest")},
         "total_s": total,
         "floor_s": floor,
@@ -209,7 +212,9 @@ def main(argv=None) -> dict:
     for key, value in result.get("agreement", {}).items():
         rows.append([f"agreement: {key}", f"{value:.3f}"])
     title = (f"{bb.model_name} @ {args.image_size}px, k={args.k}, mode {args.mode}, winmode {args.winmode}, "
-             f"align {args.align} (search {result['search_dtype'].replace('torch.', '')}), batch {args.batch_size}, "
+             f"align {args.align} (search {result['search_dtype'].replace('torch.', '')}"
+             + (f"; windows {result['window_search_dtype'].replace('torch.', '')}" if windows is not None else "")
+             + f"), batch {args.batch_size}, "
              f"{args.precision}, {device}, {n} images")
     print(title)
     print(tabulate(rows, headers=["measure", "value"], tablefmt="github", disable_numparse=True))

@@ -11,11 +11,18 @@ from pathlib import Path
 from tabulate import tabulate
 
 
-def search_label(precision: str, dtype: str | None) -> str:
-    """'auto (bf16)': the flag and, when it was resolved at run time, what it resolved to."""
+def _short(dtype: str) -> str:
+    return dtype.replace("torch.", "").replace("bfloat16", "bf16").replace("float32", "fp32").replace("float16", "fp16")
+
+
+def search_label(precision: str, dtype: str | None, window_dtype: str | None = None) -> str:
+    """'auto (bf16)': the flag and, when it was resolved at run time, what it resolved to
+    ('auto (bf16; windows fp32)' when the window search resolved otherwise)."""
     if precision != "auto" or not dtype:
         return precision
-    return f"auto ({dtype.replace('torch.', '').replace('bfloat16', 'bf16').replace('float32', 'fp32').replace('float16', 'fp16')})"
+    if window_dtype and window_dtype != dtype:
+        return f"auto ({_short(dtype)}; windows {_short(window_dtype)})"
+    return f"auto ({_short(dtype)})"
 
 
 def main(folder: str = "bench_out") -> str:
@@ -26,7 +33,7 @@ def main(folder: str = "bench_out") -> str:
             continue
         s, t = r["settings"], r["per_image_s"]
         rows.append([
-            s["winmode"], s["k"], s["align"], search_label(s.get("search_precision", "exact"), r.get("search_dtype")),
+            s["winmode"], s["k"], s["align"], search_label(s.get("search_precision", "exact"), r.get("search_dtype"), r.get("window_search_dtype")),
             f"{r['total_s']:.2f}", f"{r['floor_s']:.2f}", f"{r['total_over_floor']:.3f}",
             # the non-backbone stages measured inside predict, relative to the floor: less noisy
             # than total / floor, whose two backbone timings each wobble by a few per cent
