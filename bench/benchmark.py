@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from data.images import normalize_tensor  # noqa: E402
 from models import build_fasl  # noqa: E402
-from models.fasl import InferenceConfig, search_dtype  # noqa: E402
+from models.fasl import InferenceConfig, resolved_search_dtype  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
 from utils.args import add_backbone_args, add_inference_args  # noqa: E402
 from utils.metrics import class_metrics  # noqa: E402
@@ -182,10 +182,8 @@ def main(argv=None) -> dict:
                     "threads": torch.get_num_threads(), "device": str(device),
                     "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "search_dtype": str(search_dtype(cfg.search_precision, device) or bank.global_memory.tokens.dtype),
-        "window_search_dtype": None if windows is None else str(
-            search_dtype(cfg.search_precision, device, small=cfg.align != "exhaustive")
-            or bank.window_memory.tokens.dtype),
+        "search_dtype": resolved_search_dtype(model, cfg),
+        "window_search_dtype": None if windows is None else resolved_search_dtype(model, cfg, windows=True),
         "per_image_s": {s: per_image.get(s, 0.0) for s in (*STAGES, "rest")},
         "total_s": total,
         "floor_s": floor,
@@ -212,8 +210,8 @@ def main(argv=None) -> dict:
     for key, value in result.get("agreement", {}).items():
         rows.append([f"agreement: {key}", f"{value:.3f}"])
     title = (f"{bb.model_name} @ {args.image_size}px, k={args.k}, mode {args.mode}, winmode {args.winmode}, "
-             f"align {args.align} (search {result['search_dtype'].replace('torch.', '')}"
-             + (f"; windows {result['window_search_dtype'].replace('torch.', '')}" if windows is not None else "")
+             f"align {args.align} (search {result['search_dtype']}"
+             + (f"; windows {result['window_search_dtype']}" if windows is not None else "")
              + f"), batch {args.batch_size}, "
              f"{args.precision}, {device}, {n} images")
     print(title)

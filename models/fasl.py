@@ -59,10 +59,11 @@ def search_dtype(precision: str, device: torch.device, small: bool = False) -> t
     return None
 
 
-def resolved_search_dtype(model: "FASL", cfg: "InferenceConfig") -> str:
-    """What ``cfg.search_precision`` searches the global map in on ``model``'s device, for the
-    record (results.json, predictions.json): e.g. 'bfloat16' or 'float32'."""
-    dtype = search_dtype(cfg.search_precision, model.device) or model.bank_dtype
+def resolved_search_dtype(model: "FASL", cfg: "InferenceConfig", windows: bool = False) -> str:
+    """What ``cfg.search_precision`` searches the global map (or, ``windows``, the LFE windows)
+    in on ``model``'s device, for the record (results.json, predictions.json, the benchmark):
+    e.g. 'bfloat16' or 'float32'."""
+    dtype = model.search_dtype_for(cfg, windows) or model.bank_dtype
     return str(dtype).replace("torch.", "")
 
 
@@ -251,6 +252,12 @@ class FASL(nn.Module):
         return self.score_features(feats, bank, align)
 
     # ----------------------------------------------------------------- inference
+    def search_dtype_for(self, cfg: InferenceConfig, windows: bool) -> torch.dtype | None:
+        """The search dtype of the global (or, ``windows``, the LFE window) alignment under ``cfg``
+        on this model's device; None = the bank's own. Window searches under ``image_index`` /
+        ``position`` are the small ones (see ``search_dtype``)."""
+        return search_dtype(cfg.search_precision, self.device, small=windows and cfg.align != "exhaustive")
+
     def _block_maps(self, tokens, embedding, grid, bank, cfg: InferenceConfig, windows: bool, timer) -> torch.Tensor:
         """Per-block scores on the patch grid: FD (Q, L, h, w) or head probabilities (Q, L, 2, h, w)."""
         align = bank.align_windows if windows else bank.align_global
@@ -258,8 +265,7 @@ class FASL(nn.Module):
         fasl = cfg.mode == "fasl"
         with timer("align"):
             alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
-                              search_dtype=search_dtype(cfg.search_precision, tokens[0].device,
-                                                        small=windows and cfg.align != "exhaustive"), **extra)
+                              search_dtype=self.search_dtype_for(cfg, windows), **extra)
         Q = tokens[0].shape[0]
         if not fasl:
             return fd_scores(alignment.similarity).reshape(Q, len(tokens), *grid)

@@ -248,13 +248,13 @@ class MemoryBank(nn.Module):
         return {"global": self.global_memory.nbytes(), "window": self.window_memory.nbytes()}
 
     def align_global(
-        self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES, search_dtype=None,
+        self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES, search_dtype=None
     ):
         """Queries are whole images: L x (B, N, W), embedding (B, D)."""
         if mode == "position":
             mode = "image_index"  # positions only exist for windows
         return self.global_memory.align(
-            tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes, search_dtype=search_dtype,
+            tokens, embedding, mode=mode, gather=gather, max_bytes=max_bytes, search_dtype=search_dtype
         )
 
     def _position_table(self, radius: int, device: torch.device) -> torch.Tensor:

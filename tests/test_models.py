@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from models.asl import NAM, ASLHead, ScoreHeads, ScoreMaps
 from models.backbone import CONFIG_DIR, TINY_MODEL, Backbone
 import models.fasl as fasl_module
-from models.fasl import FASL, CheckpointMismatch, InferenceConfig, Prediction, search_dtype
+from models.fasl import FASL, CheckpointMismatch, InferenceConfig, Prediction, resolved_search_dtype, search_dtype
 from models.fd import deviation, deviation_rows, fd_scores, gathered_deviation
 
 SIZE = 112        # 8x8 patches of 14 px
@@ -589,6 +589,15 @@ def test_search_dtype_resolution(monkeypatch):
         search_dtype("fp8", torch.device("cpu"))
     with pytest.raises(ValueError, match="search_precision must be one of"):
         InferenceConfig(search_precision="fp8")
+
+
+def test_recorded_search_dtype_follows_the_window_policy(monkeypatch, model):
+    monkeypatch.setattr(fasl_module, "cpu_has_amx", lambda: True)
+    for align, window in [("exhaustive", "bfloat16"), ("image_index", "float32"), ("position", "float32")]:
+        c = cfg(align=align, winmode="mul")
+        assert resolved_search_dtype(model, c) == "bfloat16"
+        assert resolved_search_dtype(model, c, windows=True) == window
+    assert resolved_search_dtype(model, cfg(search_precision="exact"), windows=True) == "float32"
 
 
 @pytest.mark.parametrize("amx, same_as", [(True, "bf16"), (False, "exact")])
