@@ -2,8 +2,8 @@
 
 * mosaic (MVTec-style): four images of one class, each downscaled to half size, tiled 2×2
   together with their masks;
-* defect-keeping random crop (VisA-style): a crop that contains the whole defect, resized
-  back to the model input size.
+* the reference code's VisA crop: a small square crop of the model input (holding defect
+  pixels when there are any), zoomed back to the input size.
 
 The dataset (``data/dataset.py``) draws the randomness and does the resizing; these helpers
 only decide *where*, so image and mask are always transformed by the same numbers.
@@ -31,26 +31,35 @@ def tile_2x2(tiles: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([top, bottom], axis=0)
 
 
-def crop_box_keeping_defect(mask: np.ndarray, rng: np.random.Generator,
-                            scale: tuple[float, float] = (0.5, 0.9)) -> tuple[int, int, int, int]:
-    """A random crop box (x0, y0, x1, y1) of a (H, W) image that contains all of ``mask``.
+# The reference crops VisA training images at its 518 px input with sides of 100 and 50 px.
+CROP_SIDE, SMALL_CROP_SIDE = 100 / 518, 50 / 518
 
-    The crop keeps the image's aspect ratio with side fraction drawn from ``scale``; it is
-    enlarged when needed to cover the defect's bounding box (up to the whole image). For an
-    all-False mask any position is allowed.
+
+def defect_crop_box(mask: np.ndarray, rng: np.random.Generator,
+                    small_rate: float = 0.6) -> tuple[int, int, int, int] | None:
+    """The reference code's VisA training crop, as a box (x0, y0, x1, y1) on the model input.
+
+    mask: (S, S) bool defect mask at the model input size. A good image (empty mask) is, half
+    of the time, replaced by a random square crop of side ``CROP_SIDE * S`` (100 px at 518), and
+    otherwise left whole (None is returned). A defective image gets a crop of side
+    ``SMALL_CROP_SIDE * S`` (50 px) with probability ``small_rate``, else ``CROP_SIDE * S``,
+    placed uniformly among the positions whose crop holds at least one defect pixel (the
+    reference redraws a uniform crop until it does: the same distribution, without the loop).
     """
     H, W = mask.shape
-    s = rng.uniform(*scale)
-    ch, cw = max(1, round(H * s)), max(1, round(W * s))
-    ys, xs = np.nonzero(mask)
-    if ys.size:
-        y_lo, y_hi, x_lo, x_hi = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        ch, cw = max(ch, y_hi - y_lo), max(cw, x_hi - x_lo)
-        # the crop start must satisfy start <= lo and start + size >= hi
-        y_range = (max(0, y_hi - ch), min(y_lo, H - ch))
-        x_range = (max(0, x_hi - cw), min(x_lo, W - cw))
-    else:
-        y_range, x_range = (0, H - ch), (0, W - cw)
-    y0 = int(rng.integers(y_range[0], y_range[1] + 1))
-    x0 = int(rng.integers(x_range[0], x_range[1] + 1))
-    return x0, y0, x0 + cw, y0 + ch
+    if not mask.any():
+        if rng.random() >= 0.5:
+            return None
+        side = max(1, round(min(H, W) * CROP_SIDE))
+        y0, x0 = int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1))
+        return x0, y0, x0 + side, y0 + side
+    frac = SMALL_CROP_SIDE if rng.random() < small_rate else CROP_SIDE
+    side = max(1, round(min(H, W) * frac))
+    # defect pixels inside every side x side window, from an integral image: [H-side+1, W-side+1]
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    inside = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side]
+              + integral[:-side, :-side])
+    ys, xs = np.nonzero(inside > 0)
+    j = int(rng.integers(0, ys.size))
+    y0, x0 = int(ys[j]), int(xs[j])
+    return x0, y0, x0 + side, y0 + side

@@ -11,9 +11,10 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from data.augment import crop_box_keeping_defect, quadrant_sizes, tile_2x2
+from data.augment import defect_crop_box, quadrant_sizes, tile_2x2
 from data.images import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_image, load_mask,
                          mask_to_tensor, normalize, resize_image, resize_mask)
 from data.meta import SPLITS, load_meta
@@ -51,8 +52,12 @@ class AnomalyDataset(Dataset):
         image_size: S, the square model input size (bicubic resize, no transpose).
         mask_size: M, the square mask size; None = S.
         mean, std: per-channel normalisation of the backbone (CLIP's by default).
-        aug_rate: probability of a 2×2 mosaic of four images of the same class.
-        crop_rate: probability of a defect-keeping random crop (for non-mosaic items).
+        aug_rate: probability of a 2×2 mosaic of four images of the same class, each drawn as the
+            reference code draws them: a defect kind of the class (``specie_name``) uniformly,
+            then an image of that kind uniformly.
+        crop_rate: probability of the reference's VisA crop (for non-mosaic items), see
+            :func:`data.augment.defect_crop_box`; done on the image before normalisation.
+        crop_small_rate: that crop's probability of the small side on a defective image.
         seed: augmentation seed; item ``i`` in epoch ``e`` draws from
             ``np.random.default_rng([seed, e, i])``, so results do not depend on worker
             count or iteration order. Call :meth:`set_epoch` every epoch.
@@ -63,22 +68,26 @@ class AnomalyDataset(Dataset):
                  classes: str | Sequence[str] | None = None, image_size: int = 518,
                  mask_size: int | None = None, mean: Sequence[float] = OPENAI_CLIP_MEAN,
                  std: Sequence[float] = OPENAI_CLIP_STD, aug_rate: float = 0.0,
-                 crop_rate: float = 0.0, seed: int = 0, meta: dict | None = None):
+                 crop_rate: float = 0.0, seed: int = 0, meta: dict | None = None,
+                 crop_small_rate: float = 0.6):
         self.root = Path(root)
         self.meta = load_meta(root) if meta is None else meta
         self.split = split
         self.classes = select_classes(self.meta, split, classes)
         self.samples = [s for c in self.classes for s in self.meta[split][c]]
-        # indices of each class's samples, the pool a mosaic draws its other tiles from
-        self._by_class = {c: [i for i, s in enumerate(self.samples) if s["cls_name"] == c]
-                          for c in self.classes}
+        # each class's samples by defect kind, the pools a mosaic draws its tiles from
+        self._by_kind: dict[str, dict[str, list[int]]] = {c: {} for c in self.classes}
+        for i, s in enumerate(self.samples):
+            self._by_kind[s["cls_name"]].setdefault(s["specie_name"], []).append(i)
         self.image_size = int(image_size)
         self.mask_size = int(mask_size) if mask_size is not None else self.image_size
         self.mean, self.std = tuple(mean), tuple(std)
-        if not (0.0 <= aug_rate <= 1.0 and 0.0 <= crop_rate <= 1.0):
-            raise ValueError(f"aug_rate and crop_rate must be in [0, 1], got {aug_rate}, "
-                             f"{crop_rate}")
+        rates = {"aug_rate": aug_rate, "crop_rate": crop_rate, "crop_small_rate": crop_small_rate}
+        bad = {k: v for k, v in rates.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must be in [0, 1], got {', '.join(map(str, bad.values()))}")
         self.aug_rate, self.crop_rate = float(aug_rate), float(crop_rate)
+        self.crop_small_rate = float(crop_small_rate)
         self.seed = int(seed)
         self.epoch = 0
 
@@ -108,23 +117,32 @@ class AnomalyDataset(Dataset):
             image, mask, anomaly = self._mosaic(i, rng)
         else:
             img, mask_full = self._read(i)
-            box = None
+            image, mask = resize_image(img, S), resize_mask(mask_full, M)
             if u_crop < self.crop_rate:
-                box = crop_box_keeping_defect(mask_full, rng)
-            image, mask = resize_image(img, S, box), resize_mask(mask_full, M, box)
+                # the crop is cut from the model input (as the reference does), then zoomed back
+                mask_s = mask if M == S else resize_mask(mask_full, S)
+                box = defect_crop_box(mask_s, rng, self.crop_small_rate)
+                if box is not None:
+                    image = resize_image(Image.fromarray(image), S, box)
+                    mask = resize_mask(mask_s, M, box)
             anomaly = int(s["anomaly"])
         return Sample(normalize(image, self.mean, self.std), mask_to_tensor(mask),
                       s["cls_name"], anomaly, s["img_path"])
 
     def _mosaic(self, i: int, rng: np.random.Generator):
-        """Item ``i`` plus three random items of its class, each resized to a quadrant.
+        """Four random images of item ``i``'s class, each resized to a quadrant.
 
+        Each tile is drawn as the reference code (APRIL-GAN's MVTec dataset) draws it: a defect
+        kind of the class uniformly (``good`` included), then one of its images uniformly.
         Returns uint8 image (S, S, 3), bool mask (M, M) and the mosaic's anomaly label
         (1 if any tile is anomalous).
         """
-        pool = [j for j in self._by_class[self.samples[i]["cls_name"]] if j != i] or [i]
-        others = rng.choice(len(pool), size=3, replace=len(pool) < 3)
-        members = [i] + [pool[k] for k in others]
+        kinds = self._by_kind[self.samples[i]["cls_name"]]
+        names = sorted(kinds)
+        members = []
+        for _ in range(4):
+            pool = kinds[names[int(rng.integers(0, len(names)))]]
+            members.append(pool[int(rng.integers(0, len(pool)))])
         img_q = quadrant_sizes(self.image_size, self.image_size)
         mask_q = quadrant_sizes(self.mask_size, self.mask_size)
         img_tiles, mask_tiles = [], []

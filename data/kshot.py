@@ -29,17 +29,20 @@ def normal_train_images(meta: dict, cls_name: str) -> list[str]:
     return sorted(s["img_path"] for s in meta["train"][cls_name] if s["anomaly"] == 0)
 
 
-def sample_kshot(meta: dict, cls_name: str, k: int, seed: int) -> list[str]:
+def sample_kshot(meta: dict, cls_name: str, k: int, seed: int, at_most: bool = False) -> list[str]:
     """k distinct normal train images of ``cls_name``, chosen by ``seed``.
 
     The generator is seeded by ``(seed, stable_hash(cls_name))``, so each class gets its own
     reproducible draw. Returns the chosen relative paths (as in meta.json), in draw order.
-    Raises ValueError when k exceeds the number of normal train images (and says how many).
+    Raises ValueError when k exceeds the number of normal train images (and says how many);
+    with ``at_most`` such a class gives all its images instead (training memory banks).
     """
     pool = normal_train_images(meta, cls_name)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if k > len(pool):
+    if at_most:
+        k = min(k, len(pool))
+    if k > len(pool) or not pool:
         raise ValueError(f"k={k} reference images requested for class {cls_name!r}, but its "
                          f"train split has only {len(pool)} normal images")
     rng = np.random.default_rng([int(seed), stable_hash(cls_name)])
@@ -90,11 +93,12 @@ def load_kshot(path: str | Path, meta: dict | None = None) -> dict[str, list[str
 
 
 def choose_references(meta: dict, classes: Sequence[str], k: int, seed: int,
-                      refs_file: str | Path | None = None) -> dict[str, list[str]]:
+                      refs_file: str | Path | None = None, at_most: bool = False) -> dict[str, list[str]]:
     """The k references of every class: reused from ``refs_file`` (a :func:`save_kshot` file)
-    when given, else drawn with :func:`sample_kshot`. A class missing from the file is an error."""
+    when given, else drawn with :func:`sample_kshot` (``at_most``: all of a class that has
+    fewer). A class missing from the file is an error."""
     if refs_file is None:
-        return {c: sample_kshot(meta, c, k, seed) for c in classes}
+        return {c: sample_kshot(meta, c, k, seed, at_most) for c in classes}
     refs = load_kshot(refs_file, meta)
     missing = [c for c in classes if c not in refs]
     if missing:
