@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from data.images import ImageReadError, image_to_tensor, load_image, normalize_tensor, resize_image
-from models import build_fasl
+from models import build_fasl_from_args
 from models.fasl import FASL, CheckpointMismatch, InferenceConfig, resolved_search_dtype
 from models.memory import MemoryBank
 from models.thresholds import augmented_views, fit_thresholds, score_references
@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--checkpoint", default=None, help="trained heads (epoch_N.pth), needed by --mode fasl")
     add_backbone_args(p)
-    add_inference_args(p, mode_default=None)
+    add_inference_args(p, mode_default=None, align_default="image_index")
     for action in p._actions:
         if action.dest == "mode":
             action.help = ("'fasl': trained ASL heads (needs --checkpoint); 'fd': training-free 1 - similarity "
@@ -376,8 +376,7 @@ def _run(args, out: Path, log) -> int:
 
     images = collect_images(args.images, "--images")
     ref_paths = collect_images(args.refs, "--refs") if args.refs else None
-    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
-                       precision=args.precision, checkpoint=args.checkpoint if args.mode == "fasl" else None)
+    model = build_fasl_from_args(args, device, checkpoint=args.checkpoint if args.mode == "fasl" else None)
     model.eval()
     cfg = inference_config(args)
     both_given = args.image_threshold is not None and args.pixel_threshold is not None

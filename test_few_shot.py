@@ -20,7 +20,7 @@ from data.dataset import AnomalyDataset, select_classes
 from data.images import load_image, resize_image
 from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import load_meta
-from models import build_fasl
+from models import build_fasl_from_args
 from models.fasl import InferenceConfig, resolved_search_dtype
 from utils.args import add_backbone_args, add_inference_args
 from utils.metrics import class_metrics, format_table, write_results
@@ -46,9 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=8, help="test images per forward pass (default: %(default)s)")
     p.add_argument("--classes", nargs="+", default=None, help="evaluate these classes only (default: all)")
     p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
-                   help="paper's evaluation: blend each image score 0.5/0.5 with the max of its map min-max "
-                        "normalised over the class's whole test set (default: on; --no-transductive scores "
-                        "each image on its own)")
+                   help="the reference code's evaluation: average each image score with the maximum of its "
+                        "map, min-max normalised over the maxima of the class's whole test set (default: on; "
+                        "--no-transductive scores each image on its own)")
     p.add_argument("--save_maps", action="store_true", help="write each image's score map and mask as .npy under maps/")
     p.add_argument("--save_vis", action="store_true", help="write image | ground truth | heatmap PNGs under vis/")
     args = p.parse_args(argv)
@@ -58,13 +58,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def transductive_scores(image_scores: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    """0.5 * image score + 0.5 * max of the map min-max-normalised over the whole class.
+    """The reference code's image score over a class's test set: ``0.5 * (s_i + (m_i - min m) /
+    (max m - min m))``, with ``m_i`` the maximum of image i's map and min / max taken over the N
+    maxima (not over pixels).
 
-    image_scores: (N,), maps: (N, H, W). Returns (N,).
+    image_scores: (N,), maps: (N, H, W). Returns (N,). When every map has the same maximum the
+    normalised term is 0 (the reference divides by zero there).
     """
-    lo, hi = float(maps.min()), float(maps.max())
-    peak = (maps.reshape(len(maps), -1).max(axis=1) - lo) / max(hi - lo, 1e-12)
-    return 0.5 * image_scores + 0.5 * peak
+    peaks = maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)  # [N]
+    lo, hi = float(peaks.min()), float(peaks.max())
+    normalised = (peaks - lo) / (hi - lo) if hi > lo else np.zeros_like(peaks)
+    return 0.5 * (image_scores + normalised)
 
 
 def _file_stem(img_path: str) -> str:
@@ -127,8 +131,7 @@ def main(argv=None) -> dict:
     empty = [c for c in classes if not meta["test"][c]]
     if empty:
         raise ValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
-    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
-                       precision=args.precision, checkpoint=args.checkpoint_path if args.mode == "fasl" else None)
+    model = build_fasl_from_args(args, device, checkpoint=args.checkpoint_path if args.mode == "fasl" else None)
     model.eval()
     cfg = InferenceConfig.from_args(args, out_size=args.eval_size)
     windows = model.windows_for(cfg)

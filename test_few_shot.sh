@@ -4,16 +4,16 @@
 #
 #   bash test_few_shot.sh {model_name} {device} {useNAM} {winmode} {win-size} {win-stride} {win-weight} {seed} {kshots}
 #
-# Expected (paper, ViT-L-14-336 @ 518, mean over classes):
+# The paper's numbers (ViT-L-14-336 @ 518, mean over classes; not re-measured here):
 #   bash test_few_shot.sh fasl 0 1 mul 13 2 0.5 111 1   # MVTec img/pix AUROC 94.4/96.8, VisA 90.7/97.8
 #   bash test_few_shot.sh fasl 0 1 mul 13 2 0.5 111 4   # MVTec 96.3/97.2, VisA 93.8/98.3
-# Checkpoints are read from $CKPT_ROOT/<train set>/<model_name>/<k>shot/seed<seed>/epoch_<EPOCHS_*>.pth.
+# Checkpoints are read from $CKPT_ROOT/<train set>/<model_name>/seed<seed>/epoch_<TEST_EPOCH_*>.pth.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/workflow.sh
 fasl_setup "$@"
 
 for k in "${K_LIST[@]}"; do
-    fasl_test visa "$VISA_ROOT" "$CKPT_ROOT/mvtec/$MODEL_NAME/${k}shot/seed$SEED/epoch_$EPOCHS_MVTEC.pth" "$k"
-    fasl_test mvtec "$MVTEC_ROOT" "$CKPT_ROOT/visa/$MODEL_NAME/${k}shot/seed$SEED/epoch_$EPOCHS_VISA.pth" "$k"
+    fasl_test visa "$VISA_ROOT" "$(fasl_ckpt_dir mvtec)/epoch_$TEST_EPOCH_VISA.pth" "$k"
+    fasl_test mvtec "$MVTEC_ROOT" "$(fasl_ckpt_dir visa)/epoch_$TEST_EPOCH_MVTEC.pth" "$k"
 done

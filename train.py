@@ -3,8 +3,9 @@
 Paper protocol (``--anomaly_source masks``, the default): the training set is the *test* split
 of the auxiliary dataset (normal and anomalous images with masks); every image is aligned
 against the memory bank of its own class, built from k references of that dataset's ``train``
-split. Loss: focal (gamma 2) + dice on every block's raw and NAM maps, upsampled to the input
-size.
+split (10 by default, as the reference code; all of a class that has fewer), and the whole
+batch's deviations go through the heads in one call. Loss: focal (gamma 2) + dice on every
+block's raw and (with NAM on) NAM maps, upsampled to the input size.
 
 Without defect masks (``--anomaly_source synthetic``): the training set is good images only,
 the ``train`` split of a meta.json or a plain folder / glob / list (``--train_images``, one
@@ -27,7 +28,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -36,9 +36,9 @@ from data.dataset import AnomalyDataset, select_classes
 from data.kshot import choose_references, load_kshot, load_reference_images, save_kshot, stable_hash
 from data.meta import load_meta
 from data.synthetic_train import SynthesizedAnomalyDataset, list_image_files, relative_to_common_root
-from models import build_fasl
+from models import build_fasl_from_args
 from models.asl import ScoreMaps
-from models.backbone import BackboneOutput
+from models.fasl import upsample
 from utils.args import add_align_arg, add_backbone_args
 from utils.losses import dice_loss, focal_loss
 from utils.cli import run_cli
@@ -57,7 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "custom with --train_images)")
     p.add_argument("--save_path", required=True, help="folder for checkpoints (epoch_N.pth), train.log, references.json")
     add_backbone_args(p)
-    p.add_argument("--k_shot", type=int, default=1, help="reference images per class for the memory banks (default: %(default)s)")
+    p.add_argument("--k_shot", type=int, default=10,
+                   help="good reference images per class in the training memory banks, as the reference code's "
+                        "--k_shot (all of a class that has fewer) (default: %(default)s)")
     p.add_argument("--refs", default=None, help="references.json of an earlier run to reuse exactly those references")
     p.add_argument("--epoch", type=int, default=5, help="number of epochs (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=8, help="(default: %(default)s)")
@@ -65,8 +67,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--aug_rate", type=float, default=0.2,
                    help="probability of the 2x2 mosaic augmentation; --anomaly_source masks only (default: %(default)s)")
     p.add_argument("--crop_rate", type=float, default=0.0,
-                   help="probability of the defect-keeping random crop; --anomaly_source masks only "
-                        "(default: %(default)s)")
+                   help="probability of the reference's VisA crop (a 100 or 50 px square of the 518 px input, "
+                        "holding defect pixels when there are any, zoomed back); --anomaly_source masks only "
+                        "(default: %(default)s; trainAndTest.sh: 0.6 on VisA)")
+    p.add_argument("--crop_small_rate", type=float, default=0.6,
+                   help="probability of the 50 px side when a defective image is cropped (default: %(default)s)")
+    p.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the NAM and put its maps in the loss (default: on); --no-nam trains the ASL "
+                        "heads alone, as the reference does with useNAM=0")
+    p.add_argument("--per_block_nam", action="store_true",
+                   help="one NAM per block instead of the reference's single NAM shared by every block and the "
+                        "LFE windows")
     p.add_argument("--no_input_bn", action="store_true", help="drop the BatchNorm1d in front of each ASL head")
     p.add_argument("--seed", type=int, default=111, help="seed for references, shuffling and augmentation (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch_N.pth in --save_path")
@@ -97,8 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--classes selects classes of a meta.json; --train_images is one class (--class_name)")
     if not args.train_images and not args.train_data_path:
         p.error("--train_data_path is required (or --anomaly_source synthetic with --train_images)")
-    if not 0.0 <= args.clean_rate <= 1.0:
-        p.error(f"--clean_rate must be in [0, 1], got {args.clean_rate}")
+    for name in ("clean_rate", "aug_rate", "crop_rate", "crop_small_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
     try:
         args.synth_kinds = ",".join(parse_kinds(args.synth_kinds))
     except ValueError as err:
@@ -109,11 +121,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def segmentation_loss(maps: ScoreMaps, masks: torch.Tensor) -> torch.Tensor:
-    """Focal + dice over every block's raw and NAM maps. masks: (B, 1, S, S) of 0/1."""
-    size = masks.shape[-2:]
+    """Focal + dice over every block's raw and (when present) NAM maps, summed as the reference
+    does. masks: (B, 1, S, S) of 0/1, S square."""
     loss = masks.new_zeros(())
-    for probs in [*maps.raw, *maps.refined]:
-        up = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)  # [B, 2, S, S]
+    for probs in [*maps.raw, *(maps.refined or [])]:
+        up = upsample(probs, masks.shape[-1])  # [B, 2, S, S]
         loss = loss + focal_loss(up, masks) + dice_loss(up[:, 1], masks[:, 0])
     return loss
 
@@ -153,7 +165,7 @@ def resolve_training_data(args) -> TrainingData:
     root = Path(args.train_data_path)
     meta = load_meta(root)
     classes = select_classes(meta, "test" if args.anomaly_source == "masks" else "train", args.classes)
-    refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs)
+    refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs, at_most=True)
     return TrainingData(root, classes, refs, meta, None)
 
 
@@ -163,7 +175,7 @@ def build_training_set(args, data: TrainingData, mean, std):
     if args.anomaly_source == "masks":
         return AnomalyDataset(data.root, split="test", classes=args.classes, image_size=args.image_size,
                               mean=mean, std=std, aug_rate=args.aug_rate, crop_rate=args.crop_rate,
-                              seed=args.seed, meta=data.meta)
+                              crop_small_rate=args.crop_small_rate, seed=args.seed, meta=data.meta)
     common = dict(image_size=args.image_size, mean=mean, std=std, clean_rate=args.clean_rate,
                   synthesis=SynthesisConfig(kinds=parse_kinds(args.synth_kinds)), seed=args.seed)
     if data.paths is not None:
@@ -175,7 +187,8 @@ def build_training_set(args, data: TrainingData, mean, std):
 def run_settings(args) -> dict:
     """What a resumed run must share with the checkpoint it continues (plain values only)."""
     keys = ("seed", "dataset", "anomaly_source", "k_shot", "align", "learning_rate", "batch_size",
-            "aug_rate", "crop_rate", "clean_rate", "synth_kinds", "refs", "classes", "train_images")
+            "aug_rate", "crop_rate", "crop_small_rate", "nam", "clean_rate", "synth_kinds", "refs", "classes",
+            "train_images")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -189,8 +202,7 @@ def main(argv=None) -> Path:
     save_path, log, device = start_run(args, "train")
     data = resolve_training_data(args)
 
-    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
-                       input_bn=not args.no_input_bn, precision=args.precision)
+    model = build_fasl_from_args(args, device, input_bn=not args.no_input_bn, shared_nam=not args.per_block_nam)
     bb = model.backbone
     dataset = build_training_set(args, data, bb.mean, bb.std)
     refs, ref_root = data.refs, data.root
@@ -198,9 +210,13 @@ def main(argv=None) -> Path:
     if args.train_images:  # a folder has no meta.json: say what the paths are relative to
         info["root"] = str(ref_root)
     save_kshot(save_path / "references.json", {c: refs[c] for c in dataset.classes}, info)
-    log.info("training on %s (%s, anomaly source %s): %d images, %d classes, k=%d, model %s",
+    log.info("training on %s (%s, anomaly source %s): %d images, %d classes, k=%d, model %s, NAM %s",
              ref_root, args.dataset, args.anomaly_source, len(dataset), len(dataset.classes), args.k_shot,
-             bb.model_name)
+             bb.model_name, "on" if args.nam else "off")
+    fewer = {c: len(refs[c]) for c in dataset.classes if len(refs[c]) < args.k_shot}
+    if fewer:
+        log.info("classes with fewer than %d good images use all of them: %s", args.k_shot,
+                 ", ".join(f"{c} ({n})" for c, n in sorted(fewer.items())))
     if args.anomaly_source == "synthetic":
         log.info("synthetic defects %s, %d of %d images clean per epoch", args.synth_kinds,
                  int(dataset.clean.sum()), len(dataset))
@@ -242,16 +258,8 @@ def main(argv=None) -> Path:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epoch}", dynamic_ncols=True)
         for batch in bar:
             images, masks = batch.image.to(device), batch.mask.to(device)
-            feats = bb(images, with_embedding=args.align != "exhaustive")
-            loss = images.new_zeros(())
-            for c in sorted(set(batch.cls_name)):
-                sel = [i for i, name in enumerate(batch.cls_name) if name == c]
-                sel_t = torch.tensor(sel, device=device)
-                sub = BackboneOutput(tokens=[t[sel_t] for t in feats.tokens],
-                                  embedding=None if feats.embedding is None else feats.embedding[sel_t],
-                                  grid=feats.grid)
-                maps = model.score_features(sub, banks[c], align=args.align)
-                loss = loss + segmentation_loss(maps, masks[sel_t]) * len(sel) / len(batch.cls_name)
+            maps = model(images, [banks[c] for c in batch.cls_name], align=args.align, use_nam=args.nam)
+            loss = segmentation_loss(maps, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

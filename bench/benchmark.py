@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data.images import normalize_tensor  # noqa: E402
-from models import build_fasl  # noqa: E402
+from models import build_fasl_from_args  # noqa: E402
 from models.fasl import InferenceConfig, resolved_search_dtype  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
 from utils.args import add_backbone_args, add_inference_args  # noqa: E402
@@ -45,7 +45,7 @@ DEFAULT_MODEL = str(ROOT / "bench" / "configs" / "ViT-L-14-4blocks.json")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backbone_args(p)
-    add_inference_args(p)
+    add_inference_args(p, align_default="image_index")
     # the benchmark's own defaults: a 4-block ViT-L/14 shape with random weights
     p.set_defaults(model=DEFAULT_MODEL, pretrained="none", features_list=[1, 2, 3, 4])
     p.add_argument("--k", type=int, default=1, help="reference images (default: %(default)s)")
@@ -141,8 +141,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
-                       precision=args.precision).eval()
+    model = build_fasl_from_args(args, device).eval()
     bb = model.backbone
     cfg = InferenceConfig.from_args(args, out_size=240)
     windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None

@@ -6,19 +6,29 @@ from typing import Sequence
 import torch
 
 
-def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int], image_size: int,
-               device: torch.device | str = "cpu", input_bn: bool = True,
-               precision: str = "auto", checkpoint: str | None = None):
-    """Backbone + heads on ``device``: untrained, or loaded from ``checkpoint`` (whose own
-    config decides the head layout, e.g. a ``--no_input_bn`` run's)."""
-    from models.backbone import Backbone
-    from models.fasl import FASL, read_checkpoint
+def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None, image_size: int,
+               device: torch.device | str = "cpu", input_bn: bool = True, precision: str = "auto",
+               checkpoint: str | None = None, quick_gelu: bool = False, shared_nam: bool = True):
+    """Backbone + heads on ``device``: untrained (layout from ``input_bn`` / ``shared_nam``), or
+    loaded from ``checkpoint``, whose own config decides the head layout (e.g. a
+    ``--no_input_bn`` run's, or the per-block NAMs of older checkpoints)."""
+    from models.asl import HeadLayout
+    from models.backbone import build_backbone
+    from models.fasl import FASL, normalize_config, read_checkpoint
 
+    backbone = build_backbone(model, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
+                              precision=precision, quick_gelu=quick_gelu)
     if checkpoint is not None:
-        input_bn = bool(read_checkpoint(checkpoint)["config"].get("input_bn", True))
-    backbone = Backbone(model, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
-                        precision=precision)
-    fasl = FASL(backbone, input_bn=input_bn)
+        layout = HeadLayout.from_config(backbone.widths, normalize_config(read_checkpoint(checkpoint)["config"]))
+    else:
+        layout = HeadLayout(tuple(backbone.widths), input_bn=input_bn, shared_nam=shared_nam)
+    fasl = FASL(backbone, layout)
     if checkpoint is not None:
         fasl.load_checkpoint(checkpoint)
     return fasl
+
+
+def build_fasl_from_args(args, device: torch.device | str, checkpoint: str | None = None, **layout):
+    """``build_fasl`` from the backbone flags of utils/args.py ``add_backbone_args`` (every program)."""
+    return build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
+                      precision=args.precision, checkpoint=checkpoint, quick_gelu=args.quick_gelu, **layout)

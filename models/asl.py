@@ -17,14 +17,17 @@ class ASLHead(nn.Module):
     """(..., W) deviation vectors -> (..., 2) probabilities (softmax over normal/anomalous).
 
     BatchNorm1d(W) (optional) -> [Linear -> BN -> ReLU] x 3 (512, 128, 32) -> Linear(32, 2).
+    hidden_bias: give the Linears in front of a BatchNorm a bias. The reference has none (the BN
+    that follows cancels a bias in training); checkpoints written before this was recorded have one.
     """
 
-    def __init__(self, width: int, input_bn: bool = True, hidden: tuple[int, ...] = HIDDEN):
+    def __init__(self, width: int, input_bn: bool = True, hidden: tuple[int, ...] = HIDDEN,
+                 hidden_bias: bool = False):
         super().__init__()
         layers: list[nn.Module] = [nn.BatchNorm1d(width)] if input_bn else []
         dims = (width, *hidden)
         for d_in, d_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(d_in, d_out, bias=hidden_bias), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
         layers.append(nn.Linear(dims[-1], 2))
         self.mlp = nn.Sequential(*layers)
 
@@ -108,19 +111,58 @@ class NAM(nn.Module):
 
 @dataclass
 class ScoreMaps:
-    """Per-block score grids: raw (ASL) and refined (NAM), each L x (B, 2, h, w)."""
+    """Per-block score grids: raw (ASL) and refined (NAM), each L x (B, 2, h, w); ``refined`` is
+    None when NAM is off."""
 
     raw: list[torch.Tensor]
-    refined: list[torch.Tensor]
+    refined: list[torch.Tensor] | None
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """The architecture of the trainable part, recorded in every checkpoint.
+
+    widths: each block's feature width (one ASL head per block).
+    input_bn: a BatchNorm1d in front of each head.
+    shared_nam: one NAM for every block and for the LFE windows, as in the reference code;
+        False: one NAM per block (checkpoints written before the layout was recorded).
+    hidden_bias: see :class:`ASLHead`.
+    """
+
+    widths: tuple[int, ...]
+    input_bn: bool = True
+    shared_nam: bool = True
+    hidden_bias: bool = False
+
+    def to_config(self) -> dict:
+        return {"input_bn": self.input_bn, "nam": "shared" if self.shared_nam else "per_block",
+                "hidden_bias": self.hidden_bias}
+
+    @classmethod
+    def from_config(cls, widths, config: dict) -> "HeadLayout":
+        """The layout a checkpoint's config records; keys it lacks take the values of the
+        checkpoints written before they were recorded (per-block NAMs, biased Linears)."""
+        nam = config.get("nam", "per_block")
+        if nam not in ("shared", "per_block"):
+            raise ValueError(f"unknown NAM layout {nam!r} in checkpoint config")
+        return cls(tuple(int(w) for w in widths), bool(config.get("input_bn", True)), nam == "shared",
+                   bool(config.get("hidden_bias", True)))
 
 
 class ScoreHeads(nn.Module):
-    """One ASL head and one NAM per block: the whole trainable part of FASL."""
+    """One ASL head per block and the NAM (shared, or one per block): FASL's trainable part."""
 
-    def __init__(self, width: int, num_blocks: int, input_bn: bool = True):
+    def __init__(self, layout: HeadLayout):
         super().__init__()
-        self.heads = nn.ModuleList(ASLHead(width, input_bn) for _ in range(num_blocks))
-        self.nams = nn.ModuleList(NAM() for _ in range(num_blocks))
+        self.layout = layout
+        self.heads = nn.ModuleList(ASLHead(w, layout.input_bn, hidden_bias=layout.hidden_bias) for w in layout.widths)
+        if layout.shared_nam:
+            self.nam = NAM()
+        else:
+            self.nams = nn.ModuleList(NAM() for _ in layout.widths)
+
+    def nam_for(self, block: int) -> NAM:
+        return self.nam if self.layout.shared_nam else self.nams[block]
 
     def patch_probs(self, deviations: list[torch.Tensor], grid: tuple[int, int]) -> list[torch.Tensor]:
         """deviations: L x (Q, n, W) with n = h * w. Returns L x (Q, 2, h, w) raw probabilities."""
@@ -163,9 +205,9 @@ class ScoreHeads(nn.Module):
         return out
 
     def refine(self, probs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """L x (B, 2, h, w) -> L x (B, 2, h, w) through each block's NAM."""
-        return [nam(p) for nam, p in zip(self.nams, probs)]
+        """L x (B, 2, h, w) -> L x (B, 2, h, w) through the NAM (each block's own when per-block)."""
+        return [self.nam_for(i)(p) for i, p in enumerate(probs)]
 
-    def forward(self, deviations: list[torch.Tensor], grid: tuple[int, int]) -> ScoreMaps:
+    def forward(self, deviations: list[torch.Tensor], grid: tuple[int, int], use_nam: bool = True) -> ScoreMaps:
         raw = self.patch_probs(deviations, grid)
-        return ScoreMaps(raw=raw, refined=self.refine(raw))
+        return ScoreMaps(raw=raw, refined=self.refine(raw) if use_nam else None)

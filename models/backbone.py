@@ -1,39 +1,190 @@
-"""Frozen open_clip ViT -> per-block L2-normalised patch tokens and a global embedding.
+"""Frozen feature extractors -> per-block L2-normalised patch tokens and a global embedding.
 
-The wrapper only uses open_clip's public API: ``create_model`` to build (and, with a tag such
-as ``openai`` or a local file, load) the model and ``VisionTransformer.forward_intermediates``
-to read the blocks. A second input resolution (the LFE window size) is served by the same
-weights: the positional embedding is interpolated to that grid once, cached, and swapped in for
-the duration of the call.
+Two families, one interface (:class:`Backbone`, built by :func:`build_backbone`):
+
+* open_clip ViTs (``--model ViT-L-14-336``, ``fasl-tiny-vit`` or an open_clip config JSON), read
+  with ``VisionTransformer.forward_intermediates``: the patch tokens of the chosen transformer
+  blocks; the global embedding is the projected image feature.
+* timm models (``--model timm:<name>``): ViTs (DeiT, DINOv2, CLIP towers, ...) give the patch
+  tokens of the chosen blocks; CNNs (EfficientNet, ResNet, WideResNet-50, ...) the chosen
+  feature stages (``feature_info``, finest first), each resized to the grid of the finest chosen
+  stage, whose stride plays the patch size. The global embedding is the pooled pre-logits feature.
+
+Every block's tokens are L2-normalised. Blocks may differ in width (CNN stages do); ``widths``
+lists them. Any input size the patch size divides is served by the same weights: an open_clip
+ViT is built at its native size and every grid's positional embedding is derived from the
+checkpoint's own grid exactly as open_clip does when it loads weights at another size (bicubic,
+antialiased), cached, and swapped in for the call; timm ViTs resample theirs the same way
+(``dynamic_img_size``); CNNs need nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TINY_MODEL = "fasl-tiny-vit"  # random-weight test/demo config, models/configs/fasl-tiny-vit.json
-DEFAULT_BLOCKS = (6, 12, 18, 24)
+DEFAULT_MODEL = "ViT-L-14-336"
+TIMM_PREFIX = "timm:"
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ACTIVATIONS = ("gelu", "quick_gelu")
+CNN_DEFAULT_STRIDES = (8, 16)  # PatchCore's layer2 + layer3; EfficientNet's stride-8 and -16 stages
 
-open_clip.add_model_config(CONFIG_DIR)
 
+@dataclass
+class BackboneOutput:
+    """Features of a batch at one resolution.
+
+    tokens: L x (B, N, W_l) patch tokens of the chosen blocks, L2-normalised.
+    embedding: (B, D) global image embedding, L2-normalised (None when not requested).
+    grid: (gh, gw) patch grid, N = gh * gw.
+    """
+
+    tokens: list[torch.Tensor]
+    embedding: torch.Tensor | None
+    grid: tuple[int, int]
+
+    def select(self, index: torch.Tensor) -> "BackboneOutput":
+        """The features of the images ``index`` (1-D tensor of batch positions)."""
+        emb = None if self.embedding is None else self.embedding.index_select(0, index)
+        return BackboneOutput([t.index_select(0, index) for t in self.tokens], emb, self.grid)
+
+
+def quarter_blocks(depth: int) -> tuple[int, ...]:
+    """Four evenly spaced 1-based blocks ending with the last: 24 -> (6, 12, 18, 24), 12 -> (3, 6,
+    9, 12); fewer when the model is shallower."""
+    return tuple(sorted({max(1, round(depth * q / 4)) for q in (1, 2, 3, 4)}))
+
+
+def _pretrained_arg(pretrained: str | None) -> str | None:
+    if pretrained is None or str(pretrained).lower() in ("", "none", "random"):
+        return None
+    return str(pretrained)
+
+
+def _check_blocks(blocks: Sequence[int], depth: int, model: str, what: str) -> tuple[int, ...]:
+    blocks = tuple(int(b) for b in blocks)
+    bad = [b for b in blocks if not 1 <= b <= depth]
+    if bad or not blocks:
+        raise ValueError(f"blocks {list(blocks)} outside model {model!r} with {depth} {what} (valid: 1..{depth})")
+    return blocks
+
+
+class Backbone(nn.Module):
+    """A frozen encoder read at chosen 1-based blocks (transformer blocks or CNN stages).
+
+    Subclasses set the attributes below and implement ``_encode``; the shared ``forward``
+    chunks, autocasts and normalises.
+
+    family: ``open_clip``, ``timm-vit`` or ``timm-cnn``; model_name; pretrained (tag, file or None);
+    blocks: 1-based; depth: how many blocks the model exposes; widths: channel width per chosen
+    block; embed_dim: global embedding width; patch_size: pixels per grid cell; image_size;
+    mean, std: the input normalisation of the weights; activation: recorded for open_clip ViTs.
+    """
+
+    family: str = ""
+    activation: str | None = None
+
+    def __init__(self, precision: str):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+
+    def _finish_init(self, image_size: int) -> None:
+        if image_size % self.patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
+        self.image_size = int(image_size)
+        self.requires_grad_(False)
+        self.eval()
+        auto = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.feature_dtype = PRECISIONS[self.precision] or auto
+
+    # The backbone never trains: keep dropout/BN-free eval behaviour under model.train().
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def width(self) -> int:
+        """The common width of the chosen blocks (an error when they differ, as CNN stages do)."""
+        if len(set(self.widths)) != 1:
+            raise ValueError(f"blocks of {self.model_name} differ in width {list(self.widths)}")
+        return self.widths[0]
+
+    def config(self) -> dict:
+        """What a checkpoint must agree with to be used on this backbone."""
+        return {
+            "family": self.family,
+            "model": self.model_name,
+            "widths": list(self.widths),
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "patch_size": self.patch_size,
+            "blocks": list(self.blocks),
+            "image_size": self.image_size,
+            "pretrained": self.pretrained,
+            "activation": self.activation,
+        }
+
+    def _encode(self, images: torch.Tensor, with_embedding: bool, grid: tuple[int, int]):
+        """images (b, 3, H, W) -> (L x (b, N, W_l) raw tokens on ``grid``, (b, D) embedding or None)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _at_grid(self, grid: tuple[int, int]) -> Iterator[None]:
+        yield
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, with_embedding: bool = True, chunk: int | None = None) -> BackboneOutput:
+        """Encode images (B, 3, H, W) at any size the patch size divides.
+
+        chunk: encode at most this many images per call (bounds activation memory for windows).
+        Returns L2-normalised features in ``self.feature_dtype``.
+        """
+        B, _, H, W = images.shape
+        P = self.patch_size
+        if H % P or W % P:
+            raise ValueError(f"input size {H}x{W} is not a multiple of the patch size {P}")
+        grid = (H // P, W // P)
+        chunk = chunk or B
+        tokens_parts: list[list[torch.Tensor]] = []
+        emb_parts: list[torch.Tensor] = []
+        feat_dtype = self.feature_dtype
+        use_amp = feat_dtype != torch.float32
+        with self._at_grid(grid), torch.autocast(images.device.type, dtype=feat_dtype, enabled=use_amp):
+            for start in range(0, B, chunk):
+                toks, emb = self._encode(images[start:start + chunk], with_embedding, grid)
+                tokens_parts.append([F.normalize(t.float(), dim=-1).to(feat_dtype) for t in toks])  # each [b, N, W_l]
+                if with_embedding:
+                    emb_parts.append(F.normalize(emb.float(), dim=-1).to(feat_dtype))
+        tokens = [torch.cat(parts, dim=0) for parts in zip(*tokens_parts)]
+        embedding = torch.cat(emb_parts, dim=0) if with_embedding else None
+        return BackboneOutput(tokens=tokens, embedding=embedding, grid=grid)
+
+
+# ----------------------------------------------------------------------------- open_clip
 
 def resolve_model_name(model: str) -> str:
-    """Map ``--model`` (open_clip name, the tiny config's name or a config JSON path) to a name.
+    """Map an open_clip ``--model`` (a name, the tiny config's name or a config JSON path) to a name.
 
     A JSON path is registered with open_clip and its file stem becomes the model name, which is
     how open_clip names every architecture it knows.
     """
+    import open_clip
+
     if model.endswith(".json") or os.sep in model:
         path = Path(model)
         if not path.is_file():
@@ -43,57 +194,53 @@ def resolve_model_name(model: str) -> str:
     if model not in open_clip.list_models():
         raise ValueError(
             f"unknown model {model!r}: use an open_clip model name (e.g. ViT-L-14-336), "
-            f"{TINY_MODEL!r}, or the path of an open_clip model-config JSON file"
+            f"{TINY_MODEL!r}, the path of an open_clip model-config JSON file, or timm:<name>"
         )
     return model
 
 
-def _pretrained_arg(pretrained: str | None) -> str | None:
-    if pretrained is None or str(pretrained).lower() in ("", "none", "random"):
-        return None
-    return str(pretrained)
+def resize_grid_embedding(pos: torch.Tensor, old_grid: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """A ViT positional embedding for another patch grid, as open_clip resizes one on load.
 
-
-@dataclass
-class BackboneOutput:
-    """Features of a batch at one resolution.
-
-    tokens: L x (B, N, W) patch tokens of the chosen blocks, class token removed, L2-normalised.
-    embedding: (B, D) global image embedding, L2-normalised (None when not requested).
-    grid: (gh, gw) patch grid, N = gh * gw.
+    pos: (1 + gh * gw, W), class token first, on ``old_grid``. Returns (1 + gh' * gw', W) for
+    ``grid``: bicubic with antialiasing, corners not aligned (open_clip ``resize_pos_embed``).
     """
+    if tuple(grid) == tuple(old_grid):
+        return pos
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    patch_pos = patch_pos.reshape(1, *old_grid, -1).permute(0, 3, 1, 2).float()  # [1, W, gh, gw]
+    patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", antialias=True, align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)  # [gh'*gw', W]
+    return torch.cat([cls_pos, patch_pos.to(pos.dtype)], dim=0)
 
-    tokens: list[torch.Tensor]
-    embedding: torch.Tensor | None
-    grid: tuple[int, int]
 
-
-class Backbone(nn.Module):
-    """A frozen open_clip vision tower read at chosen 1-based blocks.
+class ClipBackbone(Backbone):
+    """A frozen open_clip vision tower read at chosen 1-based transformer blocks.
 
     Args:
         model: open_clip model name, ``fasl-tiny-vit`` or a model-config JSON path.
         pretrained: open_clip tag (``openai``; downloaded and cached by open_clip), a path to a
             local weights file, or None / "none" for random weights.
-        blocks: 1-based block numbers whose patch tokens are returned.
+        blocks: 1-based block numbers whose patch tokens are returned (None: four evenly spaced).
         image_size: input resolution (square); must be a multiple of the patch size.
         device: torch device for the weights.
         precision: ``auto`` (float16 autocast on CUDA, float32 on CPU), ``fp32``, ``fp16`` or
             ``bf16``; the encoder runs under autocast in that dtype and features are kept in it.
+        quick_gelu: build the MLPs with QuickGELU, the activation OpenAI trained its CLIP with.
+            open_clip builds ``ViT-L-14-336`` with ``nn.GELU`` (its config does not ask for
+            QuickGELU), and so did the reference code that made the paper's numbers; the choice is
+            made explicitly here either way, so an open_clip upgrade cannot change it unseen.
     """
 
-    def __init__(
-        self,
-        model: str = "ViT-L-14-336",
-        pretrained: str | None = "openai",
-        blocks: Sequence[int] = DEFAULT_BLOCKS,
-        image_size: int = 518,
-        device: torch.device | str = "cpu",
-        precision: str = "auto",
-    ):
-        super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    family = "open_clip"
+
+    def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = "openai",
+                 blocks: Sequence[int] | None = None, image_size: int = 518, device: torch.device | str = "cpu",
+                 precision: str = "auto", quick_gelu: bool = False):
+        import open_clip
+
+        super().__init__(precision)
+        open_clip.add_model_config(CONFIG_DIR)
         self.model_name = resolve_model_name(model)
         pretrained = _pretrained_arg(pretrained)
         if pretrained is not None and not Path(pretrained).is_file():
@@ -109,76 +256,44 @@ class Backbone(nn.Module):
             # open_clip warns about random weights; here they were asked for explicitly.
             root_logger.setLevel(max(level, logging.ERROR))
         try:
-            clip = open_clip.create_model(
-                self.model_name,
-                pretrained=pretrained,
-                force_image_size=image_size,
-                device=device,
-                require_pretrained=pretrained is not None,
-            )
+            with warnings.catch_warnings():
+                # the activation is chosen explicitly below (quick_gelu), not by the weights' tag
+                warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
+                clip = open_clip.create_model(
+                    self.model_name,
+                    pretrained=pretrained,
+                    device=device,
+                    require_pretrained=pretrained is not None,
+                    force_quick_gelu=quick_gelu,
+                    quick_gelu=quick_gelu,
+                )
         finally:
             root_logger.setLevel(level)
         self.visual = clip.visual
         del clip  # the text tower is never used
         if not hasattr(self.visual, "forward_intermediates") or not hasattr(self.visual, "transformer"):
             raise ValueError(f"model {self.model_name!r} is not an open_clip VisionTransformer")
-        self.visual.requires_grad_(False)
-        self.visual.eval()
-
+        self.activation = "quick_gelu" if quick_gelu else "gelu"
         self.patch_size = int(self.visual.patch_size[0])
         self.depth = len(self.visual.transformer.resblocks)
-        self.width = int(self.visual.conv1.out_channels)
+        self.blocks = _check_blocks(blocks if blocks is not None else quarter_blocks(self.depth), self.depth,
+                                    self.model_name, "blocks")
+        self.widths = tuple(int(self.visual.conv1.out_channels) for _ in self.blocks)
         self.embed_dim = int(self.visual.output_dim)
         self.pretrained = pretrained
-        if image_size % self.patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
-        self.image_size = int(image_size)
+        # the checkpoint's own grid: every other grid's embedding is derived from it
         self.native_grid = tuple(int(g) for g in self.visual.grid_size)
-        blocks = tuple(int(b) for b in blocks)
-        bad = [b for b in blocks if not 1 <= b <= self.depth]
-        if bad or not blocks:
-            raise ValueError(
-                f"blocks {list(blocks)} outside model {self.model_name!r} with {self.depth} blocks "
-                f"(valid: 1..{self.depth})"
-            )
-        self.blocks = blocks
         cfg = getattr(self.visual, "preprocess_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
-        auto = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.feature_dtype = PRECISIONS[precision] or auto
+        self._finish_init(image_size)
 
-    # The backbone never trains: keep dropout/BN-free eval behaviour under model.train().
-    def train(self, mode: bool = True) -> "Backbone":
-        return super().train(False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.visual.conv1.weight.device
-
-    def config(self) -> dict:
-        """What a checkpoint must agree with to be used on this backbone."""
-        return {
-            "model": self.model_name,
-            "width": self.width,
-            "embed_dim": self.embed_dim,
-            "depth": self.depth,
-            "patch_size": self.patch_size,
-            "blocks": list(self.blocks),
-            "image_size": self.image_size,
-            "pretrained": self.pretrained,
-        }
-
-    def _interpolated_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+    def grid_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1 + gh * gw, W) positional embedding for ``grid``, derived from the native one (cached)."""
         if grid not in self._pos_cache:
-            pos = self.visual.positional_embedding.detach()  # shape = [1 + gh*gw, width]
-            cls_pos, patch_pos = pos[:1], pos[1:]
-            gh, gw = self.native_grid
-            patch_pos = patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2).float()  # [1, W, gh, gw]
-            patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
-            patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)  # [gh'*gw', W]
-            self._pos_cache[grid] = torch.cat([cls_pos, patch_pos.to(pos.dtype)], dim=0)
+            pos = self.visual.positional_embedding.detach()
+            self._pos_cache[grid] = resize_grid_embedding(pos, self.native_grid, grid)
         return self._pos_cache[grid]
 
     @contextlib.contextmanager
@@ -187,44 +302,152 @@ class Backbone(nn.Module):
             yield
             return
         original = self.visual.positional_embedding
-        self.visual.positional_embedding = nn.Parameter(self._interpolated_pos_embed(grid), requires_grad=False)
+        self.visual.positional_embedding = nn.Parameter(self.grid_embedding(grid), requires_grad=False)
         try:
             yield
         finally:
             self.visual.positional_embedding = original
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor, with_embedding: bool = True, chunk: int | None = None) -> BackboneOutput:
-        """Encode images (B, 3, H, W) at any size the patch size divides.
+    def _encode(self, images, with_embedding, grid):
+        out = self.visual.forward_intermediates(
+            images,
+            indices=[b - 1 for b in self.blocks],
+            stop_early=not with_embedding,
+            intermediates_only=not with_embedding,
+            output_fmt="NLC",
+        )
+        return out["image_intermediates"], out.get("image_features")
 
-        chunk: encode at most this many images per call (bounds activation memory for windows).
-        Returns L2-normalised features in ``self.feature_dtype``.
-        """
-        B, _, H, W = images.shape
-        P = self.patch_size
-        if H % P or W % P:
-            raise ValueError(f"input size {H}x{W} is not a multiple of the patch size {P}")
-        grid = (H // P, W // P)
+
+# ----------------------------------------------------------------------------- timm
+
+def _load_state_dict_file(path: Path) -> dict:
+    """A state dict from a .safetensors or a torch file (weights only); a dict nested under
+    'state_dict' or 'model' is unwrapped."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"cannot read {path} as a state dict: {err}") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_weights_strict(module: nn.Module, state: dict, source: str) -> None:
+    """Load ``state`` into ``module``; refuse, naming the keys, anything that does not fit."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
+              if state[k].shape != own[k].shape]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if keys:
+            problems.append(f"{len(keys)} {what} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})")
+    if problems:
+        raise ValueError(f"weights {source} do not fit {type(module).__name__}: {'; '.join(problems)}")
+    module.load_state_dict(state, strict=True)
+
+
+class TimmBackbone(Backbone):
+    """A frozen timm model: a ViT read at chosen blocks or a CNN read at chosen feature stages.
+
+    Args:
+        model: a timm model name (without the ``timm:`` prefix).
+        pretrained: None / "none" (random weights), "default" (timm's own pretrained weights,
+            downloaded by timm on first use), or a local ``.pth`` / ``.safetensors`` state dict in
+            timm naming.
+        blocks: 1-based transformer blocks (ViT) or ``feature_info`` stages, finest first (CNN);
+            None: four evenly spaced blocks (ViT), the stages of stride 8 and 16 (CNN).
+        image_size, device, precision: as for :class:`ClipBackbone`. For a CNN the image size
+            must be a multiple of the finest chosen stage's stride.
+    """
+
+    def __init__(self, model: str, pretrained: str | None = None, blocks: Sequence[int] | None = None,
+                 image_size: int = 224, device: torch.device | str = "cpu", precision: str = "auto"):
+        import timm
+
+        super().__init__(precision)
+        if not timm.is_model(model):
+            raise ValueError(f"unknown timm model {model!r} (timm {timm.__version__}; see timm.list_models())")
+        self.model_name = TIMM_PREFIX + model
+        pretrained = _pretrained_arg(pretrained)
+        if pretrained is not None and pretrained != "default" and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {pretrained!r} (timm models take 'none', "
+                                    f"'default' or a local .pth / .safetensors file)")
+        use_default = pretrained == "default"
+        try:  # ViTs resample their positional embedding to any input grid
+            net = timm.create_model(model, pretrained=use_default, dynamic_img_size=True)
+        except TypeError:  # CNNs take no such argument (and need none)
+            net = timm.create_model(model, pretrained=use_default)
+        if pretrained is not None and not use_default:
+            path = Path(pretrained)
+            load_weights_strict(net, _load_state_dict_file(path), str(path))
+        self.net = net.to(device)
+        self.pretrained = pretrained
+        cfg = getattr(net, "pretrained_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        self.embed_dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
+        if hasattr(net, "patch_embed") and hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens"):
+            self.family = "timm-vit"
+            ps = tuple(net.patch_embed.patch_size)
+            if ps[0] != ps[1]:
+                raise ValueError(f"{model}: non-square patches {ps} are not supported")
+            self.patch_size = int(ps[0])
+            self.depth = len(net.blocks)
+            self.blocks = _check_blocks(blocks if blocks is not None else quarter_blocks(self.depth), self.depth,
+                                        model, "blocks")
+            self.widths = tuple(int(net.embed_dim) for _ in self.blocks)
+        else:
+            self.family = "timm-cnn"
+            info = list(net.feature_info) if not hasattr(net.feature_info, "info") else list(net.feature_info.info)
+            self.depth = len(info)
+            if blocks is None:
+                blocks = [i + 1 for i, f in enumerate(info) if f["reduction"] in CNN_DEFAULT_STRIDES]
+                if not blocks:
+                    raise ValueError(f"{model} has no feature stage of stride {CNN_DEFAULT_STRIDES}: "
+                                     f"give --features_list (stages 1..{self.depth})")
+            self.blocks = _check_blocks(blocks, self.depth, model, "feature stages")
+            chosen = [info[b - 1] for b in self.blocks]
+            self.widths = tuple(int(f["num_chs"]) for f in chosen)
+            self.patch_size = int(min(f["reduction"] for f in chosen))
+        self._finish_init(image_size)
+
+    def _encode(self, images, with_embedding, grid):
         indices = [b - 1 for b in self.blocks]
-        chunk = chunk or B
-        tokens_parts: list[list[torch.Tensor]] = []
-        emb_parts: list[torch.Tensor] = []
-        feat_dtype = self.feature_dtype
-        use_amp = feat_dtype != torch.float32
-        with self._at_grid(grid), torch.autocast(images.device.type, dtype=feat_dtype, enabled=use_amp):
-            for start in range(0, B, chunk):
-                out = self.visual.forward_intermediates(
-                    images[start:start + chunk],
-                    indices=indices,
-                    stop_early=not with_embedding,
-                    intermediates_only=not with_embedding,
-                    output_fmt="NLC",
-                )
-                tokens_parts.append(
-                    [F.normalize(t.float(), dim=-1).to(feat_dtype) for t in out["image_intermediates"]]
-                )  # each [b, N, W]
-                if with_embedding:
-                    emb_parts.append(F.normalize(out["image_features"].float(), dim=-1).to(feat_dtype))
-        tokens = [torch.cat(parts, dim=0) for parts in zip(*tokens_parts)]
-        embedding = torch.cat(emb_parts, dim=0) if with_embedding else None
-        return BackboneOutput(tokens=tokens, embedding=embedding, grid=grid)
+        kwargs = {"output_fmt": "NLC"} if self.family == "timm-vit" else {}
+        out = self.net.forward_intermediates(images, indices=indices, stop_early=not with_embedding,
+                                             intermediates_only=not with_embedding, **kwargs)
+        final, inter = (None, out) if not with_embedding else out
+        if self.family == "timm-cnn":  # each stage [b, C, h, w] -> the finest grid -> [b, N, C]
+            inter = [F.interpolate(t.float(), size=grid, mode="bilinear", align_corners=False) if t.shape[-2:] != grid
+                     else t for t in inter]
+            inter = [t.flatten(2).transpose(1, 2) for t in inter]
+        emb = self.net.forward_head(final, pre_logits=True) if with_embedding else None
+        return inter, emb
+
+
+# ----------------------------------------------------------------------------- factory
+
+def build_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = "openai", blocks: Sequence[int] | None = None,
+                   image_size: int = 518, device: torch.device | str = "cpu", precision: str = "auto",
+                   quick_gelu: bool = False) -> Backbone:
+    """``--model`` -> a Backbone: ``timm:<name>`` builds a :class:`TimmBackbone`, anything else an
+    open_clip :class:`ClipBackbone`. ``quick_gelu`` applies to open_clip ViTs only."""
+    if model.startswith(TIMM_PREFIX):
+        if quick_gelu:
+            raise ValueError("--quick_gelu applies to open_clip models; a timm model brings its own activation")
+        name = model[len(TIMM_PREFIX):]
+        return TimmBackbone(name, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
+                            precision=precision)
+    return ClipBackbone(model, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
+                        precision=precision, quick_gelu=quick_gelu)

@@ -10,13 +10,13 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.asl import ScoreHeads, ScoreMaps
+from models.asl import HeadLayout, ScoreHeads, ScoreMaps
 from models.backbone import Backbone, BackboneOutput
 from models.fd import deviation, fd_scores
 from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
@@ -140,12 +140,38 @@ class Prediction:
     image_score: torch.Tensor
 
 
+def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, h, w) score grids -> (B, C, size, size), bilinear with corners aligned (the
+    reference code's choice for both its training loss and its test maps)."""
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=True)
+
+
 def _no_timer(name: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
 class CheckpointMismatch(ValueError):
     """A checkpoint was trained for a different backbone configuration."""
+
+
+# what a checkpoint's backbone and heads must agree on (image_size may differ: the heads see features)
+CHECKED_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation",
+                "input_bn", "nam", "hidden_bias")
+
+
+def normalize_config(config: dict) -> dict:
+    """A checkpoint's config in today's keys: files written before a key was recorded get the
+    value they were built with (open_clip family, GELU, one width for all blocks, per-block NAMs,
+    biased Linears)."""
+    config = dict(config)
+    config.setdefault("family", "open_clip")
+    if config["family"] == "open_clip":
+        config.setdefault("activation", "gelu")
+    if "widths" not in config and "width" in config:
+        config["widths"] = [config["width"]] * len(config.get("blocks", []))
+    config.pop("width", None)
+    layout = HeadLayout.from_config(config.get("widths", []), config).to_config()
+    return {**config, **layout}
 
 
 def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
@@ -165,12 +191,15 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
 class FASL(nn.Module):
     """The frozen backbone plus the trainable per-block ASL heads and NAMs."""
 
-    def __init__(self, backbone: Backbone, input_bn: bool = True):
+    def __init__(self, backbone: Backbone, layout: HeadLayout | None = None):
         super().__init__()
         self.backbone = backbone
-        self.input_bn = input_bn
-        self.heads = ScoreHeads(backbone.width, len(backbone.blocks), input_bn)
+        self.layout = layout or HeadLayout(tuple(backbone.widths))
+        if tuple(self.layout.widths) != tuple(backbone.widths):
+            raise ValueError(f"head widths {list(self.layout.widths)} do not fit the backbone's {list(backbone.widths)}")
+        self.heads = ScoreHeads(self.layout)
         self.heads.to(backbone.device)
+        self.nam_trained = True  # False once a checkpoint trained with --no-nam is loaded
 
     @property
     def device(self) -> torch.device:
@@ -183,7 +212,7 @@ class FASL(nn.Module):
 
     # ----------------------------------------------------------------- checkpoints
     def config(self) -> dict:
-        return {**self.backbone.config(), "input_bn": self.input_bn}
+        return {**self.backbone.config(), **self.layout.to_config()}
 
     def checkpoint_state(self, **extra) -> dict:
         """Trainable state + the config that built it; loadable with weights_only=True."""
@@ -191,9 +220,9 @@ class FASL(nn.Module):
 
     def check_config(self, config: dict, source: str = "checkpoint") -> None:
         """Raise CheckpointMismatch naming every field that does not fit this backbone."""
-        mine = self.config()
-        keys = ("model", "width", "depth", "patch_size", "blocks", "input_bn")
-        diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in keys if config.get(k) != mine[k]]
+        mine, config = self.config(), normalize_config(config)
+        diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in CHECKED_KEYS
+                 if config.get(k) != mine[k]]
         if "pretrained" in config and (config["pretrained"] is None) != (mine["pretrained"] is None):
             # heads fitted to random features mean nothing on real ones, and the other way round
             diffs.append(f"pretrained: {source} has {config['pretrained']!r}, this model has {mine['pretrained']!r}")
@@ -211,6 +240,7 @@ class FASL(nn.Module):
             self.heads.load_state_dict(state["heads"])
         except RuntimeError as err:
             raise CheckpointMismatch(f"checkpoint {path}: its heads do not fit this model: {err}") from err
+        self.nam_trained = bool(state.get("run", {}).get("nam", True))
         return state
 
     # ----------------------------------------------------------------- memory
@@ -241,15 +271,48 @@ class FASL(nn.Module):
         return bank
 
     # ----------------------------------------------------------------- training
-    def score_features(self, feats: BackboneOutput, bank: MemoryBank, align: str = "exhaustive") -> ScoreMaps:
-        """Raw and NAM score grids of already-encoded images: L x (B, 2, h, w) each."""
-        alignment = bank.align_global(feats.tokens, feats.embedding, mode=align)
-        return self.heads(deviation(feats.tokens, alignment.aligned), feats.grid)
+    def align_batch(self, feats: BackboneOutput, banks: MemoryBank | Sequence[MemoryBank],
+                    align: str = "exhaustive") -> list[torch.Tensor]:
+        """Each image's aligned reference tokens, searched in its own bank.
 
-    def forward(self, images: torch.Tensor, bank: MemoryBank, align: str = "exhaustive") -> ScoreMaps:
-        """Training forward: images (B, 3, S, S) of one class -> every block's raw and NAM maps."""
+        feats: L x (B, N, W_l) tokens (+ embedding); banks: one bank for the whole batch, or one
+        per image (its class's; images sharing a bank object are aligned in one search).
+        Returns L x (B, N, W_l) aligned reference features, in batch order.
+        """
+        B = feats.tokens[0].shape[0]
+        if isinstance(banks, MemoryBank):
+            return banks.align_global(feats.tokens, feats.embedding, mode=align).aligned
+        if len(banks) != B:
+            raise ValueError(f"{len(banks)} banks for a batch of {B} images")
+        groups: dict[int, list[int]] = {}
+        for i, bank in enumerate(banks):
+            groups.setdefault(id(bank), []).append(i)
+        aligned = [torch.empty_like(t) for t in feats.tokens]  # each [B, N, W_l]
+        for members in groups.values():
+            index = torch.tensor(members, device=feats.tokens[0].device)
+            sub = feats.select(index)
+            part = banks[members[0]].align_global(sub.tokens, sub.embedding, mode=align).aligned
+            for full, piece in zip(aligned, part):
+                full.index_copy_(0, index, piece.to(full.dtype))
+        return aligned
+
+    def score_features(self, feats: BackboneOutput, banks: MemoryBank | Sequence[MemoryBank],
+                       align: str = "exhaustive", use_nam: bool = True) -> ScoreMaps:
+        """Raw (and NAM) score grids of already-encoded images, L x (B, 2, h, w) each.
+
+        Every image is aligned against its own bank (``align_batch``) and the whole batch's
+        deviations go through the heads in one call, so each BatchNorm sees the batch at once
+        and updates its running statistics once per call, as in the reference code.
+        """
+        aligned = self.align_batch(feats, banks, align)
+        return self.heads(deviation(feats.tokens, aligned), feats.grid, use_nam=use_nam)
+
+    def forward(self, images: torch.Tensor, banks: MemoryBank | Sequence[MemoryBank], align: str = "exhaustive",
+                use_nam: bool = True) -> ScoreMaps:
+        """Training forward: images (B, 3, S, S), each with its class's bank (or one bank for
+        all) -> every block's raw and (``use_nam``) NAM maps."""
         feats = self.backbone(images.to(self.device), with_embedding=align != "exhaustive")
-        return self.score_features(feats, bank, align)
+        return self.score_features(feats, banks, align, use_nam)
 
     # ----------------------------------------------------------------- inference
     def search_dtype_for(self, cfg: InferenceConfig, windows: bool) -> torch.dtype | None:
@@ -289,6 +352,9 @@ class FASL(nn.Module):
         """
         cfg = cfg or InferenceConfig()
         timer = timer or _no_timer
+        if cfg.mode == "fasl" and cfg.use_nam and not self.nam_trained:
+            raise ValueError("these heads were trained without NAM (train.py --no-nam): score them with --no-nam "
+                             "(useNAM 0)")
         was_training = self.heads.training
         self.heads.eval()
         try:
@@ -334,15 +400,24 @@ class FASL(nn.Module):
                     wmaps = merge_windows(wmaps.reshape(B, wg.num_windows, L, s, s), wg)
             parts.append(wmaps)
 
-        score_maps, image_scores = [], []
-        for maps in parts:
-            up = F.interpolate(maps.float(), size=(cfg.out_size, cfg.out_size), mode="bilinear", align_corners=False)
-            score_maps.append(up.mean(dim=1))  # [B, H, W]
-            image_scores.append(up.amax(dim=(2, 3)).mean(dim=1))  # [B]
-        if cfg.winmode == "mul":
-            w = cfg.win_weight
-            score_map = (1 - w) * score_maps[0] + w * score_maps[1]
-            image_score = (1 - w) * image_scores[0] + w * image_scores[1]
-        else:
-            score_map, image_score = score_maps[0], image_scores[0]
-        return Prediction(score_map=score_map, image_score=image_score)
+        return combine_maps(parts, cfg)
+
+
+def combine_maps(parts: list[torch.Tensor], cfg: InferenceConfig) -> Prediction:
+    """Per-block anomaly grids -> the Prediction, as the reference code scores them.
+
+    parts: the global and/or window grids, each (B, L, G, G) (global first under ``mul``).
+    A part's image score is the mean over blocks of each block's maximum on the patch grid
+    (before upsampling); its map is the mean over blocks, upsampled to ``cfg.out_size`` with
+    corners aligned. ``mul`` blends the two parts with the window weight.
+    """
+    score_maps, image_scores = [], []
+    for maps in parts:
+        maps = maps.float()
+        image_scores.append(maps.amax(dim=(2, 3)).mean(dim=1))  # [B]
+        score_maps.append(upsample(maps.mean(dim=1, keepdim=True), cfg.out_size)[:, 0])  # [B, H, W]
+    if cfg.winmode == "mul":
+        w = cfg.win_weight
+        return Prediction(score_map=(1 - w) * score_maps[0] + w * score_maps[1],
+                          image_score=(1 - w) * image_scores[0] + w * image_scores[1])
+    return Prediction(score_map=score_maps[0], image_score=image_scores[0])

@@ -13,12 +13,17 @@ FASL_USAGE="usage: bash $(basename "$0") {model_name} {device} {useNAM} {winmode
   seed        random seed (reference images, shuffling, augmentation)
   kshots      reference images per class; one value or a comma list, e.g. 1,2,4
 
-environment (defaults): MVTEC_ROOT (./datasets/mvtec) VISA_ROOT (./datasets/visa)
-  MODEL (ViT-L-14-336) PRETRAINED (openai) IMAGE_SIZE (518) BLOCKS ('6 12 18 24')
-  EPOCHS_MVTEC (15) EPOCHS_VISA (15) BATCH_SIZE (8) ALIGN (image_index)
-  SEARCH_PRECISION (auto; 'exact' for an fp32 alignment search on CPU)
-  RESULTS_ROOT (results) CKPT_ROOT (checkpoints) PYTHON (python)
-  EXTRA_TEST_ARGS (extra flags for test_few_shot.py, e.g. '--save_vis')"
+environment (defaults: the reference code's recipe): MVTEC_ROOT (./datasets/mvtec)
+  VISA_ROOT (./datasets/visa) MODEL (ViT-L-14-336) PRETRAINED (openai) IMAGE_SIZE (518)
+  BLOCKS ('6 12 18 24') ALIGN (exhaustive) SEARCH_PRECISION (auto; 'exact' for an fp32 search on CPU)
+  training: EPOCHS_MVTEC (5: heads trained on MVTec AD) EPOCHS_VISA (11: heads trained on VisA)
+    TRAIN_K (10 good references per class in the training banks) BATCH_SIZE (8)
+    AUG_RATE_MVTEC (0.3: mosaic, MVTec AD only) CROP_RATE_VISA (0.6: crop, VisA only)
+    CROP_SMALL_RATE (0.6) EXTRA_TRAIN_ARGS (extra flags for train.py)
+  testing: TEST_EPOCH_VISA (5: epoch of the MVTec-trained heads that test VisA)
+    TEST_EPOCH_MVTEC (5: epoch of the VisA-trained heads that test MVTec AD)
+    EXTRA_TEST_ARGS (extra flags for test_few_shot.py, e.g. '--save_vis')
+  RESULTS_ROOT (results) CKPT_ROOT (checkpoints) PYTHON (python)"
 
 fasl_die() { echo "error: $*" >&2; echo >&2; echo "$FASL_USAGE" >&2; exit 2; }
 
@@ -46,16 +51,27 @@ fasl_parse_args() {
     PRETRAINED=${PRETRAINED:-openai}
     IMAGE_SIZE=${IMAGE_SIZE:-518}
     BLOCKS=${BLOCKS:-6 12 18 24}
-    EPOCHS_MVTEC=${EPOCHS_MVTEC:-15}
-    EPOCHS_VISA=${EPOCHS_VISA:-15}
+    EPOCHS_MVTEC=${EPOCHS_MVTEC:-5}
+    EPOCHS_VISA=${EPOCHS_VISA:-11}
+    TEST_EPOCH_VISA=${TEST_EPOCH_VISA:-5}
+    TEST_EPOCH_MVTEC=${TEST_EPOCH_MVTEC:-5}
+    TRAIN_K=${TRAIN_K:-10}
+    AUG_RATE_MVTEC=${AUG_RATE_MVTEC:-0.3}
+    CROP_RATE_VISA=${CROP_RATE_VISA:-0.6}
+    CROP_SMALL_RATE=${CROP_SMALL_RATE:-0.6}
     BATCH_SIZE=${BATCH_SIZE:-8}
-    ALIGN=${ALIGN:-image_index}
+    ALIGN=${ALIGN:-exhaustive}
     SEARCH_PRECISION=${SEARCH_PRECISION:-auto}
     case "$SEARCH_PRECISION" in auto|exact|bf16) ;; *) fasl_die "SEARCH_PRECISION '$SEARCH_PRECISION' must be auto, exact or bf16" ;; esac
     RESULTS_ROOT=${RESULTS_ROOT:-results}
     CKPT_ROOT=${CKPT_ROOT:-checkpoints}
     PYTHON=${PYTHON:-python}
     EXTRA_TEST_ARGS=${EXTRA_TEST_ARGS:-}
+    EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}
+    local name
+    for name in EPOCHS_MVTEC EPOCHS_VISA TEST_EPOCH_VISA TEST_EPOCH_MVTEC TRAIN_K; do
+        [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || fasl_die "$name '${!name}' must be a positive integer"
+    done
     COMMON_ARGS=(--model "$MODEL" --pretrained "$PRETRAINED" --image_size "$IMAGE_SIZE"
                  --features_list $BLOCKS --device "$DEVICE" --seed "$SEED" --align "$ALIGN")
 }
@@ -71,6 +87,23 @@ fasl_require_meta() {
         echo "error: $root/meta.json not found; build it with:  python $builder --root $root" >&2
         exit 1
     fi
+}
+
+# fasl_ckpt_dir TRAIN_SET: where the heads trained on TRAIN_SET live (one run serves every k)
+fasl_ckpt_dir() { echo "$CKPT_ROOT/$1/$MODEL_NAME/seed$SEED"; }
+
+# fasl_train DATASET ROOT EPOCHS: train the heads on one dataset (resumes an interrupted run)
+fasl_train() {
+    local dataset=$1 root=$2 epochs=$3 aug=0 crop=0
+    [ "$dataset" = mvtec ] && aug=$AUG_RATE_MVTEC
+    [ "$dataset" = visa ] && crop=$CROP_RATE_VISA
+    local out
+    out=$(fasl_ckpt_dir "$dataset")
+    echo "== train on $dataset, $epochs epochs, $TRAIN_K references per class -> $out"
+    # shellcheck disable=SC2086
+    "$PYTHON" train.py --train_data_path "$root" --dataset "$dataset" --save_path "$out" "${COMMON_ARGS[@]}" \
+        --k_shot "$TRAIN_K" --epoch "$epochs" --batch_size "$BATCH_SIZE" $NAM_FLAG --aug_rate "$aug" \
+        --crop_rate "$crop" --crop_small_rate "$CROP_SMALL_RATE" --resume $EXTRA_TRAIN_ARGS
 }
 
 # fasl_test DATASET ROOT CKPT K: few-shot test of one dataset with one checkpoint
@@ -92,6 +125,10 @@ fasl_test() {
 # fasl_setup "$@": parse and check the arguments and both datasets; K_LIST holds the k values
 fasl_setup() {
     fasl_parse_args "$@"
+    # the reference's VisA test asks for epoch_11.pth of its 5-epoch MVTec run, a file that run
+    # never writes; here a test epoch must be one the training run writes
+    [ "$TEST_EPOCH_VISA" -le "$EPOCHS_MVTEC" ] || fasl_die "TEST_EPOCH_VISA=$TEST_EPOCH_VISA is after the last epoch of the MVTec-trained heads (EPOCHS_MVTEC=$EPOCHS_MVTEC)"
+    [ "$TEST_EPOCH_MVTEC" -le "$EPOCHS_VISA" ] || fasl_die "TEST_EPOCH_MVTEC=$TEST_EPOCH_MVTEC is after the last epoch of the VisA-trained heads (EPOCHS_VISA=$EPOCHS_VISA)"
     fasl_require_meta mvtec "$MVTEC_ROOT" data/mvtec.py
     fasl_require_meta visa "$VISA_ROOT" data/visa.py
     IFS=, read -r -a K_LIST <<< "$KSHOTS"

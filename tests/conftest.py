@@ -47,7 +47,7 @@ def syn_datasets(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def ckpt_root(tmp_path_factory) -> Path:
-    """Root of checkpoints in the layout test_few_shot.sh reads: <root>/<trainset>/<name>/<k>shot/seed<seed>."""
+    """Root of checkpoints in the layout test_few_shot.sh reads: <root>/<trainset>/<name>/seed<seed>."""
     return tmp_path_factory.mktemp("checkpoints")
 
 
@@ -56,7 +56,7 @@ def mvtec_ckpt(syn_datasets, ckpt_root) -> Path:
     """One epoch of training on the MVTec-layout data; returns the epoch_1.pth path (read-only)."""
     import train
 
-    save = ckpt_root / "mvtec" / "fasl" / "1shot" / f"seed{TRAIN_SEED}"
+    save = ckpt_root / "mvtec" / "fasl" / f"seed{TRAIN_SEED}"
     path = train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--dataset", "mvtec",
                        "--save_path", str(save), "--epoch", "1", *TRAIN_ARGS, *TINY_BACKBONE])
     assert Path(path) == save / "epoch_1.pth"

@@ -131,7 +131,8 @@ def test_one_epoch_writes_a_weights_only_checkpoint(mvtec_ckpt, syn_datasets):
     state = torch.load(mvtec_ckpt, map_location="cpu", weights_only=True)
     cfg = state["config"]
     assert cfg["model"] == "fasl-tiny-vit"
-    assert cfg["width"] == 64
+    assert cfg["widths"] == [64] * 4 and cfg["family"] == "open_clip" and cfg["activation"] == "gelu"
+    assert cfg["nam"] == "shared" and cfg["hidden_bias"] is False and cfg["input_bn"] is True
     assert cfg["blocks"] == [1, 2, 3, 4]
     assert cfg["image_size"] == 112
     assert state["epoch"] == 1 and state["seed"] == 7 and state["dataset"] == "mvtec"
@@ -284,9 +285,11 @@ def test_no_transductive_changes_image_metrics_only(run_test, winmode_runs, visa
         _, maps_t, _, blended = load_saved_maps(winmode_runs["nan"], cls)
         np.testing.assert_array_equal(maps, maps_t)
         assert not np.allclose(own, blended, atol=1e-6)
-        # the transductive score: 0.5 * own score + 0.5 * map peak min-max normalised over the class
-        peak = (maps.reshape(len(maps), -1).max(1) - maps.min()) / (maps.max() - maps.min())
-        np.testing.assert_allclose(blended, 0.5 * own + 0.5 * peak, rtol=0, atol=1e-6)
+        # the reference's transductive score: the map maxima min-max normalised over the class's
+        # maxima (not its pixels), averaged with the image's own score
+        peaks = maps.reshape(len(maps), -1).max(1)
+        normalised = (peaks - peaks.min()) / (peaks.max() - peaks.min())
+        np.testing.assert_allclose(blended, 0.5 * (own + normalised), rtol=0, atol=1e-6)
 
 
 def test_save_vis_writes_triptychs(run_test, winmode_runs, visa_classes, tmp_path):
@@ -397,14 +400,14 @@ def test_checkpoint_of_another_width_is_refused(syn_datasets, mvtec_ckpt, run_te
                          "--epoch", "1", "--batch_size", "6", "--classes", "disc", *tiny_backbone_args,
                          "--model", str(cfg_path)])
     state = torch.load(narrow, weights_only=True)
-    assert state["config"]["width"] == 32 and state["config"]["model"] == "fasl-tiny-vit-w32"
+    assert state["config"]["widths"] == [32] * 4 and state["config"]["model"] == "fasl-tiny-vit-w32"
 
-    with pytest.raises(CheckpointMismatch, match=r"width: checkpoint .* has 32, this model has 64"):
+    with pytest.raises(CheckpointMismatch, match=r"widths: checkpoint .* has \[32, 32, 32, 32\], this model has \[64"):
         test_few_shot.main(["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "out"),
                             "--checkpoint_path", str(narrow), "--eval_size", str(EVAL), *WINDOWS,
                             *tiny_backbone_args])
     # and the other way round: the 64-wide checkpoint on the 32-wide backbone
-    with pytest.raises(CheckpointMismatch, match=r"width: checkpoint .* has 64, this model has 32"):
+    with pytest.raises(CheckpointMismatch, match=r"widths: checkpoint .* has \[64, 64, 64, 64\], this model has \[32"):
         test_few_shot.main(["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "out2"),
                             "--checkpoint_path", str(mvtec_ckpt), "--eval_size", str(EVAL), *WINDOWS,
                             *tiny_backbone_args, "--model", str(cfg_path)])
@@ -433,12 +436,24 @@ def test_missing_dataset_names_the_path_and_the_build_command(cli, what, tiny_ba
     assert f"python data/mvtec.py --root {root}" in message and "python data/visa.py" in message
 
 
-@pytest.mark.parametrize("cli", ["train", "test"])
-def test_k_larger_than_the_train_images_says_how_many_there_are(cli, syn_datasets, tiny_backbone_args, tmp_path):
-    fn, argv = _cli(cli, syn_datasets["mvtec"], tmp_path / "out", "--k_shot", "4", backbone=tiny_backbone_args)
+def test_k_larger_than_the_train_images_says_how_many_there_are(syn_datasets, tiny_backbone_args, tmp_path):
+    fn, argv = _cli("test", syn_datasets["mvtec"], tmp_path / "out", "--k_shot", "4", backbone=tiny_backbone_args)
     with pytest.raises(ValueError, match=r"k=4 .* has only 3 normal images"):
         fn(argv)
-    assert not list((tmp_path / "out").glob("*.pth"))
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_training_banks_take_all_good_images_of_a_class_with_fewer_than_k(syn_datasets, tiny_backbone_args,
+                                                                          tmp_path):
+    """The reference's training banks hold 10 references per class (its --k_shot default); a class
+    with fewer good images gives all of them, distinct, and the log says so."""
+    fn, argv = _cli("train", syn_datasets["mvtec"], tmp_path / "out", backbone=tiny_backbone_args)
+    fn(argv)
+    refs = json.loads((tmp_path / "out" / "references.json").read_text())["references"]
+    meta = load_meta(syn_datasets["mvtec"])
+    for cls, paths in refs.items():
+        assert sorted(paths) == sorted(s["img_path"] for s in meta["train"][cls])  # all 3, no repeats
+    assert "fewer than 10 good images use all of them" in (tmp_path / "out" / "train.log").read_text()
 
 
 @pytest.mark.parametrize("cli", ["train", "test"])
@@ -486,3 +501,39 @@ def test_class_without_test_images_is_named(run_test, visa, tmp_path):
     (data / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"\['pcb'\] have no test images"):
         run_test(tmp_path / "out", "--mode", "fd", data=data, checkpoint=False)
+
+
+def test_transductive_score_is_the_reference_formula():
+    """Hand-computed: map maxima 0.3, 0.5, 0.7 -> (m - 0.3) / 0.4 = 0, 0.5, 1, averaged with the
+    scores 0.2, 0.4, 0.9 -> 0.1, 0.45, 0.95. The pixel minimum (0) plays no part."""
+    maps = np.zeros((3, 4, 4))
+    maps[0, 1, 2], maps[1, 3, 3], maps[2, 0, 0] = 0.3, 0.5, 0.7
+    scores = np.array([0.2, 0.4, 0.9])
+    np.testing.assert_allclose(test_few_shot.transductive_scores(scores, maps), [0.1, 0.45, 0.95], rtol=0, atol=1e-12)
+    # normalising by the pixel range instead would give 0.5 * (s + m / 0.7): another number
+    assert not np.allclose(test_few_shot.transductive_scores(scores, maps), 0.5 * (scores + maps.max((1, 2)) / 0.7))
+    # every map with the same maximum: the normalised term is 0 (the reference divides by zero)
+    np.testing.assert_allclose(test_few_shot.transductive_scores(scores, np.ones((3, 2, 2))), scores / 2)
+
+
+def test_no_nam_training_leaves_the_nam_untrained_and_out_of_the_loss(syn_datasets, tiny_backbone_args, tmp_path):
+    """useNAM 0 is the reference's 'without NAM' ablation: the NAM gets no gradient (two runs with
+    different learning rates keep the same NAM weights while their heads differ), and heads
+    trained so refuse to be scored with NAM."""
+    states = []
+    for lr in ("0.01", "0.001"):
+        path = train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / lr),
+                           "--epoch", "1", "--batch_size", "6", "--k_shot", "1", "--no-nam", "--learning_rate", lr,
+                           *tiny_backbone_args])
+        states.append(torch.load(path, weights_only=True))
+    nam = [{k: v for k, v in s["heads"].items() if k.startswith("nam.")} for s in states]
+    assert nam[0] and all(torch.equal(nam[0][k], nam[1][k]) for k in nam[0])
+    heads = [{k: v for k, v in s["heads"].items() if k.startswith("heads.") and v.is_floating_point()} for s in states]
+    assert any(not torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    assert states[0]["run"]["nam"] is False
+    ckpt = str(tmp_path / "0.01" / "epoch_1.pth")
+    common = ["--data_path", str(syn_datasets["visa"]), "--checkpoint_path", ckpt, "--eval_size", str(EVAL),
+              *tiny_backbone_args]
+    with pytest.raises(ValueError, match="trained without NAM"):
+        test_few_shot.main(["--save_path", str(tmp_path / "with"), *common])
+    assert test_few_shot.main(["--save_path", str(tmp_path / "without"), "--no-nam", *common])

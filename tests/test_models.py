@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.asl import NAM, ASLHead, ScoreHeads, ScoreMaps
-from models.backbone import CONFIG_DIR, TINY_MODEL, Backbone
+from models.asl import NAM, ASLHead, HeadLayout, ScoreHeads, ScoreMaps
+from models.backbone import CONFIG_DIR, TINY_MODEL, ClipBackbone as Backbone
 import models.fasl as fasl_module
 from models.fasl import FASL, CheckpointMismatch, InferenceConfig, Prediction, resolved_search_dtype, search_dtype
 from models.fd import deviation, deviation_rows, fd_scores, gathered_deviation
@@ -113,8 +113,9 @@ def test_backbone_shapes_and_norms(image_size, B):
         assert_unit_norm(t)
     assert out.embedding.shape == (B, 32)
     assert_unit_norm(out.embedding)
-    assert bb.config() == {"model": TINY_MODEL, "width": 64, "embed_dim": 32, "depth": 4, "patch_size": 14,
-                           "blocks": [1, 2, 3, 4], "image_size": image_size, "pretrained": None}
+    assert bb.config() == {"family": "open_clip", "model": TINY_MODEL, "widths": [64] * 4, "embed_dim": 32,
+                           "depth": 4, "patch_size": 14, "blocks": [1, 2, 3, 4], "image_size": image_size,
+                           "pretrained": None, "activation": "gelu"}
     # the blocks are really different layers
     assert not torch.allclose(out.tokens[0], out.tokens[-1], atol=1e-3)
 
@@ -202,7 +203,48 @@ def test_backbone_loads_local_weights_file(tmp_path):
     bb = Backbone(TINY_MODEL, pretrained=str(path), blocks=BLOCKS, image_size=SIZE)
     assert torch.equal(bb.visual.conv1.weight, clip.visual.conv1.weight)
     assert torch.equal(bb.visual.proj, clip.visual.proj)
-    assert bb.visual.positional_embedding.shape == (1 + 64, WIDTH)
+    # the checkpoint's own 16x16 grid is kept: every other grid is derived from it
+    assert torch.equal(bb.visual.positional_embedding, clip.visual.positional_embedding)
+
+
+@pytest.mark.parametrize("size", [112, 56, 252])
+def test_grid_embedding_is_what_open_clip_loads_at_that_size(tmp_path, size):
+    """The reference built one model per resolution (518 px, and 182 px for the windows), each
+    resizing the checkpoint's original grid on load; the derived embedding is that one exactly,
+    whatever the grid (down from 16x16 at 112 and 56 px, up at 252 px)."""
+    torch.manual_seed(123)
+    path = tmp_path / "tiny-weights.pt"
+    torch.save(open_clip.create_model(TINY_MODEL).state_dict(), path)
+    bb = Backbone(TINY_MODEL, pretrained=str(path), blocks=BLOCKS, image_size=SIZE)
+    loaded = open_clip.create_model(TINY_MODEL, pretrained=str(path), force_image_size=size)
+    g = size // 14
+    torch.testing.assert_close(bb.grid_embedding((g, g)), loaded.visual.positional_embedding, rtol=0, atol=1e-6)
+    # and the tokens at that size are the ones of the model open_clip builds for it
+    x = torch.randn(2, 3, size, size)
+    want = loaded.visual.forward_intermediates(x, indices=[0, 3], intermediates_only=True, output_fmt="NLC")
+    got = bb(x, with_embedding=False)
+    for a, b in zip([got.tokens[0], got.tokens[3]], want["image_intermediates"]):
+        torch.testing.assert_close(a, F.normalize(b, dim=-1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("quick_gelu", [False, True])
+def test_activation_is_chosen_explicitly_and_recorded(quick_gelu):
+    """open_clip builds ViT-L-14-336 with nn.GELU (its config has no quick_gelu), and the
+    reference's numbers come from that; the choice is pinned here, not left to open_clip."""
+    assert not open_clip.get_model_config("ViT-L-14-336").get("quick_gelu", False)
+    bb = tiny_backbone(quick_gelu=quick_gelu)
+    acts = {type(m).__name__ for m in bb.visual.modules() if type(m).__name__ in ("GELU", "QuickGELU")}
+    assert acts == ({"QuickGELU"} if quick_gelu else {"GELU"})
+    assert bb.config()["activation"] == ("quick_gelu" if quick_gelu else "gelu")
+
+
+def test_checkpoint_of_the_other_activation_is_refused(tmp_path, model):
+    torch.manual_seed(0)
+    quick = FASL(tiny_backbone(quick_gelu=True))
+    ckpt = tmp_path / "quick.pt"
+    torch.save(quick.checkpoint_state(), ckpt)
+    with pytest.raises(CheckpointMismatch, match="activation: checkpoint .* has 'quick_gelu', this model has 'gelu'"):
+        model.load_checkpoint(ckpt)
 
 
 def test_backbone_precision(backbone, refs):
@@ -322,7 +364,7 @@ def test_gathered_deviation_equals_deviation_of_gathered_rows():
 @pytest.mark.parametrize("train", [False, True])
 def test_aligned_probs_equal_patch_probs_of_explicit_deviations(train):
     """The chunked inference path == heads on materialised deviations (eval: folded heads)."""
-    heads = ScoreHeads(width=12, num_blocks=2)
+    heads = ScoreHeads(HeadLayout((12, 12)))
     for b, h in enumerate(heads.heads):
         heads.heads[b] = randomised_head(12, True, seed=b)
     heads.train(train)
@@ -350,12 +392,15 @@ def test_nam_keeps_grid_and_gives_probabilities(grid):
     assert_probabilities(out, 1)
 
 
-def test_score_heads_layout_on_7x5_grid():
+@pytest.mark.parametrize("shared_nam", [True, False])
+def test_score_heads_layout_on_7x5_grid(shared_nam):
     torch.manual_seed(0)
-    heads = ScoreHeads(width=12, num_blocks=3).eval()
+    heads = ScoreHeads(HeadLayout((12, 12, 12), shared_nam=shared_nam)).eval()
     devs = [torch.rand(2, 35, 12) for _ in range(3)]
     maps = heads(devs, (7, 5))
     assert isinstance(maps, ScoreMaps) and len(maps.raw) == len(maps.refined) == 3
+    nams = [m for m in heads.modules() if isinstance(m, NAM)]
+    assert len(nams) == (1 if shared_nam else 3)  # the reference: one NAM for every block
     for layer, (raw, refined) in enumerate(zip(maps.raw, maps.refined)):
         assert raw.shape == refined.shape == (2, 2, 7, 5)
         assert_probabilities(raw, 1)
@@ -363,9 +408,26 @@ def test_score_heads_layout_on_7x5_grid():
         # grid cell (y, x) holds patch y * 5 + x of that block's own head
         per_patch = heads.heads[layer](devs[layer])  # [2, 35, 2]
         assert torch.equal(raw[:, :, 4, 3], per_patch[:, 4 * 5 + 3])
-        torch.testing.assert_close(refined, heads.nams[layer](raw))
+        torch.testing.assert_close(refined, nams[0 if shared_nam else layer](raw))
     # each block has its own head
     assert not torch.allclose(maps.raw[0], heads.heads[1](devs[0]).permute(0, 2, 1).reshape(2, 2, 7, 5))
+    assert heads(devs, (7, 5), use_nam=False).refined is None
+
+
+def test_heads_of_blocks_of_different_widths():
+    torch.manual_seed(0)
+    heads = ScoreHeads(HeadLayout((40, 112))).eval()
+    maps = heads([torch.rand(2, 35, 40), torch.rand(2, 35, 112)], (7, 5))
+    assert [m.shape for m in maps.raw] == [(2, 2, 7, 5)] * 2
+    assert [h.mlp[0].num_features for h in heads.heads] == [40, 112]
+
+
+def test_hidden_linears_have_no_bias_unless_asked():
+    """The reference's Linears in front of a BatchNorm carry no bias; the last one does."""
+    lin = [m for m in ASLHead(16).modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.bias is None for m in lin] == [True, True, True, False]
+    lin = [m for m in ASLHead(16, hidden_bias=True).modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.bias is not None for m in lin)
 
 
 # ----------------------------------------------------------------------------- FASL: predict
@@ -470,7 +532,7 @@ def test_build_fasl_helper():
 
     torch.manual_seed(0)
     m = build_fasl(TINY_MODEL, None, (2, 3), 84)
-    assert isinstance(m, FASL) and m.input_bn
+    assert isinstance(m, FASL) and m.layout.input_bn and m.layout.shared_nam
     assert m.config()["blocks"] == [2, 3] and m.config()["image_size"] == 84
     assert len(m.heads.heads) == 2
 
@@ -538,10 +600,10 @@ def test_checkpoint_of_other_width_is_refused(tmp_path, model):
     path = write_config(tmp_path, "fasl-tiny-w32", width=32)
     torch.manual_seed(0)
     narrow = FASL(Backbone(str(path), pretrained=None, blocks=BLOCKS, image_size=SIZE))
-    assert narrow.backbone.width == 32
+    assert narrow.backbone.widths == (32,) * 4
     ckpt = tmp_path / "narrow.pt"
     torch.save(narrow.checkpoint_state(), ckpt)
-    with pytest.raises(CheckpointMismatch, match="width: checkpoint .* has 32, this model has 64"):
+    with pytest.raises(CheckpointMismatch, match=r"widths: checkpoint .* has \[32, 32, 32, 32\], this model has \[64"):
         model.load_checkpoint(ckpt)
 
 
@@ -642,3 +704,104 @@ def test_window_grid_on_the_model_device_carries_its_counts(model):
     assert wg.patch_index.device == model.device and wg.counts.device == model.device
     assert torch.equal(wg.counts, torch.bincount(wg.patch_index.reshape(-1), minlength=64).float())
     assert model.windows_for(InferenceConfig(winmode="nan")) is None
+
+
+# ----------------------------------------------------------------------------- reference-code behaviour
+
+def test_image_score_is_the_grid_maximum_and_maps_upsample_with_corners_aligned():
+    """Hand-worked: block 0 has a single 1.0 in the middle of a 3x3 grid, block 1 is all 0.
+    The image score is the mean over blocks of each block's grid maximum: (1 + 0) / 2 = 0.5.
+    Upsampled to 4x4 with corners aligned the samples fall at 0, 2/3, 4/3, 2 along each axis,
+    so the peak (1 - 1/3)^2 / 2 = 0.2222 never reaches the grid maximum."""
+    maps = torch.zeros(1, 2, 3, 3)
+    maps[0, 0, 1, 1] = 1.0
+    pred = fasl_module.combine_maps([maps], InferenceConfig(winmode="nan", out_size=4))
+    assert pred.image_score.tolist() == [0.5]
+    torch.testing.assert_close(pred.score_map.max(), torch.tensor(2 / 9))
+    torch.testing.assert_close(pred.score_map[0, 0], torch.tensor([0.0, 0.0, 0.0, 0.0]))  # corners on the grid
+    # at 5x5 the centre is sampled exactly
+    pred5 = fasl_module.combine_maps([maps], InferenceConfig(winmode="nan", out_size=5))
+    assert pred5.score_map[0, 2, 2].item() == 0.5 and pred5.score_map[0, 0, 0].item() == 0.0
+    # mul blends the image scores and the maps of the two parts with the window weight
+    win = torch.full((1, 2, 3, 3), 0.25)
+    mul = fasl_module.combine_maps([maps, win], InferenceConfig(winmode="mul", win_weight=0.2, out_size=5))
+    assert mul.image_score.item() == pytest.approx(0.8 * 0.5 + 0.2 * 0.25)
+    assert mul.score_map[0, 2, 2].item() == pytest.approx(0.8 * 0.5 + 0.2 * 0.25)
+
+
+def fresh_heads(seed=21):
+    torch.manual_seed(seed)
+    return ScoreHeads(HeadLayout((WIDTH,) * 4))
+
+
+def test_a_mixed_class_batch_goes_through_the_heads_in_one_call(backbone, refs, queries):
+    """Each image is aligned in its own class's bank, then the whole batch's deviations make one
+    BatchNorm batch: the same maps and running statistics as one head call on the concatenated
+    deviations, and one running-statistics update per step."""
+    model = FASL(backbone)
+    model.heads = fresh_heads()
+    bank_a, bank_b = model.build_memory(refs[:1]), model.build_memory(refs[1:])
+    images = torch.cat([queries, refs[2:3]])  # 3 images: classes a, b, a
+    banks = [bank_a, bank_b, bank_a]
+    model.train()
+    out = model(images, banks, align="exhaustive")
+
+    ref_heads = fresh_heads().train()
+    feats = backbone(images, with_embedding=False)
+    aligned = [torch.cat(parts) for parts in zip(*[
+        bank.align_global([t[i:i + 1] for t in feats.tokens], mode="exhaustive").aligned
+        for i, bank in enumerate(banks)])]
+    want = ref_heads(deviation(feats.tokens, aligned), feats.grid)
+    for a, b in zip(out.raw + out.refined, want.raw + want.refined):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    bns = [m for m in model.heads.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    ref_bns = [m for m in ref_heads.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert all(m.num_batches_tracked.item() == 1 for m in bns)
+    for m, r in zip(bns, ref_bns):
+        torch.testing.assert_close(m.running_mean, r.running_mean)
+        torch.testing.assert_close(m.running_var, r.running_var)
+    # per-class sub-batches (two head calls) would give other statistics
+    split = fresh_heads().train()
+    split(deviation([t[[0, 2]] for t in feats.tokens], [t[[0, 2]] for t in aligned]), feats.grid)
+    split(deviation([t[[1]] for t in feats.tokens], [t[[1]] for t in aligned]), feats.grid)
+    split_bn = next(m for m in split.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    assert not torch.allclose(split_bn.running_mean, bns[0].running_mean)
+    with pytest.raises(ValueError, match="2 banks for a batch of 3"):
+        model(images, banks[:2])
+
+
+def test_checkpoints_without_a_recorded_layout_load_as_before(tmp_path, backbone, bank, queries):
+    """Checkpoints written before the NAM layout and the hidden biases were recorded had one NAM
+    per block and biased Linears, and one 'width'; they load with that layout and score as before."""
+    from models import build_fasl
+
+    torch.manual_seed(4)
+    old = FASL(backbone, HeadLayout((WIDTH,) * 4, shared_nam=False, hidden_bias=True))
+    old.train()
+    with torch.no_grad():
+        old(queries, bank)
+    state = old.checkpoint_state(epoch=1)
+    for key in ("nam", "hidden_bias", "family", "activation", "widths"):
+        del state["config"][key]
+    state["config"]["width"] = WIDTH
+    path = tmp_path / "old.pth"
+    torch.save(state, path)
+    built = build_fasl(TINY_MODEL, None, BLOCKS, SIZE, checkpoint=str(path))  # the layout comes from the file
+    assert not built.layout.shared_nam and built.layout.hidden_bias
+    loaded = FASL(backbone, built.layout)  # on the backbone the bank was built with
+    loaded.load_checkpoint(path)
+    c = cfg(mode="fasl", winmode="mul")
+    torch.testing.assert_close(loaded.predict(queries, bank, c).score_map, old.predict(queries, bank, c).score_map)
+    # a shared-NAM model refuses it by name rather than failing inside load_state_dict
+    with pytest.raises(CheckpointMismatch, match="nam: checkpoint .* has 'per_block', this model has 'shared'"):
+        FASL(backbone).load_checkpoint(path)
+
+
+def test_heads_trained_without_nam_refuse_to_score_with_it(trained, bank, queries):
+    m = FASL(trained.backbone)
+    m.heads = trained.heads
+    m.nam_trained = False
+    with pytest.raises(ValueError, match="trained without NAM .* --no-nam"):
+        m.predict(queries, bank, cfg(mode="fasl"))
+    assert torch.isfinite(m.predict(queries, bank, cfg(mode="fasl", use_nam=False)).score_map).all()
+    assert torch.isfinite(m.predict(queries, bank, cfg(mode="fd")).score_map).all()

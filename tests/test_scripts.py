@@ -21,7 +21,7 @@ GOOD = ["fasl", "cpu", "1", "mul", "4", "2", "0.5", "7", "1"]
 METRICS = ("image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_aupro")
 
 # A stand-in for python: logs each command line (one argument per line, calls separated by
-# '--END--') and, when called as train.py, creates the checkpoint file train.py would write.
+# '--END--') and, when called as train.py, creates the checkpoint files train.py would write.
 STUB = r"""#!/usr/bin/env bash
 printf '%s\n' "$@" --END-- >> "$STUB_LOG"
 if [ "$1" = train.py ]; then
@@ -29,7 +29,8 @@ if [ "$1" = train.py ]; then
     for ((i = 0; i < ${#args[@]}; i++)); do
         case "${args[i]}" in --save_path) save=${args[i+1]} ;; --epoch) epochs=${args[i+1]} ;; esac
     done
-    mkdir -p "$save" && touch "$save/epoch_$epochs.pth"
+    mkdir -p "$save"
+    for ((e = 1; e <= epochs; e++)); do touch "$save/epoch_$e.pth"; done
 fi
 """
 
@@ -131,10 +132,10 @@ def test_missing_meta_json_stops_with_the_build_command(script, syn_datasets, tm
 
 def test_missing_checkpoint_says_how_to_train_it(syn_datasets, tmp_path):
     env = {"MVTEC_ROOT": str(syn_datasets["mvtec"]), "VISA_ROOT": str(syn_datasets["visa"]),
-           "CKPT_ROOT": str(tmp_path / "ckpt"), "RESULTS_ROOT": str(tmp_path / "results"), "EPOCHS_MVTEC": "3"}
+           "CKPT_ROOT": str(tmp_path / "ckpt"), "RESULTS_ROOT": str(tmp_path / "results"), "TEST_EPOCH_VISA": "3"}
     res = run_script("test_few_shot.sh", GOOD, env)
     assert res.returncode == 1
-    expected = tmp_path / "ckpt" / "mvtec" / "fasl" / "1shot" / "seed7" / "epoch_3.pth"
+    expected = tmp_path / "ckpt" / "mvtec" / "fasl" / "seed7" / "epoch_3.pth"
     assert f"checkpoint '{expected}' not found; train it with trainAndTest.sh" in res.stderr
     assert not (tmp_path / "results").exists()
 
@@ -149,9 +150,11 @@ def stub_env(tmp_path, syn_datasets) -> tuple[dict, Path]:
     env = {"PYTHON": str(stub), "STUB_LOG": str(log), "MVTEC_ROOT": str(syn_datasets["mvtec"]),
            "VISA_ROOT": str(syn_datasets["visa"]), "CKPT_ROOT": str(tmp_path / "ckpt"),
            "RESULTS_ROOT": str(tmp_path / "results"), "MODEL": "fasl-tiny-vit", "PRETRAINED": "none",
-           "IMAGE_SIZE": "112", "BLOCKS": "1 2 3 4", "EPOCHS_MVTEC": "3", "EPOCHS_VISA": "2",
-           "BATCH_SIZE": "5", "ALIGN": "image_index", "SEARCH_PRECISION": "exact",
-           "EXTRA_TEST_ARGS": "--eval_size 64 --save_vis"}
+           "IMAGE_SIZE": "112", "BLOCKS": "1 2 3 4", "EPOCHS_MVTEC": "3", "EPOCHS_VISA": "4",
+           "TEST_EPOCH_VISA": "3", "TEST_EPOCH_MVTEC": "2", "TRAIN_K": "2", "AUG_RATE_MVTEC": "0.25",
+           "CROP_RATE_VISA": "0.5", "CROP_SMALL_RATE": "0.75", "BATCH_SIZE": "5", "ALIGN": "image_index",
+           "SEARCH_PRECISION": "exact", "EXTRA_TEST_ARGS": "--eval_size 64 --save_vis",
+           "EXTRA_TRAIN_ARGS": "--learning_rate 0.01"}
     return env, log
 
 
@@ -177,44 +180,79 @@ def test_train_and_test_script_forwards_every_argument(syn_datasets, tmp_path):
     assert res.returncode == 0, res.stderr
     calls = read_calls(log)
     ckpt = tmp_path / "ckpt"
-    # per k: train mvtec -> test visa, train visa -> test mvtec
-    plan = [(c[0], flag(c, "--dataset")) for c in calls]
-    assert plan == [("train.py", "mvtec"), ("test_few_shot.py", "visa"), ("train.py", "visa"),
-                    ("test_few_shot.py", "mvtec")] * 2
-    for i, call in enumerate(calls):
-        k = "1" if i < 4 else "2"
-        assert flag(call, "--k_shot") == k
+    # one training run per dataset serves every k: train mvtec -> test visa (k = 1, 2), then visa
+    plan = [(c[0], flag(c, "--dataset"), flag(c, "--k_shot")) for c in calls]
+    assert plan == [("train.py", "mvtec", "2"), ("test_few_shot.py", "visa", "1"), ("test_few_shot.py", "visa", "2"),
+                    ("train.py", "visa", "2"), ("test_few_shot.py", "mvtec", "1"), ("test_few_shot.py", "mvtec", "2")]
+    for call in calls:
         assert flag(call, "--model") == "fasl-tiny-vit" and flag(call, "--pretrained") == "none"
         assert flag(call, "--image_size") == "112" and flag(call, "--features_list", 4) == ["1", "2", "3", "4"]
         assert flag(call, "--device") == "cuda:0" and flag(call, "--seed") == "9"
         assert flag(call, "--align") == "image_index"
+        assert "--no-nam" in call and "--nam" not in call  # useNAM 0: NAM neither trained nor used
         if call[0] == "train.py":
             train_set = flag(call, "--dataset")
-            assert flag(call, "--save_path") == f"{ckpt}/{train_set}/exp1/{k}shot/seed9"
-            assert flag(call, "--epoch") == ("3" if train_set == "mvtec" else "2")
+            assert flag(call, "--save_path") == f"{ckpt}/{train_set}/exp1/seed9"
+            assert flag(call, "--epoch") == ("3" if train_set == "mvtec" else "4")
             assert flag(call, "--batch_size") == "5" and "--resume" in call
             assert flag(call, "--train_data_path") == str(syn_datasets[train_set])
+            assert flag(call, "--aug_rate") == ("0.25" if train_set == "mvtec" else "0")
+            assert flag(call, "--crop_rate") == ("0.5" if train_set == "visa" else "0")
+            assert flag(call, "--crop_small_rate") == "0.75"
+            assert call[-2:] == ["--learning_rate", "0.01"]
         else:
             test_set = flag(call, "--dataset")
-            train_set = "mvtec" if test_set == "visa" else "visa"
-            epochs = "3" if train_set == "mvtec" else "2"
-            assert flag(call, "--checkpoint_path") == f"{ckpt}/{train_set}/exp1/{k}shot/seed9/epoch_{epochs}.pth"
+            train_set, epoch = ("mvtec", "3") if test_set == "visa" else ("visa", "2")
+            k = flag(call, "--k_shot")
+            assert flag(call, "--checkpoint_path") == f"{ckpt}/{train_set}/exp1/seed9/epoch_{epoch}.pth"
             assert flag(call, "--save_path") == f"{tmp_path}/results/{test_set}/exp1/{k}shot/seed9"
             assert flag(call, "--data_path") == str(syn_datasets[test_set])
-            assert "--no-nam" in call and "--nam" not in call
             assert flag(call, "--winmode") == "onlywin" and flag(call, "--win_size") == "5"
             assert flag(call, "--win_stride") == "3" and flag(call, "--win_weight") == "0.25"
             assert flag(call, "--search_precision") == "exact"
             assert call[-3:] == ["--eval_size", "64", "--save_vis"]
 
 
+def test_scripts_default_to_the_reference_recipe(syn_datasets, tmp_path):
+    """Without overrides: exhaustive alignment, 10 training references per class, MVTec-trained
+    heads 5 epochs with mosaic 0.3, VisA-trained heads 11 epochs with the crop at 0.6, and both
+    tests at epoch 5 (the reference's VisA test asks for an epoch its run never writes)."""
+    env, log = stub_env(tmp_path, syn_datasets)
+    for key in ("EPOCHS_MVTEC", "EPOCHS_VISA", "TEST_EPOCH_VISA", "TEST_EPOCH_MVTEC", "TRAIN_K", "AUG_RATE_MVTEC",
+                "CROP_RATE_VISA", "CROP_SMALL_RATE", "ALIGN", "SEARCH_PRECISION", "EXTRA_TRAIN_ARGS", "BATCH_SIZE"):
+        env.pop(key)
+    res = run_script("trainAndTest.sh", GOOD, env)
+    assert res.returncode == 0, res.stderr
+    train_mvtec, test_visa, train_visa, test_mvtec = read_calls(log)
+    for call in (train_mvtec, test_visa, train_visa, test_mvtec):
+        assert flag(call, "--align") == "exhaustive"
+    assert [flag(c, "--k_shot") for c in (train_mvtec, train_visa)] == ["10", "10"]
+    assert [flag(c, "--epoch") for c in (train_mvtec, train_visa)] == ["5", "11"]
+    assert [flag(c, "--aug_rate") for c in (train_mvtec, train_visa)] == ["0.3", "0"]
+    assert [flag(c, "--crop_rate") for c in (train_mvtec, train_visa)] == ["0", "0.6"]
+    assert flag(train_mvtec, "--batch_size") == "8" and "--nam" in train_mvtec
+    assert flag(test_visa, "--checkpoint_path").endswith("/mvtec/fasl/seed7/epoch_5.pth")
+    assert flag(test_mvtec, "--checkpoint_path").endswith("/visa/fasl/seed7/epoch_5.pth")
+    assert flag(test_visa, "--search_precision") == "auto"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("env, message", [
+    ({"TEST_EPOCH_VISA": "11"}, "TEST_EPOCH_VISA=11 is after the last epoch of the MVTec-trained heads (EPOCHS_MVTEC=5)"),
+    ({"TEST_EPOCH_MVTEC": "12"}, "TEST_EPOCH_MVTEC=12 is after the last epoch of the VisA-trained heads (EPOCHS_VISA=11)"),
+    ({"TRAIN_K": "0"}, "TRAIN_K '0' must be a positive integer"),
+])
+def test_test_epochs_the_training_never_writes_are_refused(script, env, message, tmp_path):
+    res = run_script(script, GOOD, {**env, "MVTEC_ROOT": str(tmp_path), "VISA_ROOT": str(tmp_path)})
+    assert res.returncode == 2 and message in res.stderr
+
+
 def test_test_script_forwards_every_argument(syn_datasets, tmp_path):
     env, log = stub_env(tmp_path, syn_datasets)
-    for train_set, epochs in (("mvtec", 3), ("visa", 2)):
-        for k in (1, 4):
-            folder = tmp_path / "ckpt" / train_set / "fasl" / f"{k}shot" / "seed111"
-            folder.mkdir(parents=True)
-            (folder / f"epoch_{epochs}.pth").touch()
+    for train_set, epoch in (("mvtec", 3), ("visa", 2)):
+        folder = tmp_path / "ckpt" / train_set / "fasl" / "seed111"
+        folder.mkdir(parents=True)
+        (folder / f"epoch_{epoch}.pth").touch()
     res = run_script("test_few_shot.sh", ["fasl", "1", "true", "nan", "13", "2", "1", "111", "1,4"], env)
     assert res.returncode == 0, res.stderr
     calls = read_calls(log)
@@ -233,15 +271,15 @@ def test_test_script_forwards_every_argument(syn_datasets, tmp_path):
 def test_test_script_full_tiny_run(syn_datasets, ckpt_root, mvtec_ckpt, tiny_backbone_args, train_args, tmp_path):
     import train
 
-    # the layout the script reads: $CKPT_ROOT/<trainset>/<name>/<k>shot/seed<seed>/epoch_<EPOCHS>.pth
-    assert mvtec_ckpt == ckpt_root / "mvtec" / "fasl" / "1shot" / "seed7" / "epoch_1.pth"
-    visa_dir = ckpt_root / "visa" / "fasl" / "1shot" / "seed7"
+    # the layout the script reads: $CKPT_ROOT/<trainset>/<name>/seed<seed>/epoch_<TEST_EPOCH_*>.pth
+    assert mvtec_ckpt == ckpt_root / "mvtec" / "fasl" / "seed7" / "epoch_1.pth"
+    visa_dir = ckpt_root / "visa" / "fasl" / "seed7"
     if not (visa_dir / "epoch_1.pth").exists():
         train.main(["--train_data_path", str(syn_datasets["visa"]), "--dataset", "visa", "--save_path",
                     str(visa_dir), "--epoch", "1", *train_args, *tiny_backbone_args])
     results = tmp_path / "results"
     env = {"MODEL": "fasl-tiny-vit", "PRETRAINED": "none", "IMAGE_SIZE": "112", "BLOCKS": "1 2 3 4",
-           "EPOCHS_MVTEC": "1", "EPOCHS_VISA": "1", "RESULTS_ROOT": str(results), "CKPT_ROOT": str(ckpt_root),
+           "TEST_EPOCH_VISA": "1", "TEST_EPOCH_MVTEC": "1", "RESULTS_ROOT": str(results), "CKPT_ROOT": str(ckpt_root),
            "MVTEC_ROOT": str(syn_datasets["mvtec"]), "VISA_ROOT": str(syn_datasets["visa"]),
            "EXTRA_TEST_ARGS": "--eval_size 64", "OMP_NUM_THREADS": "2"}
     res = run_script("test_few_shot.sh", ["fasl", "cpu", "1", "mul", "4", "2", "0.5", "7", "1"], env, timeout=300)
@@ -260,7 +298,7 @@ def test_test_script_full_tiny_run(syn_datasets, ckpt_root, mvtec_ckpt, tiny_bac
                 value = metrics[key]
                 assert isinstance(value, float) and not math.isnan(value) and 0.0 <= value <= 1.0, (where, key)
         args = doc["extra"]["args"]
-        assert args["checkpoint_path"] == str(ckpt_root / train_set / "fasl" / "1shot" / "seed7" / "epoch_1.pth")
+        assert args["checkpoint_path"] == str(ckpt_root / train_set / "fasl" / "seed7" / "epoch_1.pth")
         assert args["dataset"] == test_set and args["data_path"] == str(syn_datasets[test_set])
         assert (args["mode"], args["nam"], args["winmode"]) == ("fasl", True, "mul")
         assert (args["win_size"], args["win_stride"], args["win_weight"]) == (4, 2, 0.5)

@@ -7,23 +7,29 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_MODEL = "ViT-L-14-336"
-DEFAULT_BLOCKS = [6, 12, 18, 24]
 ALIGN_CHOICES = ("exhaustive", "image_index", "position")
-DEFAULT_ALIGN = "image_index"
 
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backbone")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help="open_clip model name, 'fasl-tiny-vit' (tiny random-weight config for tests/demo), "
-                        "or the path of an open_clip model-config JSON (default: %(default)s)")
+                        "the path of an open_clip model-config JSON, or timm:<name> for any timm model "
+                        "(e.g. timm:tf_efficientnet_lite0, timm:wide_resnet50_2, timm:vit_base_patch14_dinov2) "
+                        "(default: %(default)s)")
     g.add_argument("--pretrained", default="openai",
-                   help="open_clip pretrained tag (downloaded and cached by open_clip), a local weights "
-                        "file, or 'none' for random weights (default: %(default)s)")
+                   help="open_clip: a pretrained tag (downloaded and cached by open_clip), a local weights file, "
+                        "or 'none' for random weights; timm: 'default' (timm's own weights, downloaded), a local "
+                        ".pth/.safetensors state dict in timm naming, or 'none' (default: %(default)s)")
+    g.add_argument("--quick_gelu", action="store_true",
+                   help="open_clip: build the MLPs with QuickGELU, as OpenAI trained CLIP (default: nn.GELU, which "
+                        "is what open_clip builds for ViT-L-14-336 and what made the paper's numbers)")
     g.add_argument("--image_size", type=int, default=518,
                    help="square input size; a multiple of the patch size (default: %(default)s)")
-    g.add_argument("--features_list", type=int, nargs="+", default=DEFAULT_BLOCKS,
-                   help="1-based transformer blocks whose patch tokens are used (default: 6 12 18 24)")
+    g.add_argument("--features_list", type=int, nargs="+", default=None,
+                   help="1-based blocks whose features are used: transformer blocks for ViTs, feature stages "
+                        "(finest first, timm's feature_info) for CNNs (default: four evenly spaced blocks, e.g. "
+                        "6 12 18 24 for ViT-L; the stride-8 and stride-16 stages of a CNN)")
     g.add_argument("--device", default="cpu",
                    help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")
     g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
@@ -31,14 +37,14 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
-def add_align_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--align", choices=ALIGN_CHOICES, default=DEFAULT_ALIGN,
+def add_align_arg(p: argparse.ArgumentParser, default: str = "exhaustive") -> None:
+    p.add_argument("--align", choices=ALIGN_CHOICES, default=default,
                    help="patch alignment: 'exhaustive' (every reference patch, the paper's search), "
                         "'image_index' (only the most similar reference image/window by global embedding), "
                         "'position' (windows at the same and neighbouring positions) (default: %(default)s)")
 
 
-def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl") -> None:
+def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl", align_default: str = "exhaustive") -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--mode", choices=("fasl", "fd"), default=mode_default,
                    help="'fasl': trained ASL heads (needs a checkpoint); 'fd': training-free "
@@ -64,4 +70,4 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl") -
                         "search), exact elsewhere (default: %(default)s)")
     g.add_argument("--window_batch", type=int, default=256,
                    help="windows encoded per backbone call (default: %(default)s)")
-    add_align_arg(g)
+    add_align_arg(g, align_default)
