@@ -2,7 +2,7 @@
 every image, with thresholds set from the good images alone (no labelled defects needed).
 
     python predict.py --refs good/ --images "line3/*.png" --out results/ --mode fd
-    python predict.py --refs good/ --images new/ --out results/ --checkpoint checkpoints/mvtec/epoch_15.pth
+    python predict.py --refs good/ --images new/ --out results/ --checkpoint checkpoints/mvtec/fasl/seed111/epoch_5.pth
     python predict.py --refs good/ --images new/ --out r1/ --mode fd --save_refs part_a.pt   # once
     python predict.py --load_refs part_a.pt --images new/ --out r2/ --mode fd              # per batch
 

@@ -4,7 +4,7 @@ Metrics per class and their mean (image AUROC / F1-max / AP; pixel AUROC / F1-ma
 AUPRO at --eval_size), printed as a table and written to results.json and results.csv.
 
     python test_few_shot.py --data_path datasets/visa --dataset visa \
-        --checkpoint_path checkpoints/mvtec/epoch_15.pth --save_path results/visa --k_shot 1
+        --checkpoint_path checkpoints/mvtec/fasl/seed111/epoch_5.pth --save_path results/visa --k_shot 1
 """
 from __future__ import annotations
 
