@@ -537,3 +537,13 @@ def test_no_nam_training_leaves_the_nam_untrained_and_out_of_the_loss(syn_datase
     with pytest.raises(ValueError, match="trained without NAM"):
         test_few_shot.main(["--save_path", str(tmp_path / "with"), *common])
     assert test_few_shot.main(["--save_path", str(tmp_path / "without"), "--no-nam", *common])
+
+
+def test_reproduction_programs_align_exhaustively_and_predict_by_image_index(tmp_path):
+    """The reference's numbers come from exhaustive search; predict.py keeps the fast index."""
+    import predict
+
+    assert train.parse_args(["--train_data_path", "x", "--save_path", "y"]).align == "exhaustive"
+    assert train.parse_args(["--train_data_path", "x", "--save_path", "y"]).k_shot == 10
+    assert test_few_shot.parse_args(["--data_path", "x", "--save_path", "y", "--mode", "fd"]).align == "exhaustive"
+    assert predict.parse_args(["--refs", "a", "--images", "b", "--out", "c"]).align == "image_index"
