@@ -228,9 +228,9 @@ def save_refs(path, model: FASL, cfg: InferenceConfig, bank: MemoryBank, thresho
         "scoring": scoring_settings(cfg),
         "heads_digest": heads_digest(model) if cfg.mode == "fasl" else None,
         "thresholds": thresholds,
-        "global_tokens": bank.global_memory.tokens.cpu(),  # [L, k, N, W]
+        "global_tokens": [t.cpu() for t in bank.global_memory.tokens],  # L x [k, N, W_l]
         "global_embedding": bank.global_memory.embedding.cpu(),  # [k, D]
-        "window_tokens": bank.window_memory.tokens.cpu() if windows is not None else None,  # [L, k*nw, s*s, W]
+        "window_tokens": [t.cpu() for t in bank.window_memory.tokens] if windows is not None else None,  # L x [k*nw, s*s, W_l]
         "window_embedding": bank.window_memory.embedding.cpu() if windows is not None else None,
         "window": {"size": windows.size, "stride": windows.stride} if windows is not None else None,
         "refs": [str(r) for r in refs],
@@ -290,15 +290,15 @@ def load_refs(path, model: FASL, cfg: InferenceConfig, fpr: float | None, check_
 
     windows = model.windows_for(cfg)
     tokens = state["global_tokens"]
-    bank = MemoryBank(k=tokens.shape[1], windows=windows)
+    bank = MemoryBank(k=tokens[0].shape[0], windows=windows)
     dev = model.device
-    bank.global_memory.fill(list(tokens.to(dev).unbind(0)), state["global_embedding"].to(dev), dtype=model.bank_dtype)
+    bank.global_memory.fill([t.to(dev) for t in tokens], state["global_embedding"].to(dev), dtype=model.bank_dtype)
     if windows is not None:
         wt = state["window_tokens"]
-        if wt.shape[1] != bank.k * windows.num_windows:
-            raise ValueError(f"references file {path}: window memory has {wt.shape[1]} entries, "
+        if wt[0].shape[0] != bank.k * windows.num_windows:
+            raise ValueError(f"references file {path}: window memory has {wt[0].shape[0]} entries, "
                              f"expected {bank.k} x {windows.num_windows}")
-        bank.window_memory.fill(list(wt.to(dev).unbind(0)), state["window_embedding"].to(dev), dtype=model.bank_dtype)
+        bank.window_memory.fill([t.to(dev) for t in wt], state["window_embedding"].to(dev), dtype=model.bank_dtype)
     state["bank"] = bank
     return state
 

@@ -52,11 +52,13 @@ class WindowGrid:
     def num_windows(self) -> int:
         return len(self.starts_y) * len(self.starts_x)
 
+    def apply(self, fn) -> "WindowGrid":
+        """The same geometry with ``fn`` applied to each tensor (what ``nn.Module._apply`` passes)."""
+        return WindowGrid(self.grid, self.size, self.stride, fn(self.starts_y), fn(self.starts_x),
+                          fn(self.patch_index), fn(self.counts))
+
     def to(self, device: torch.device | str) -> "WindowGrid":
-        return WindowGrid(
-            self.grid, self.size, self.stride,
-            self.starts_y.to(device), self.starts_x.to(device), self.patch_index.to(device), self.counts.to(device),
-        )
+        return self.apply(lambda t: t.to(device))
 
 
 def window_grid(grid: tuple[int, int], size: int, stride: int) -> WindowGrid:

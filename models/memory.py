@@ -129,26 +129,42 @@ class Alignment:
 
 
 class PatchMemory(nn.Module):
-    """Reference features at one resolution: R entries (images or windows) of m patches each.
+    """Reference features at one resolution: R entries (images or windows) of m patches each,
+    per block (blocks may differ in width, as CNN stages do).
 
-    Held in buffers so ``.to()`` moves them; reading an empty memory raises.
+    Everything it holds lives in buffers, so ``.to()`` moves it; a low-precision search copy is a
+    cache and is dropped by any ``.to()`` / ``.half()`` (the next search rebuilds it where the
+    bank now is). Reading an empty memory raises.
     """
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("_tokens", torch.empty(0), persistent=False)  # [L, R, m, W]
+        self.num_blocks = 0
         self.register_buffer("_embedding", torch.empty(0), persistent=False)  # [R, D]
+
+    def _block_buffers(self, prefix: str) -> list[torch.Tensor]:
+        return [getattr(self, f"{prefix}{layer}") for layer in range(self.num_blocks)]
 
     @property
     def is_filled(self) -> bool:
-        return self._tokens.numel() > 0
+        return self.num_blocks > 0
 
     @property
-    def tokens(self) -> torch.Tensor:
-        """(L, R, m, W) reference patch tokens."""
+    def tokens(self) -> list[torch.Tensor]:
+        """L x (R, m, W_l) reference patch tokens."""
         if not self.is_filled:
             raise RuntimeError("memory bank is empty: build it from the reference images first")
-        return self._tokens
+        return self._block_buffers("tokens_")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tokens[0].dtype
+
+    @property
+    def entries(self) -> tuple[int, int]:
+        """(R, m): entries and patches per entry."""
+        R, m, _ = self.tokens[0].shape
+        return R, m
 
     @property
     def embedding(self) -> torch.Tensor:
@@ -158,27 +174,41 @@ class PatchMemory(nn.Module):
         return self._embedding
 
     def fill(self, tokens: list[torch.Tensor], embedding: torch.Tensor | None, dtype: torch.dtype | None = None):
-        """tokens: L x (R, m, W); embedding: (R, D) or None. Stored contiguous in ``dtype``."""
-        stacked = torch.stack(tokens)  # [L, R, m, W]
-        dtype = dtype or stacked.dtype
-        self._tokens = stacked.to(dtype).contiguous()
-        self._search_copy: torch.Tensor | None = None
+        """tokens: L x (R, m, W_l); embedding: (R, D) or None. Stored contiguous in ``dtype``."""
+        if not tokens or len({t.shape[:2] for t in tokens}) != 1:
+            raise ValueError(f"every block needs the same (entries, patches), got {[tuple(t.shape) for t in tokens]}")
+        dtype = dtype or tokens[0].dtype
+        self._drop_search_copy()
+        for layer in range(len(tokens), self.num_blocks):  # a refill with fewer blocks
+            delattr(self, f"tokens_{layer}")
+        for layer, t in enumerate(tokens):
+            self.register_buffer(f"tokens_{layer}", t.to(dtype).contiguous(), persistent=False)  # [R, m, W_l]
+        self.num_blocks = len(tokens)
         self._embedding = embedding.to(dtype).contiguous() if embedding is not None else torch.empty(0)
         return self
 
-    def search_tokens(self, dtype: torch.dtype | None) -> torch.Tensor:
-        """(L, R, m, W) tokens in the search dtype (a cached copy when it differs from the bank's)."""
+    def _drop_search_copy(self) -> None:
+        self.__dict__["_search_copy"] = None
+
+    def _apply(self, fn, recurse=True):
+        self._drop_search_copy()  # a cache of the old place and dtype
+        return super()._apply(fn, recurse)
+
+    def search_tokens(self, dtype: torch.dtype | None) -> list[torch.Tensor]:
+        """L x (R, m, W_l) tokens in the search dtype (a cached copy when it differs from the bank's)."""
         bank = self.tokens
-        if dtype is None or dtype == bank.dtype:
+        if dtype is None or dtype == bank[0].dtype:
             return bank
-        if getattr(self, "_search_copy", None) is None or self._search_copy.dtype != dtype:
-            self._search_copy = bank.to(dtype)
-        return self._search_copy
+        copy = self.__dict__.get("_search_copy")
+        if copy is None or copy[0].dtype != dtype:
+            copy = [t.to(dtype) for t in bank]
+            self.__dict__["_search_copy"] = copy
+        return copy
 
     def nbytes(self) -> int:
         """Bytes held: tokens, embeddings and, once a low-precision search made one, its copy."""
-        held = [self._tokens, self._embedding, getattr(self, "_search_copy", None)]
-        return sum(t.numel() * t.element_size() for t in held if t is not None)
+        held = [*(self.tokens if self.is_filled else []), self._embedding, *(self.__dict__.get("_search_copy") or [])]
+        return sum(t.numel() * t.element_size() for t in held)
 
     def align(
         self,
@@ -192,37 +222,39 @@ class PatchMemory(nn.Module):
     ) -> Alignment:
         """Align queries block by block.
 
-        tokens: L x (Q, n, W) query tokens; embedding: (Q, D), needed for ``image_index``;
+        tokens: L x (Q, n, W_l) query tokens; embedding: (Q, D), needed for ``image_index``;
         candidates: (Q, C) entry indices, used instead of ``mode`` when given;
         search_dtype: dtype of the search matmul (None = the bank's, exact). A lower precision
         keeps its ``RERANK`` best patches per query, and the exact dot products pick among them.
         """
         bank = self.tokens
         search = self.search_tokens(search_dtype)
-        L, R, m, W = bank.shape
-        if len(tokens) != L:
-            raise ValueError(f"query has {len(tokens)} blocks, the memory {L}")
+        R, m = self.entries
+        if len(tokens) != len(bank):
+            raise ValueError(f"query has {len(tokens)} blocks, the memory {len(bank)}")
+        dtype = bank[0].dtype
         if candidates is None and mode == "image_index":
             if embedding is None:
                 raise ValueError("image_index alignment needs the query embeddings")
-            candidates = (embedding.to(bank.dtype) @ self.embedding.t()).argmax(dim=1, keepdim=True)  # [Q, 1]
+            candidates = (embedding.to(dtype) @ self.embedding.t()).argmax(dim=1, keepdim=True)  # [Q, 1]
         elif candidates is None and mode != "exhaustive":
             raise ValueError(f"unknown alignment mode {mode!r}; choose from {', '.join(ALIGN_MODES)}")
         if R == 1:
             candidates = None  # one entry (k = 1 global memory): the same search, without a per-query gather
         sims, idxs, aligned = [], [], []
-        for layer, query in enumerate(tokens):
-            query = query.to(bank.dtype)
-            q_search = query.to(search.dtype)
-            topk = 1 if search is bank else RERANK
+        for query, rows, search_rows in zip(tokens, bank, search):
+            W = rows.shape[-1]
+            query = query.to(dtype)
+            q_search = query.to(search_rows.dtype)
+            topk = 1 if search_rows is rows else RERANK
             if candidates is None:
-                s, i = nearest_reference(q_search, search[layer].reshape(R * m, W), max_bytes, topk)
+                s, i = nearest_reference(q_search, search_rows.reshape(R * m, W), max_bytes, topk)
             else:
-                s, i = nearest_in_candidates(q_search, search[layer], candidates, max_bytes, topk)
-            flat_bank = bank[layer].reshape(R * m, W)
-            if search is not bank:  # approximate shortlist: the exact similarities decide
+                s, i = nearest_in_candidates(q_search, search_rows, candidates, max_bytes, topk)
+            flat_bank = rows.reshape(R * m, W)
+            if search_rows is not rows:  # approximate shortlist: the exact similarities decide
                 s, i = exact_best(query, flat_bank, i)
-                s = s.to(bank.dtype)
+                s = s.to(dtype)
             sims.append(s)
             idxs.append(i)
             if gather:
@@ -247,6 +279,15 @@ class MemoryBank(nn.Module):
     def nbytes(self) -> dict[str, int]:
         return {"global": self.global_memory.nbytes(), "window": self.window_memory.nbytes()}
 
+    def _apply(self, fn, recurse=True):
+        """``.to()`` & co. move the whole bank: its memories (buffers), the window geometry's index
+        tensors, and the position tables (a cache, rebuilt where the bank now is)."""
+        super()._apply(fn, recurse)
+        if self.windows is not None:
+            self.windows = self.windows.apply(fn)
+        self.__dict__.pop("_position_tables", None)
+        return self
+
     def align_global(
         self, tokens, embedding=None, mode="exhaustive", gather=True, max_bytes=DEFAULT_MAX_BYTES, search_dtype=None
     ):
@@ -259,7 +300,7 @@ class MemoryBank(nn.Module):
 
     def _position_table(self, radius: int, device: torch.device) -> torch.Tensor:
         """(nw, k * C) reference windows at the same and neighbouring positions, every reference
-        image; built once per radius on the bank's device (no host copies per query)."""
+        image; built once per radius on the queries' device (no host copies per query)."""
         cache = self.__dict__.setdefault("_position_tables", {})
         if (radius, device) not in cache:
             nw = self.windows.num_windows

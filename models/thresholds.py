@@ -68,14 +68,14 @@ def subset_bank(bank: MemoryBank, keep: list[int]) -> MemoryBank:
     Global entries are one per reference; window entries are image-major, nw per reference.
     """
     sub = MemoryBank(k=len(keep), windows=bank.windows)
-    idx = torch.as_tensor(keep, dtype=torch.long, device=bank.global_memory.tokens.device)
     g = bank.global_memory
-    sub.global_memory.fill(list(g.tokens[:, idx].unbind(0)), g.embedding[idx])  # L x [k', N, W]
+    idx = torch.as_tensor(keep, dtype=torch.long, device=g.embedding.device)
+    sub.global_memory.fill([t[idx] for t in g.tokens], g.embedding[idx])  # L x [k', N, W_l]
     if bank.windows is not None and bank.window_memory.is_filled:
         nw = bank.windows.num_windows
         widx = (idx[:, None] * nw + torch.arange(nw, device=idx.device)[None]).reshape(-1)  # [k'*nw]
         w = bank.window_memory
-        sub.window_memory.fill(list(w.tokens[:, widx].unbind(0)), w.embedding[widx])
+        sub.window_memory.fill([t[widx] for t in w.tokens], w.embedding[widx])
     return sub
 
 

@@ -335,9 +335,9 @@ def filled_memory(L=2, R=4, m=9, W=12, D=6, seed=5):
 
 def check_aligned_rows(memory, alignment, query_tokens):
     """aligned == bank rows at index and similarity == <query, aligned>, every block."""
-    L, R, m, W = memory.tokens.shape
-    for layer in range(L):
-        rows = memory.tokens[layer].reshape(R * m, W)
+    for layer, block in enumerate(memory.tokens):
+        R, m, W = block.shape
+        rows = block.reshape(R * m, W)
         assert torch.equal(alignment.aligned[layer], rows[alignment.index[layer]])
         dots = (query_tokens[layer] * alignment.aligned[layer]).sum(-1)
         torch.testing.assert_close(alignment.similarity[layer], dots, rtol=0, atol=1e-6)
@@ -397,9 +397,9 @@ def test_patch_memory_gather_false_and_chunked():
 
 def test_patch_memory_fill_dtype_and_shape():
     memory, _, _ = filled_memory()
-    assert memory.tokens.shape == (2, 4, 9, 12) and memory.embedding.shape == (4, 6)
+    assert [t.shape for t in memory.tokens] == [(4, 9, 12)] * 2 and memory.embedding.shape == (4, 6)
     half = PatchMemory().fill([torch.zeros(2, 3, 4)], torch.zeros(2, 5), dtype=torch.float16)
-    assert half.tokens.dtype == torch.float16 and half.embedding.dtype == torch.float16
+    assert half.dtype == torch.float16 and half.embedding.dtype == torch.float16
     assert half.nbytes() == (2 * 3 * 4 + 2 * 5) * 2
     half.search_tokens(torch.bfloat16)  # a search copy is held memory too
     assert half.nbytes() == (2 * 3 * 4 + 2 * 5) * 2 + 2 * 3 * 4 * 2
@@ -541,8 +541,8 @@ def test_bf16_search_keeps_exact_similarities_and_mostly_the_same_patches(mode):
         # the bf16 shortlist, re-ranked exactly, misses the exact pick only on extreme near-ties
         assert (fast.index[layer] == exact.index[layer]).float().mean() >= 0.99
         assert (exact.similarity[layer] - fast.similarity[layer]).max() < 1e-3
-    assert memory.search_tokens(torch.bfloat16).dtype == torch.bfloat16
-    assert memory.search_tokens(None) is memory.tokens
+    assert all(t.dtype == torch.bfloat16 for t in memory.search_tokens(torch.bfloat16))
+    assert all(a is b for a, b in zip(memory.search_tokens(None), memory.tokens))
 
 
 def test_exact_best_picks_the_best_candidate_by_exact_dot_products():

@@ -260,7 +260,7 @@ def test_backbone_precision(backbone, refs):
     assert out.tokens[0].dtype == out.embedding.dtype == torch.bfloat16
     torch.testing.assert_close(out.tokens[0].float().norm(dim=-1), torch.ones(3, 64), rtol=0, atol=1e-2)
     bank = half.build_memory(refs, half.window_grid(WIN, STRIDE))
-    assert bank.global_memory.tokens.dtype == bank.window_memory.tokens.dtype == torch.bfloat16
+    assert bank.global_memory.dtype == bank.window_memory.dtype == torch.bfloat16
     pred = half.predict(refs, bank, cfg(mode="fd", winmode="mul", align="position"))
     assert pred.score_map.dtype == torch.float32
     assert pred.score_map.abs().max() < 1e-2  # self-match survives the coarser dtype
@@ -547,12 +547,12 @@ def test_predict_windows_need_a_window_bank(model, refs, queries):
 
 def test_build_memory_shapes(model, bank):
     assert bank.k == 3
-    assert bank.global_memory.tokens.shape == (4, 3, 64, WIDTH)
+    assert [t.shape for t in bank.global_memory.tokens] == [(3, 64, WIDTH)] * 4
     assert bank.global_memory.embedding.shape == (3, 32)
     assert bank.windows.num_windows == 9
-    assert bank.window_memory.tokens.shape == (4, 3 * 9, 16, WIDTH)
+    assert [t.shape for t in bank.window_memory.tokens] == [(3 * 9, 16, WIDTH)] * 4
     assert bank.window_memory.embedding.shape == (27, 32)
-    assert bank.global_memory.tokens.dtype == torch.float32  # CPU keeps float32
+    assert bank.global_memory.dtype == torch.float32  # CPU keeps float32
 
 
 # ----------------------------------------------------------------------------- FASL: training
@@ -805,3 +805,27 @@ def test_heads_trained_without_nam_refuse_to_score_with_it(trained, bank, querie
         m.predict(queries, bank, cfg(mode="fasl"))
     assert torch.isfinite(m.predict(queries, bank, cfg(mode="fasl", use_nam=False)).score_map).all()
     assert torch.isfinite(m.predict(queries, bank, cfg(mode="fd")).score_map).all()
+
+
+def test_a_moved_bank_takes_everything_along_and_keeps_no_stale_search_copy(model, refs, queries):
+    """``.to()`` moves the memories, the window geometry and the position tables; the bf16 search
+    copy is a cache of the old place and dtype and is dropped, then rebuilt by the next search."""
+    bank = model.build_memory(refs, model.window_grid(WIN, STRIDE))
+    c = cfg(mode="fd", winmode="mul", align="position", search_precision="bf16")
+    before = model.predict(queries, bank, c)
+    assert bank.global_memory.nbytes() > sum(t.numel() * 4 for t in bank.global_memory.tokens) + 3 * 32 * 4
+    assert bank.__dict__["_position_tables"]
+    assert bank.to("meta") is bank
+    held = [*bank.global_memory.tokens, *bank.window_memory.tokens, bank.global_memory.embedding,
+            bank.window_memory.embedding, bank.windows.patch_index, bank.windows.counts, bank.windows.starts_y]
+    assert all(t.device.type == "meta" for t in held)
+    assert bank.global_memory.__dict__["_search_copy"] is None and "_position_tables" not in bank.__dict__
+    # a dtype move: no bf16 copy of the old values survives, the next search makes a fresh one
+    bank = model.build_memory(refs, model.window_grid(WIN, STRIDE))
+    model.predict(queries, bank, c)
+    bank.double()
+    assert bank.global_memory.dtype == torch.float64 and bank.windows.counts.dtype == torch.float64
+    assert bank.global_memory.__dict__["_search_copy"] is None
+    after = model.predict(queries, bank, c)
+    assert bank.global_memory.__dict__["_search_copy"][0].dtype == torch.bfloat16
+    torch.testing.assert_close(after.score_map, before.score_map, rtol=0, atol=1e-5)
