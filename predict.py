@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from data.images import ImageReadError, image_to_tensor, load_image, normalize_tensor, resize_image
 from models import build_fasl_from_args
-from models.fasl import FASL, CheckpointMismatch, InferenceConfig, resolved_search_dtype
+from models.fasl import FASL, CheckpointMismatch, InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.memory import MemoryBank
 from models.thresholds import augmented_views, fit_thresholds, score_references
 from utils.args import add_backbone_args, add_inference_args
@@ -97,10 +97,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give the references either as --refs PATHS or as --load_refs FILE (exactly one)")
     if args.mode is None:
         args.mode = "fasl" if args.checkpoint else "fd"
-    if args.mode == "fasl" and not args.checkpoint:
-        p.error("--mode fasl needs --checkpoint (or use --mode fd, which needs no training)")
-    if args.mode == "fd" and args.checkpoint:
-        p.error("--checkpoint is only used by --mode fasl; drop it or pass --mode fasl")
+    if mode_uses_heads(args.mode) and not args.checkpoint:
+        p.error(f"--mode {args.mode} needs --checkpoint (or use --mode fd, which needs no training)")
+    if not mode_uses_heads(args.mode) and args.checkpoint:
+        p.error("--checkpoint is only used by --mode fasl or merged; drop it or pass one of them")
     if args.fpr is not None and not 0.0 < args.fpr < 1.0:
         p.error(f"--fpr must lie strictly between 0 and 1, got {args.fpr}")
     if args.batch_size < 1:
@@ -196,7 +196,7 @@ def inference_config(args) -> InferenceConfig:
 def scoring_settings(cfg: InferenceConfig) -> dict:
     """The settings that change the scores, hence the thresholds (unused ones left out)."""
     s = {"mode": cfg.mode, "winmode": cfg.winmode, "align": cfg.align, "out_size": cfg.out_size}
-    if cfg.mode == "fasl":
+    if cfg.uses_heads:
         s["use_nam"] = cfg.use_nam
     if cfg.uses_windows:
         s.update(win_size=cfg.win_size, win_stride=cfg.win_stride)
@@ -226,7 +226,7 @@ def save_refs(path, model: FASL, cfg: InferenceConfig, bank: MemoryBank, thresho
         "pretrained": None if pretrained is None else str(pretrained),
         "inference": asdict(cfg),
         "scoring": scoring_settings(cfg),
-        "heads_digest": heads_digest(model) if cfg.mode == "fasl" else None,
+        "heads_digest": heads_digest(model) if cfg.uses_heads else None,
         "thresholds": thresholds,
         "global_tokens": [t.cpu() for t in bank.global_memory.tokens],  # L x [k, N, W_l]
         "global_embedding": bank.global_memory.embedding.cpu(),  # [k, D]
@@ -271,7 +271,7 @@ def load_refs(path, model: FASL, cfg: InferenceConfig, fpr: float | None, check_
         stored, now = state["scoring"], scoring_settings(cfg)
         diffs = [f"{k}: file {stored.get(k)!r}, now {now.get(k)!r}"
                  for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
-        if cfg.mode == "fasl" and not diffs and state.get("heads_digest") != heads_digest(model):
+        if cfg.uses_heads and not diffs and state.get("heads_digest") != heads_digest(model):
             diffs.append("the --checkpoint heads differ from those the thresholds were fitted with")
         stored_fpr = state["thresholds"].get("fpr")
         if fpr is not None and stored_fpr is not None and not math.isclose(fpr, stored_fpr):
@@ -376,7 +376,7 @@ def _run(args, out: Path, log) -> int:
 
     images = collect_images(args.images, "--images")
     ref_paths = collect_images(args.refs, "--refs") if args.refs else None
-    model = build_fasl_from_args(args, device, checkpoint=args.checkpoint if args.mode == "fasl" else None)
+    model = build_fasl_from_args(args, device, checkpoint=args.checkpoint if mode_uses_heads(args.mode) else None)
     model.eval()
     cfg = inference_config(args)
     both_given = args.image_threshold is not None and args.pixel_threshold is not None

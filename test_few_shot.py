@@ -21,7 +21,7 @@ from data.images import load_image, resize_image
 from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import load_meta
 from models import build_fasl_from_args
-from models.fasl import InferenceConfig, resolved_search_dtype
+from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
 from utils.args import add_backbone_args, add_inference_args
 from utils.metrics import class_metrics, format_table, write_results
 from utils.cli import run_cli
@@ -52,8 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save_maps", action="store_true", help="write each image's score map and mask as .npy under maps/")
     p.add_argument("--save_vis", action="store_true", help="write image | ground truth | heatmap PNGs under vis/")
     args = p.parse_args(argv)
-    if args.mode == "fasl" and not args.checkpoint_path:
-        p.error("--mode fasl needs --checkpoint_path (or use --mode fd, which needs no training)")
+    if mode_uses_heads(args.mode) and not args.checkpoint_path:
+        p.error(f"--mode {args.mode} needs --checkpoint_path (or use --mode fd, which needs no training)")
     return args
 
 
@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
     empty = [c for c in classes if not meta["test"][c]]
     if empty:
         raise ValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
-    model = build_fasl_from_args(args, device, checkpoint=args.checkpoint_path if args.mode == "fasl" else None)
+    model = build_fasl_from_args(args, device, checkpoint=args.checkpoint_path if mode_uses_heads(args.mode) else None)
     model.eval()
     cfg = InferenceConfig.from_args(args, out_size=args.eval_size)
     windows = model.windows_for(cfg)

@@ -23,9 +23,14 @@ from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
 from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, MemoryBank
 
 WINMODES = ("nan", "mul", "onlywin")
-SCORE_MODES = ("fasl", "fd")
+SCORE_MODES = ("fasl", "fd", "merged")
 CHECKPOINT_FORMAT = "fasl-heads-v1"
 SEARCH_PRECISIONS = ("auto", "exact", "bf16")
+
+
+def mode_uses_heads(mode: str) -> bool:
+    """Scoring modes that need trained heads (a checkpoint): all but ``fd``."""
+    return mode != "fd"
 
 
 def cpu_has_amx() -> bool:
@@ -71,8 +76,9 @@ def resolved_search_dtype(model: "FASL", cfg: "InferenceConfig", windows: bool =
 class InferenceConfig:
     """How a batch is scored.
 
-    mode: ``fasl`` (trained ASL heads) or ``fd`` (training-free 1 - similarity).
-    use_nam: refine head outputs with NAM (``fasl`` mode only).
+    mode: ``fasl`` (trained ASL heads), ``fd`` (training-free 1 - similarity) or ``merged``
+        (the two summed, as the paper's text describes and the reference code left commented out).
+    use_nam: refine head outputs with NAM (``fasl`` and ``merged``).
     winmode: ``nan`` global only, ``mul`` (1 - w) * global + w * window, ``onlywin`` windows only.
     win_size, win_stride: LFE window size and step in patches; win_weight: w above.
     align: ``exhaustive``, ``image_index`` or ``position`` (see models/memory.py).
@@ -130,6 +136,11 @@ class InferenceConfig:
     @property
     def uses_windows(self) -> bool:
         return self.winmode != "nan"
+
+    @property
+    def uses_heads(self) -> bool:
+        """Whether the trained ASL heads (a checkpoint) take part: modes ``fasl`` and ``merged``."""
+        return mode_uses_heads(self.mode)
 
 
 @dataclass
@@ -321,21 +332,37 @@ class FASL(nn.Module):
         ``position`` are the small ones (see ``search_dtype``)."""
         return search_dtype(cfg.search_precision, self.device, small=windows and cfg.align != "exhaustive")
 
-    def _block_maps(self, tokens, embedding, grid, bank, cfg: InferenceConfig, windows: bool, timer) -> torch.Tensor:
-        """Per-block scores on the patch grid: FD (Q, L, h, w) or head probabilities (Q, L, 2, h, w)."""
+    def _block_scores(self, tokens, embedding, grid, bank, cfg: InferenceConfig, windows: bool, timer):
+        """Per-block scores on the patch grid from one alignment: FD (Q, L, h, w) for modes
+        ``fd`` / ``merged`` and head probabilities (Q, L, 2, h, w) for ``fasl`` / ``merged``
+        (None where the mode needs none)."""
         align = bank.align_windows if windows else bank.align_global
         extra = {"radius": cfg.win_radius, "topk": cfg.win_topk} if windows else {}
-        fasl = cfg.mode == "fasl"
         with timer("align"):
             alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
                               search_dtype=self.search_dtype_for(cfg, windows), **extra)
-        Q = tokens[0].shape[0]
-        if not fasl:
-            return fd_scores(alignment.similarity).reshape(Q, len(tokens), *grid)
-        memory = bank.window_memory if windows else bank.global_memory
-        with timer("heads"):
-            probs = self.heads.aligned_probs(tokens, alignment.index, memory.tokens, grid)  # L x [Q, 2, h, w]
-            return torch.stack(probs, dim=1)  # [Q, L, 2, h, w]
+        Q, L = tokens[0].shape[0], len(tokens)
+        fd = fd_scores(alignment.similarity).reshape(Q, L, *grid) if cfg.mode != "fasl" else None
+        probs = None
+        if cfg.mode != "fd":
+            memory = bank.window_memory if windows else bank.global_memory
+            with timer("heads"):
+                probs = torch.stack(self.heads.aligned_probs(tokens, alignment.index, memory.tokens, grid), dim=1)
+        return fd, probs  # [Q, L, h, w], [Q, L, 2, h, w]
+
+    def _anomaly_grid(self, fd, probs, cfg: InferenceConfig, timer) -> torch.Tensor:
+        """(B, L, G, G) per-block anomaly scores: FD; or the heads' anomalous probability, through
+        the NAM when ``use_nam``; or, ``merged``, the two summed as the line the reference code
+        left commented out does it (ASL map + FD summed over blocks: ASL_l + L * FD_l per block)."""
+        out = None
+        if probs is not None:
+            with timer("heads"):
+                per_block = list(probs.unbind(1))  # L x [B, 2, G, G]
+                refined = self.heads.refine(per_block) if cfg.use_nam else per_block
+                out = torch.stack([p[:, 1] for p in refined], dim=1)
+        if fd is not None:
+            out = fd if out is None else out + fd.shape[1] * fd
+        return out
 
     @torch.no_grad()
     def predict(
@@ -352,7 +379,7 @@ class FASL(nn.Module):
         """
         cfg = cfg or InferenceConfig()
         timer = timer or _no_timer
-        if cfg.mode == "fasl" and cfg.use_nam and not self.nam_trained:
+        if cfg.mode != "fd" and cfg.use_nam and not self.nam_trained:
             raise ValueError("these heads were trained without NAM (train.py --no-nam): score them with --no-nam "
                              "(useNAM 0)")
         was_training = self.heads.training
@@ -367,18 +394,13 @@ class FASL(nn.Module):
         B = images.shape[0]
         need_embedding = cfg.align != "exhaustive"
         L = len(self.backbone.blocks)
-        fasl = cfg.mode == "fasl"
 
         parts: list[torch.Tensor] = []  # each [B, L, G, G]
         if cfg.winmode != "onlywin":
             with timer("backbone_global"):
                 feats = self.backbone(images, with_embedding=need_embedding)
-            maps = self._block_maps(feats.tokens, feats.embedding, feats.grid, bank, cfg, False, timer)
-            if fasl:  # [B, L, 2, G, G]
-                with timer("heads"):
-                    refined = self.heads.refine(list(maps.unbind(1))) if cfg.use_nam else list(maps.unbind(1))
-                    maps = torch.stack([p[:, 1] for p in refined], dim=1)
-            parts.append(maps)
+            fd, probs = self._block_scores(feats.tokens, feats.embedding, feats.grid, bank, cfg, False, timer)
+            parts.append(self._anomaly_grid(fd, probs, cfg, timer))
         if cfg.uses_windows:
             if bank.windows is None:
                 raise RuntimeError("winmode needs a memory bank built with windows")
@@ -386,19 +408,14 @@ class FASL(nn.Module):
             with timer("backbone_windows"):
                 crops = split_windows(images, wg, self.backbone.patch_size)  # [B*nw, 3, s*P, s*P]
                 wfeats = self.backbone(crops, with_embedding=need_embedding, chunk=cfg.window_batch)
-            wmaps = self._block_maps(wfeats.tokens, wfeats.embedding, wfeats.grid, bank, cfg, True, timer)
-            s = wg.size
-            if fasl:  # [B*nw, L, 2, s, s] -> merged [B, L*2, G, G] -> NAM per block
-                with timer("merge"):
-                    merged = merge_windows(wmaps.reshape(B, wg.num_windows, L * 2, s, s), wg)
-                probs = list(merged.reshape(B, L, 2, *wg.grid).unbind(1))
-                with timer("heads"):
-                    refined = self.heads.refine(probs) if cfg.use_nam else probs
-                    wmaps = torch.stack([p[:, 1] for p in refined], dim=1)
-            else:  # [B*nw, L, s, s] -> [B, L, G, G]
-                with timer("merge"):
-                    wmaps = merge_windows(wmaps.reshape(B, wg.num_windows, L, s, s), wg)
-            parts.append(wmaps)
+            fd, probs = self._block_scores(wfeats.tokens, wfeats.embedding, wfeats.grid, bank, cfg, True, timer)
+            s, nw = wg.size, wg.num_windows
+            with timer("merge"):  # window scores averaged back onto the grid; the NAM comes after
+                if fd is not None:  # [B*nw, L, s, s] -> [B, L, G, G]
+                    fd = merge_windows(fd.reshape(B, nw, L, s, s), wg)
+                if probs is not None:  # [B*nw, L, 2, s, s] -> [B, L, 2, G, G]
+                    probs = merge_windows(probs.reshape(B, nw, L * 2, s, s), wg).reshape(B, L, 2, *wg.grid)
+            parts.append(self._anomaly_grid(fd, probs, cfg, timer))
 
         return combine_maps(parts, cfg)
 

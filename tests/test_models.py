@@ -829,3 +829,12 @@ def test_a_moved_bank_takes_everything_along_and_keeps_no_stale_search_copy(mode
     after = model.predict(queries, bank, c)
     assert bank.global_memory.__dict__["_search_copy"][0].dtype == torch.bfloat16
     torch.testing.assert_close(after.score_map, before.score_map, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("winmode", ["nan", "mul", "onlywin"])
+def test_merged_map_is_the_heads_map_plus_fd_summed_over_blocks(trained, bank, queries, winmode):
+    """The merge the reference left commented out: ASL map (mean over blocks) + FD summed over blocks."""
+    maps = {m: trained.predict(queries, bank, cfg(mode=m, winmode=winmode, align="position")).score_map
+            for m in fasl_module.SCORE_MODES}
+    torch.testing.assert_close(maps["merged"], maps["fasl"] + len(BLOCKS) * maps["fd"], rtol=1e-5, atol=1e-5)
+    assert cfg(mode="merged").uses_heads and cfg(mode="fasl").uses_heads and not cfg(mode="fd").uses_heads

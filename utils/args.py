@@ -46,9 +46,10 @@ def add_align_arg(p: argparse.ArgumentParser, default: str = "exhaustive") -> No
 
 def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl", align_default: str = "exhaustive") -> None:
     g = p.add_argument_group("scoring")
-    g.add_argument("--mode", choices=("fasl", "fd"), default=mode_default,
+    g.add_argument("--mode", choices=("fasl", "fd", "merged"), default=mode_default,
                    help="'fasl': trained ASL heads (needs a checkpoint); 'fd': training-free "
-                        "1 - similarity map (default: %(default)s)")
+                        "1 - similarity map; 'merged': the two summed, as the paper's text describes (needs a "
+                        "checkpoint) (default: %(default)s)")
     g.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
                    help="refine scores with the Neighbor Aggregation Module (default: on)")
     g.add_argument("--winmode", choices=("nan", "mul", "onlywin"), default="nan",
