@@ -13,17 +13,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
+import torch
 from tqdm import tqdm
 
-from data.dataset import AnomalyDataset, select_classes
+from data.dataset import TestImages, load_test_images, select_classes
 from data.images import load_image, resize_image
 from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import load_meta
 from models import build_fasl_from_args
-from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
+from models.fasl import InferenceConfig, Prediction, mode_uses_heads, resolved_search_dtype
 from utils.args import add_backbone_args, add_inference_args
-from utils.metrics import class_metrics, format_table, write_results
+from utils.metrics import class_metrics, format_table, transductive_scores, write_results
 from utils.cli import run_cli
 from utils.misc import start_run
 from utils.visualize import save_png, triptych
@@ -57,53 +57,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def transductive_scores(image_scores: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    """The reference code's image score over a class's test set: ``0.5 * (s_i + (m_i - min m) /
-    (max m - min m))``, with ``m_i`` the maximum of image i's map and min / max taken over the N
-    maxima (not over pixels).
-
-    image_scores: (N,), maps: (N, H, W). Returns (N,). When every map has the same maximum the
-    normalised term is 0 (the reference divides by zero there).
-    """
-    peaks = maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)  # [N]
-    lo, hi = float(peaks.min()), float(peaks.max())
-    normalised = (peaks - lo) / (hi - lo) if hi > lo else np.zeros_like(peaks)
-    return 0.5 * (image_scores + normalised)
-
-
 def _file_stem(img_path: str) -> str:
     return Path(img_path).with_suffix("").as_posix().replace("/", "__")
 
 
-def evaluate_class(model, cfg: InferenceConfig, args, meta, cls: str, references: list[str], windows, log):
-    """Score every test image of ``cls``; returns (metrics dict, number of images)."""
+def evaluate_class(model, cfg: InferenceConfig, args, data: TestImages, references: list[str], windows, log,
+                   cls: str) -> tuple[dict, Prediction]:
+    """Score every test image of ``cls`` against a bank of ``references``; returns the metrics
+    and the prediction (maps at --eval_size, image scores after the transductive blend if on)."""
     bb = model.backbone
     t0 = time.time()
     bank = model.build_memory(load_reference_images(args.data_path, references, args.image_size, bb.mean, bb.std),
                               windows, window_batch=cfg.window_batch)
-    dataset = AnomalyDataset(args.data_path, split="test", classes=cls, image_size=args.image_size,
-                             mask_size=args.eval_size, mean=bb.mean, std=bb.std, meta=meta)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
-    maps, scores, masks, labels, paths = [], [], [], [], []
-    for batch in tqdm(loader, desc=cls, leave=False, dynamic_ncols=True):
-        pred = model.predict(batch.image, bank, cfg)
-        maps.append(pred.score_map.float().cpu().numpy())
-        scores.append(pred.image_score.float().cpu().numpy())
-        masks.append(batch.mask[:, 0].numpy().astype(np.uint8))
-        labels.append(batch.anomaly.numpy())
-        paths += list(batch.img_path)
+    progress = lambda it: tqdm(it, desc=cls, leave=False, dynamic_ncols=True)  # noqa: E731
+    pred = model.predict_all(data.images, bank, cfg, args.batch_size, progress)
     del bank  # a class's banks live only for its turn
-    maps, scores = np.concatenate(maps), np.concatenate(scores)
-    masks, labels = np.concatenate(masks), np.concatenate(labels)
+    maps, scores = pred.score_map.numpy(), pred.image_score.numpy()
     if args.transductive:
         scores = transductive_scores(scores, maps)
-    metrics = class_metrics(labels, scores, masks, maps)
-    metrics["n_images"] = len(paths)
-    metrics["n_anomalous"] = int(labels.sum())
-    save_outputs(args, cls, paths, maps, masks, scores)
-    log.info("%s: %d images (%d anomalous) in %.1fs%s", cls, len(paths), int(labels.sum()), time.time() - t0,
-             f" [{metrics['note']}]" if "note" in metrics else "")
-    return metrics
+    metrics = class_metrics(data.labels, scores, data.masks, maps)
+    metrics["n_images"] = len(data.paths)
+    metrics["n_anomalous"] = int(data.labels.sum())
+    save_outputs(args, cls, data.paths, maps, data.masks, scores)
+    log.info("%s: %d images (%d anomalous) in %.1fs%s", cls, len(data.paths), int(data.labels.sum()),
+             time.time() - t0, f" [{metrics['note']}]" if "note" in metrics else "")
+    return metrics, Prediction(pred.score_map, torch.as_tensor(scores))
 
 
 def save_outputs(args, cls, paths, maps, masks, scores) -> None:
@@ -145,7 +123,9 @@ def main(argv=None) -> dict:
 
     results = {}
     for cls in tqdm(classes, desc="classes", dynamic_ncols=True):
-        results[cls] = evaluate_class(model, cfg, args, meta, cls, refs[cls], windows, log)
+        bb = model.backbone
+        data = load_test_images(args.data_path, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)
+        results[cls], _ = evaluate_class(model, cfg, args, data, refs[cls], windows, log, cls)
     table = format_table(results, TABLE_KEYS)
     print(table)
     (save_path / "results.md").write_text(table + "\n")

@@ -152,3 +152,28 @@ class AnomalyDataset(Dataset):
             mask_tiles.append(resize_mask(mask, mq))
         anomaly = max(int(self.samples[j]["anomaly"]) for j in members)
         return tile_2x2(img_tiles), tile_2x2(mask_tiles), anomaly
+
+
+class TestImages(NamedTuple):
+    """A class's test images, transformed once and reused by every run that scores them."""
+
+    images: torch.Tensor  # (N, 3, S, S) float32, normalised
+    masks: np.ndarray     # (N, M, M) uint8 of 0/1
+    labels: np.ndarray    # (N,) 0 normal, 1 anomalous
+    paths: list[str]      # relative to the dataset root
+
+
+def load_test_images(root: str | Path, meta: dict, cls: str, image_size: int, mask_size: int,
+                     mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD,
+                     indices: Sequence[int] | None = None) -> TestImages:
+    """The test split of ``cls`` (or its samples ``indices``, in meta.json order) as tensors."""
+    dataset = AnomalyDataset(root, split="test", classes=cls, image_size=image_size, mask_size=mask_size,
+                             mean=mean, std=std, meta=meta)
+    order = range(len(dataset)) if indices is None else indices
+    items = [dataset[i] for i in order]
+    if not items:
+        return TestImages(torch.empty(0, 3, image_size, image_size), np.empty((0, mask_size, mask_size), np.uint8),
+                          np.empty(0, np.int64), [])
+    return TestImages(torch.stack([s.image for s in items]),
+                      np.stack([s.mask[0].numpy() for s in items]).astype(np.uint8),
+                      np.array([s.anomaly for s in items], dtype=np.int64), [s.img_path for s in items])

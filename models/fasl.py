@@ -389,6 +389,19 @@ class FASL(nn.Module):
         finally:
             self.heads.train(was_training)
 
+    @torch.no_grad()
+    def predict_all(self, images: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig | None = None,
+                    batch_size: int = 8, progress: Callable | None = None) -> Prediction:
+        """``predict`` over (N, 3, S, S) images in batches of ``batch_size``; the result is on the
+        CPU in float32. progress: optional wrapper of the batch iterator (e.g. tqdm)."""
+        starts = range(0, images.shape[0], batch_size)
+        parts = [self.predict(images[i:i + batch_size], bank, cfg) for i in (progress(starts) if progress else starts)]
+        if not parts:
+            size = (cfg or InferenceConfig()).out_size
+            return Prediction(torch.empty(0, size, size), torch.empty(0))
+        return Prediction(torch.cat([p.score_map.float().cpu() for p in parts]),
+                          torch.cat([p.image_score.float().cpu() for p in parts]))
+
     def _predict(self, images, bank, cfg: InferenceConfig, timer) -> Prediction:
         images = images.to(self.device)
         B = images.shape[0]

@@ -21,7 +21,7 @@ import test_few_shot
 import train
 from data.meta import load_meta
 from models.fasl import CheckpointMismatch, cpu_has_amx
-from utils.metrics import CLASS_KEYS, image_metrics, pixel_metrics
+from utils.metrics import CLASS_KEYS, image_metrics, pixel_metrics, transductive_scores
 
 EVAL = 64  # --eval_size: side of the saved maps, masks and visualisations
 WINDOWS = ["--win_size", "4", "--win_stride", "2"]
@@ -509,11 +509,11 @@ def test_transductive_score_is_the_reference_formula():
     maps = np.zeros((3, 4, 4))
     maps[0, 1, 2], maps[1, 3, 3], maps[2, 0, 0] = 0.3, 0.5, 0.7
     scores = np.array([0.2, 0.4, 0.9])
-    np.testing.assert_allclose(test_few_shot.transductive_scores(scores, maps), [0.1, 0.45, 0.95], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(transductive_scores(scores, maps), [0.1, 0.45, 0.95], rtol=0, atol=1e-12)
     # normalising by the pixel range instead would give 0.5 * (s + m / 0.7): another number
-    assert not np.allclose(test_few_shot.transductive_scores(scores, maps), 0.5 * (scores + maps.max((1, 2)) / 0.7))
+    assert not np.allclose(transductive_scores(scores, maps), 0.5 * (scores + maps.max((1, 2)) / 0.7))
     # every map with the same maximum: the normalised term is 0 (the reference divides by zero)
-    np.testing.assert_allclose(test_few_shot.transductive_scores(scores, np.ones((3, 2, 2))), scores / 2)
+    np.testing.assert_allclose(transductive_scores(scores, np.ones((3, 2, 2))), scores / 2)
 
 
 def test_no_nam_training_leaves_the_nam_untrained_and_out_of_the_loss(syn_datasets, tiny_backbone_args, tmp_path):

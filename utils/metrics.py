@@ -200,6 +200,20 @@ def pixel_metrics(masks: Any, maps: Any, max_fpr: float = 0.3) -> Dict[str, Any]
 
 # ----------------------------------------------------------------------------- per class
 
+def transductive_scores(image_scores: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """The reference code's image score over a class's test set: ``0.5 * (s_i + (m_i - min m) /
+    (max m - min m))``, with ``m_i`` the maximum of image i's map and min / max taken over the N
+    maxima (not over pixels).
+
+    image_scores: (N,), maps: (N, H, W). Returns (N,). When every map has the same maximum the
+    normalised term is 0 (the reference divides by zero there).
+    """
+    peaks = np.asarray(maps).reshape(len(maps), -1).max(axis=1).astype(np.float64)  # [N]
+    lo, hi = float(peaks.min()), float(peaks.max())
+    normalised = (peaks - lo) / (hi - lo) if hi > lo else np.zeros_like(peaks)
+    return 0.5 * (np.asarray(image_scores) + normalised)
+
+
 def class_metrics(labels: Any, image_scores: Any, masks: Any, maps: Any,
                   max_fpr: float = 0.3) -> Dict[str, Any]:
     """All metrics of one class.
