@@ -379,15 +379,18 @@ class FASL(nn.Module):
         """
         cfg = cfg or InferenceConfig()
         timer = timer or _no_timer
-        if cfg.mode != "fd" and cfg.use_nam and not self.nam_trained:
-            raise ValueError("these heads were trained without NAM (train.py --no-nam): score them with --no-nam "
-                             "(useNAM 0)")
+        self._check_nam(cfg)
         was_training = self.heads.training
         self.heads.eval()
         try:
             return self._predict(images, bank, cfg, timer)
         finally:
             self.heads.train(was_training)
+
+    def _check_nam(self, cfg: InferenceConfig) -> None:
+        if cfg.uses_heads and cfg.use_nam and not self.nam_trained:
+            raise ValueError("these heads were trained without NAM (train.py --no-nam): score them with --no-nam "
+                             "(useNAM 0)")
 
     @torch.no_grad()
     def predict_all(self, images: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig | None = None,
@@ -403,24 +406,59 @@ class FASL(nn.Module):
                           torch.cat([p.image_score.float().cpu() for p in parts]))
 
     def _predict(self, images, bank, cfg: InferenceConfig, timer) -> Prediction:
-        images = images.to(self.device)
-        B = images.shape[0]
-        need_embedding = cfg.align != "exhaustive"
-        L = len(self.backbone.blocks)
+        if cfg.uses_windows and bank.windows is None:
+            raise RuntimeError("winmode needs a memory bank built with windows")
+        return self._score(self._encode(images, cfg, timer, bank.windows), bank, cfg, timer)
 
-        parts: list[torch.Tensor] = []  # each [B, L, G, G]
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, cfg: InferenceConfig | None = None) -> "Encoded":
+        """The backbone features ``cfg`` scores images (B, 3, S, S) from: the global ones and the
+        LFE windows'. Encode once, then ``score`` against several banks or settings that share
+        ``winmode``, the window layout and the alignment's need for embeddings."""
+        cfg = cfg or InferenceConfig()
+        return self._encode(images, cfg, _no_timer, self.windows_for(cfg))
+
+    @torch.no_grad()
+    def score(self, encoded: "Encoded", bank: MemoryBank, cfg: InferenceConfig | None = None) -> Prediction:
+        """``predict`` from ``encode``'s features: the same numbers without re-encoding."""
+        cfg = cfg or InferenceConfig()
+        was_training = self.heads.training
+        self.heads.eval()
+        try:
+            self._check_nam(cfg)
+            return self._score(encoded, bank, cfg, _no_timer)
+        finally:
+            self.heads.train(was_training)
+
+    def _encode(self, images, cfg: InferenceConfig, timer, windows: WindowGrid | None) -> "Encoded":
+        images = images.to(self.device)
+        need_embedding = cfg.align != "exhaustive"
+        feats = wfeats = None
         if cfg.winmode != "onlywin":
             with timer("backbone_global"):
                 feats = self.backbone(images, with_embedding=need_embedding)
+        if cfg.uses_windows:
+            with timer("backbone_windows"):
+                crops = split_windows(images, windows, self.backbone.patch_size)  # [B*nw, 3, s*P, s*P]
+                wfeats = self.backbone(crops, with_embedding=need_embedding, chunk=cfg.window_batch)
+        return Encoded(images.shape[0], feats, wfeats, windows if cfg.uses_windows else None)
+
+    def _score(self, enc: "Encoded", bank: MemoryBank, cfg: InferenceConfig, timer) -> Prediction:
+        B, L = enc.batch, len(self.backbone.blocks)
+        parts: list[torch.Tensor] = []  # each [B, L, G, G]
+        if cfg.winmode != "onlywin":
+            if enc.features is None:
+                raise ValueError(f"winmode {cfg.winmode} needs the global features: encode with that winmode")
+            feats = enc.features
             fd, probs = self._block_scores(feats.tokens, feats.embedding, feats.grid, bank, cfg, False, timer)
             parts.append(self._anomaly_grid(fd, probs, cfg, timer))
         if cfg.uses_windows:
             if bank.windows is None:
                 raise RuntimeError("winmode needs a memory bank built with windows")
-            wg = bank.windows
-            with timer("backbone_windows"):
-                crops = split_windows(images, wg, self.backbone.patch_size)  # [B*nw, 3, s*P, s*P]
-                wfeats = self.backbone(crops, with_embedding=need_embedding, chunk=cfg.window_batch)
+            wg, wfeats = bank.windows, enc.window_features
+            if wfeats is None or (enc.windows.grid, enc.windows.size, enc.windows.stride) != (wg.grid, wg.size, wg.stride):
+                raise ValueError("the encoded windows do not match the bank's window layout: encode with the same "
+                                 "winmode, win_size and win_stride")
             fd, probs = self._block_scores(wfeats.tokens, wfeats.embedding, wfeats.grid, bank, cfg, True, timer)
             s, nw = wg.size, wg.num_windows
             with timer("merge"):  # window scores averaged back onto the grid; the NAM comes after
@@ -429,8 +467,18 @@ class FASL(nn.Module):
                 if probs is not None:  # [B*nw, L, 2, s, s] -> [B, L, 2, G, G]
                     probs = merge_windows(probs.reshape(B, nw, L * 2, s, s), wg).reshape(B, L, 2, *wg.grid)
             parts.append(self._anomaly_grid(fd, probs, cfg, timer))
-
         return combine_maps(parts, cfg)
+
+
+@dataclass
+class Encoded:
+    """A batch's backbone features: global (None under ``onlywin``) and LFE windows' (None
+    under ``nan``), as ``FASL.encode`` returns them."""
+
+    batch: int
+    features: BackboneOutput | None
+    window_features: BackboneOutput | None
+    windows: WindowGrid | None
 
 
 def combine_maps(parts: list[torch.Tensor], cfg: InferenceConfig) -> Prediction:

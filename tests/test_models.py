@@ -838,3 +838,16 @@ def test_merged_map_is_the_heads_map_plus_fd_summed_over_blocks(trained, bank, q
             for m in fasl_module.SCORE_MODES}
     torch.testing.assert_close(maps["merged"], maps["fasl"] + len(BLOCKS) * maps["fd"], rtol=1e-5, atol=1e-5)
     assert cfg(mode="merged").uses_heads and cfg(mode="fasl").uses_heads and not cfg(mode="fd").uses_heads
+
+
+def test_encode_once_then_score_equals_predict(trained, bank, queries):
+    """Features encoded once serve several scorings (modes, NAM, alignment) with predict's numbers."""
+    enc = trained.encode(queries, cfg(winmode="mul", align="position"))
+    for kw in ({"mode": "fasl"}, {"mode": "fd"}, {"mode": "merged", "use_nam": False}, {"mode": "fasl", "align": "image_index"}):
+        c = cfg(winmode="mul", **{"align": "position", **kw})
+        want, got = trained.predict(queries, bank, c), trained.score(enc, bank, c)
+        assert torch.equal(got.score_map, want.score_map) and torch.equal(got.image_score, want.image_score)
+    with pytest.raises(ValueError, match="window layout"):
+        trained.score(trained.encode(queries, cfg(winmode="mul", win_stride=1)), bank, cfg(winmode="mul"))
+    with pytest.raises(ValueError, match="needs the global features"):
+        trained.score(trained.encode(queries, cfg(winmode="onlywin")), bank, cfg(winmode="mul"))
