@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.anomaly_synthesis import SynthesisConfig, parse_kinds
-from data.dataset import AnomalyDataset, select_classes
+from data.dataset import AnomalyDataset, class_batches, select_classes
 from data.kshot import choose_references, load_kshot, load_reference_images, save_kshot, stable_hash
 from data.meta import load_meta
 from data.synthetic_train import SynthesizedAnomalyDataset, list_image_files, relative_to_common_root
@@ -79,6 +79,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="one NAM per block instead of the reference's single NAM shared by every block and the "
                         "LFE windows")
     p.add_argument("--no_input_bn", action="store_true", help="drop the BatchNorm1d in front of each ASL head")
+    g = p.add_argument_group("training changes that are not the reference code's (see README, Measured on real "
+                             "images)")
+    g.add_argument("--dice_smooth", type=float, default=1.0,
+                   help="smoothing term of the dice loss; the reference's 1 rewards 'all normal' when defects are "
+                        "a few pixels (default: %(default)s)")
+    g.add_argument("--nam_residual", action="store_true",
+                   help="the NAM adds a correction to the log-probabilities and starts as the identity")
+    g.add_argument("--class_batches", action="store_true",
+                   help="every training batch holds one class only, so the heads' BatchNorms never mix classes")
     p.add_argument("--seed", type=int, default=111, help="seed for references, shuffling and augmentation (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch_N.pth in --save_path")
     p.add_argument("--classes", nargs="+", default=None, help="train on these classes only (default: all)")
@@ -108,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--classes selects classes of a meta.json; --train_images is one class (--class_name)")
     if not args.train_images and not args.train_data_path:
         p.error("--train_data_path is required (or --anomaly_source synthetic with --train_images)")
+    if args.dice_smooth < 0:
+        p.error(f"--dice_smooth must be >= 0, got {args.dice_smooth}")
     for name in ("clean_rate", "aug_rate", "crop_rate", "crop_small_rate"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
@@ -120,13 +131,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def segmentation_loss(maps: ScoreMaps, masks: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(maps: ScoreMaps, masks: torch.Tensor, dice_smooth: float = 1.0) -> torch.Tensor:
     """Focal + dice over every block's raw and (when present) NAM maps, summed as the reference
     does. masks: (B, 1, S, S) of 0/1, S square."""
     loss = masks.new_zeros(())
     for probs in [*maps.raw, *(maps.refined or [])]:
         up = upsample(probs, masks.shape[-1])  # [B, 2, S, S]
-        loss = loss + focal_loss(up, masks) + dice_loss(up[:, 1], masks[:, 0])
+        loss = loss + focal_loss(up, masks) + dice_loss(up[:, 1], masks[:, 0], smooth=dice_smooth)
     return loss
 
 
@@ -187,8 +198,8 @@ def build_training_set(args, data: TrainingData, mean, std):
 def run_settings(args) -> dict:
     """What a resumed run must share with the checkpoint it continues (plain values only)."""
     keys = ("seed", "dataset", "anomaly_source", "k_shot", "align", "learning_rate", "batch_size",
-            "aug_rate", "crop_rate", "crop_small_rate", "nam", "clean_rate", "synth_kinds", "refs", "classes",
-            "train_images")
+            "aug_rate", "crop_rate", "crop_small_rate", "nam", "dice_smooth", "class_batches", "clean_rate",
+            "synth_kinds", "refs", "classes", "train_images")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -202,7 +213,8 @@ def main(argv=None) -> Path:
     save_path, log, device = start_run(args, "train")
     data = resolve_training_data(args)
 
-    model = build_fasl_from_args(args, device, input_bn=not args.no_input_bn, shared_nam=not args.per_block_nam)
+    model = build_fasl_from_args(args, device, input_bn=not args.no_input_bn, shared_nam=not args.per_block_nam,
+                                 nam_residual=args.nam_residual)
     bb = model.backbone
     dataset = build_training_set(args, data, bb.mean, bb.std)
     refs, ref_root = data.refs, data.root
@@ -251,15 +263,18 @@ def main(argv=None) -> Path:
         # every epoch draws from its own streams, so a resumed run repeats an uninterrupted one
         dataset.set_epoch(epoch)
         torch.manual_seed(args.seed * 1000 + epoch)
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        if args.class_batches:
+            loader = DataLoader(dataset, batch_sampler=class_batches(dataset.item_classes, args.batch_size, generator))
+        else:
+            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, generator=generator)
         model.heads.train()
         total, steps, t0 = 0.0, 0, time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epoch}", dynamic_ncols=True)
         for batch in bar:
             images, masks = batch.image.to(device), batch.mask.to(device)
             maps = model(images, [banks[c] for c in batch.cls_name], align=args.align, use_nam=args.nam)
-            loss = segmentation_loss(maps, masks)
+            loss = segmentation_loss(maps, masks, args.dice_smooth)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

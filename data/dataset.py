@@ -95,6 +95,11 @@ class AnomalyDataset(Dataset):
         """Select the augmentation stream of ``epoch`` (call at the start of every epoch)."""
         self.epoch = int(epoch)
 
+    @property
+    def item_classes(self) -> list[str]:
+        """The class of every item, in item order."""
+        return [s["cls_name"] for s in self.samples]
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -152,6 +157,25 @@ class AnomalyDataset(Dataset):
             mask_tiles.append(resize_mask(mask, mq))
         anomaly = max(int(self.samples[j]["anomaly"]) for j in members)
         return tile_2x2(img_tiles), tile_2x2(mask_tiles), anomaly
+
+
+def class_batches(item_classes: Sequence[str], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Batches of item indices that each hold one class only, in a random order.
+
+    Every class's items are shuffled and cut into batches of ``batch_size`` (a class's last batch
+    may be smaller); the batches of all classes are then shuffled together. Every item appears
+    once. Used to give the heads' BatchNorms single-class batches in training.
+    """
+    by_class: dict[str, list[int]] = {}
+    for i, c in enumerate(item_classes):
+        by_class.setdefault(c, []).append(i)
+    batches = []
+    for c in sorted(by_class):
+        items = by_class[c]
+        order = torch.randperm(len(items), generator=generator).tolist()
+        shuffled = [items[j] for j in order]
+        batches += [shuffled[i:i + batch_size] for i in range(0, len(shuffled), batch_size)]
+    return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 class TestImages(NamedTuple):

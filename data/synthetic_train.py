@@ -142,6 +142,11 @@ class SynthesizedAnomalyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def item_classes(self) -> list[str]:
+        """The class of every item, in item order."""
+        return [c for _, c in self.samples]
+
     def _load(self, i: int) -> np.ndarray:
         return resize_image(load_image(self.root / self.samples[i][0]), self.image_size)
 

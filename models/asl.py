@@ -94,19 +94,31 @@ class NAM(nn.Module):
 
     Conv2d(2->6, 5x5, same) -> ReLU -> Conv2d(6->2, 5x5, same) -> softmax over channels;
     works on a grid of any size.
+
+    residual: add the convolutions' output to the log-probabilities instead of replacing them,
+    with the last convolution started at zero, so the NAM starts as the identity and learns a
+    correction (not the reference's NAM, which starts as a random map of the probabilities and can
+    collapse to "all normal" when defects are tiny).
     """
 
-    def __init__(self, channels: int = 6, kernel: int = 5):
+    def __init__(self, channels: int = 6, kernel: int = 5, residual: bool = False):
         super().__init__()
         pad = kernel // 2
+        self.residual = residual
         self.net = nn.Sequential(
             nn.Conv2d(2, channels, kernel, padding=pad),
             nn.ReLU(inplace=True),
             nn.Conv2d(channels, 2, kernel, padding=pad),
         )
+        if residual:
+            nn.init.zeros_(self.net[2].weight)
+            nn.init.zeros_(self.net[2].bias)
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        return self.net(probs).softmax(dim=1)
+        out = self.net(probs)
+        if self.residual:
+            out = out + probs.clamp_min(1e-6).log()
+        return out.softmax(dim=1)
 
 
 @dataclass
@@ -127,16 +139,18 @@ class HeadLayout:
     shared_nam: one NAM for every block and for the LFE windows, as in the reference code;
         False: one NAM per block (checkpoints written before the layout was recorded).
     hidden_bias: see :class:`ASLHead`.
+    nam_residual: the NAM starts as the identity (see :class:`NAM`); not the reference's.
     """
 
     widths: tuple[int, ...]
     input_bn: bool = True
     shared_nam: bool = True
     hidden_bias: bool = False
+    nam_residual: bool = False
 
     def to_config(self) -> dict:
         return {"input_bn": self.input_bn, "nam": "shared" if self.shared_nam else "per_block",
-                "hidden_bias": self.hidden_bias}
+                "hidden_bias": self.hidden_bias, "nam_residual": self.nam_residual}
 
     @classmethod
     def from_config(cls, widths, config: dict) -> "HeadLayout":
@@ -146,7 +160,7 @@ class HeadLayout:
         if nam not in ("shared", "per_block"):
             raise ValueError(f"unknown NAM layout {nam!r} in checkpoint config")
         return cls(tuple(int(w) for w in widths), bool(config.get("input_bn", True)), nam == "shared",
-                   bool(config.get("hidden_bias", True)))
+                   bool(config.get("hidden_bias", True)), bool(config.get("nam_residual", False)))
 
 
 class ScoreHeads(nn.Module):
@@ -157,9 +171,9 @@ class ScoreHeads(nn.Module):
         self.layout = layout
         self.heads = nn.ModuleList(ASLHead(w, layout.input_bn, hidden_bias=layout.hidden_bias) for w in layout.widths)
         if layout.shared_nam:
-            self.nam = NAM()
+            self.nam = NAM(residual=layout.nam_residual)
         else:
-            self.nams = nn.ModuleList(NAM() for _ in layout.widths)
+            self.nams = nn.ModuleList(NAM(residual=layout.nam_residual) for _ in layout.widths)
 
     def nam_for(self, block: int) -> NAM:
         return self.nam if self.layout.shared_nam else self.nams[block]

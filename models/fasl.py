@@ -167,7 +167,7 @@ class CheckpointMismatch(ValueError):
 
 # what a checkpoint's backbone and heads must agree on (image_size may differ: the heads see features)
 CHECKED_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation",
-                "input_bn", "nam", "hidden_bias")
+                "input_bn", "nam", "hidden_bias", "nam_residual")
 
 
 def normalize_config(config: dict) -> dict:

@@ -620,3 +620,15 @@ def test_data_never_imports_models():
     for path in (REPO / "data").glob("*.py"):
         text = path.read_text()
         assert "import models" not in text and "from models" not in text, path
+
+
+def test_class_batches_hold_one_class_each_and_every_item_once():
+    from data.dataset import class_batches
+
+    classes = ["a"] * 7 + ["b"] * 3 + ["c"] * 9
+    batches = class_batches(classes, 4, torch.Generator().manual_seed(0))
+    assert sorted(i for b in batches for i in b) == list(range(19))
+    assert all(len({classes[i] for i in b}) == 1 and 1 <= len(b) <= 4 for b in batches)
+    assert sorted(len(b) for b in batches) == [1, 3, 3, 4, 4, 4]  # a: 4+3, b: 3, c: 4+4+1
+    again = class_batches(classes, 4, torch.Generator().manual_seed(0))
+    assert again == batches and class_batches(classes, 4, torch.Generator().manual_seed(1)) != batches

@@ -547,3 +547,16 @@ def test_reproduction_programs_align_exhaustively_and_predict_by_image_index(tmp
     assert train.parse_args(["--train_data_path", "x", "--save_path", "y"]).k_shot == 10
     assert test_few_shot.parse_args(["--data_path", "x", "--save_path", "y", "--mode", "fd"]).align == "exhaustive"
     assert predict.parse_args(["--refs", "a", "--images", "b", "--out", "c"]).align == "image_index"
+
+
+def test_training_changes_beyond_the_reference_are_recorded(syn_datasets, tiny_backbone_args, tmp_path):
+    """--nam_residual is part of the head layout; --dice_smooth and --class_batches of the run."""
+    path = train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "x"),
+                       "--epoch", "1", "--batch_size", "4", "--k_shot", "1", "--nam_residual", "--dice_smooth",
+                       "0.01", "--class_batches", *tiny_backbone_args])
+    state = torch.load(path, weights_only=True)
+    assert state["config"]["nam_residual"] is True
+    assert state["run"]["dice_smooth"] == 0.01 and state["run"]["class_batches"] is True
+    results = test_few_shot.main(["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "t"),
+                                  "--checkpoint_path", str(path), "--eval_size", str(EVAL), *tiny_backbone_args])
+    assert all(0.0 <= m["pixel_auroc"] <= 1.0 for m in results.values())

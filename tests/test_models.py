@@ -851,3 +851,16 @@ def test_encode_once_then_score_equals_predict(trained, bank, queries):
         trained.score(trained.encode(queries, cfg(winmode="mul", win_stride=1)), bank, cfg(winmode="mul"))
     with pytest.raises(ValueError, match="needs the global features"):
         trained.score(trained.encode(queries, cfg(winmode="onlywin")), bank, cfg(winmode="mul"))
+
+
+def test_residual_nam_starts_as_the_identity_and_learns():
+    torch.manual_seed(0)
+    nam = NAM(residual=True)
+    p = torch.rand(2, 2, 5, 7).softmax(1)
+    torch.testing.assert_close(nam(p), p)
+    nam(p)[:, 1].sum().backward()
+    assert nam.net[2].weight.grad.abs().sum() > 0  # the correction is trainable from the start
+    assert not torch.allclose(NAM()(p), p, atol=1e-2)  # the reference's NAM starts as a random map
+    layout = HeadLayout((8, 8), nam_residual=True)
+    assert HeadLayout.from_config((8, 8), layout.to_config()) == layout
+    assert ScoreHeads(layout).nam.residual

@@ -1,0 +1,316 @@
+"""Every scoring mode, measured on real images with real features, heads trained without the test class.
+
+For each test class c of a dataset in MVTec layout (two or more classes, with a meta.json), k in
+--k and reference seed in --seeds, it scores c's test images with:
+
+* ``fd``: the training-free FD map;
+* the ASL heads (``asl``: without NAM, ``asl+nam``: with it) and the FD + ASL merge
+  (``merged``), each trained **without c** by ``train.py``, from one of three sources:
+  ``masks`` (the other classes' real defects and masks: the paper's cross-dataset protocol in
+  miniature), ``synth_other`` (synthetic defects on the other classes' good images) and
+  ``synth_own`` (synthetic defects on c's own good train images; no defect of c is ever seen);
+* each of these with the global map only (``nan``) and with LFE windows (``mul``).
+
+Heads are trained once per (test class, source, NAM, seed) with the seed of the evaluation and
+cached under --workdir (a rerun with the same settings reuses them). Every metric of every run is
+written to --out as JSON, and summary tables (mean over seeds and k, per class and overall; the
+difference to FD) are printed and written as markdown.
+
+    python bench/real_eval.py --data_root /tmp/real --weights ../shared/weights/tf_efficientnet_lite0.pth
+
+The test images are encoded once per class and window setting, and every (k, seed, method) is
+scored from those features (``FASL.encode`` / ``FASL.score``), so the whole table costs little
+more than its training runs.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shlex
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402
+from data.dataset import load_test_images  # noqa: E402
+from data.kshot import load_reference_images, normal_train_images, sample_kshot  # noqa: E402
+from data.meta import load_meta  # noqa: E402
+from models import build_fasl  # noqa: E402
+from models.asl import HeadLayout  # noqa: E402
+from models.fasl import FASL, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
+from utils.metrics import class_metrics, mean_metrics, transductive_scores  # noqa: E402
+from utils.misc import resolve_device, write_json  # noqa: E402
+
+SOURCES = ("masks", "synth_other", "synth_own")
+METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_root", required=True, help="dataset in MVTec layout with meta.json, two classes or more")
+    p.add_argument("--weights", required=True, help="pretrained weights of --model (a local file)")
+    p.add_argument("--model", default="timm:tf_efficientnet_lite0", help="(default: %(default)s)")
+    p.add_argument("--image_size", type=int, default=224, help="(default: %(default)s)")
+    p.add_argument("--features_list", type=int, nargs="+", default=None,
+                   help="blocks / stages (default: the backbone's: stride 8 and 16 stages of a CNN)")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4], help="shots (default: 1 2 4)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reference and training seeds (default: 0 1 2)")
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="training sources (default: all)")
+    p.add_argument("--winmodes", nargs="+", choices=("nan", "mul"), default=["nan", "mul"], help="(default: nan mul)")
+    p.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
+    p.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
+    p.add_argument("--eval_size", type=int, default=224, help="map and mask side for the metrics (default: %(default)s)")
+    p.add_argument("--train_steps", type=int, default=150,
+                   help="optimiser steps per training run, rounded up to whole epochs (default: %(default)s)")
+    p.add_argument("--train_k", type=int, default=10, help="references per class in training banks (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=8, help="training batch (default: %(default)s)")
+    p.add_argument("--learning_rate", type=float, default=1e-3, help="(default: %(default)s)")
+    p.add_argument("--train_args", default="",
+                   help="extra train.py flags for every run, e.g. '--dice_smooth 0.01 --nam_residual' (default: none)")
+    p.add_argument("--no_transductive", action="store_true", help="image scores of each image on its own")
+    p.add_argument("--agreement", action="store_true",
+                   help="also measure image_index / position / bf16 search against exhaustive fp32 search on these "
+                        "features, and what each costs in FD pixel AUROC")
+    p.add_argument("--device", default="cpu", help="(default: %(default)s)")
+    p.add_argument("--workdir", default="bench_out/real_eval/work", help="trained heads (default: %(default)s)")
+    p.add_argument("--out", default="bench_out/real_eval", help="results.json and tables.md (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- training
+
+def training_argv(args, meta, test_cls: str, source: str, nam: bool, seed: int) -> list[str]:
+    """train.py's arguments for heads that never see ``test_cls``."""
+    others = [c for c in sorted(meta["test"]) if c != test_cls]
+    if source == "masks":
+        classes, n = others, sum(len(meta["test"][c]) for c in others)
+        data = ["--anomaly_source", "masks"]
+    else:
+        classes = [test_cls] if source == "synth_own" else others
+        n = sum(len(normal_train_images(meta, c)) for c in classes)
+        data = ["--anomaly_source", "synthetic"]
+    epochs = max(1, math.ceil(args.train_steps / max(1, math.ceil(n / args.batch_size))))
+    backbone = ["--model", args.model, "--pretrained", args.weights, "--image_size", str(args.image_size)]
+    if args.features_list:
+        backbone += ["--features_list", *map(str, args.features_list)]
+    return ["--train_data_path", args.data_root, *data, "--classes", *classes, *backbone, "--device", args.device,
+            "--seed", str(seed), "--epoch", str(epochs), "--batch_size", str(args.batch_size), "--k_shot",
+            str(args.train_k), "--learning_rate", str(args.learning_rate), "--nam" if nam else "--no-nam",
+            *shlex.split(args.train_args)]
+
+
+def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) -> Path:
+    """The checkpoint of one training run, trained now or reused from --workdir."""
+    argv = training_argv(args, meta, test_cls, source, nam, seed)
+    key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:12]
+    folder = Path(args.workdir) / f"{test_cls}-{source}-{'nam' if nam else 'asl'}-s{seed}-{key}"
+    epochs = int(argv[argv.index("--epoch") + 1])
+    ckpt = folder / f"epoch_{epochs}.pth"
+    if not ckpt.is_file():
+        train.main([*argv, "--save_path", str(folder)])
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- scoring
+
+class HeadsCache:
+    """One FASL per checkpoint, all sharing the backbone (only the heads differ)."""
+
+    def __init__(self, base: FASL):
+        self.base, self.models = base, {}
+
+    def get(self, ckpt: Path | None) -> FASL:
+        if ckpt is None:
+            return self.base
+        if ckpt not in self.models:
+            config = normalize_config(read_checkpoint(ckpt)["config"])
+            model = FASL(self.base.backbone, HeadLayout.from_config(self.base.backbone.widths, config))
+            model.load_checkpoint(ckpt)
+            self.models[ckpt] = model.eval()
+        return self.models[ckpt]
+
+
+def score_chunks(model: FASL, encoded: list, bank, cfg: InferenceConfig) -> Prediction:
+    parts = [model.score(e, bank, cfg) for e in encoded]
+    return Prediction(torch.cat([p.score_map.float().cpu() for p in parts]),
+                      torch.cat([p.image_score.float().cpu() for p in parts]))
+
+
+def methods(args, nam_runs=(False, True)) -> list[tuple[str, str | None, bool]]:
+    """(name, training source or None, NAM) of every scoring method measured."""
+    out = [("fd", None, False)]
+    for source, nam in product(args.sources, nam_runs):
+        out.append((f"{'asl+nam' if nam else 'asl'} [{source}]", source, nam))
+        out.append((f"merged{'+nam' if nam else ''} [{source}]", source, nam))
+    return out
+
+
+def evaluate(args) -> list[dict]:
+    device = resolve_device(args.device)
+    meta = load_meta(args.data_root)
+    classes = sorted(meta["test"])
+    if len(classes) < 2:
+        raise ValueError(f"{args.data_root}: heads trained without the test class need two classes or more")
+    torch.manual_seed(0)
+    base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device).eval()
+    bb = base.backbone
+    cache = HeadsCache(base)
+    records = []
+    all_methods = methods(args)
+    for cls in classes:
+        ckpts = {(s, nam, seed): trained_heads(args, meta, cls, s, nam, seed)
+                 for s, nam, seed in product(args.sources, (False, True), args.seeds)}
+        data = load_test_images(args.data_root, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)
+        for winmode in args.winmodes:
+            cfg0 = InferenceConfig(winmode=winmode, win_size=args.win_size, win_stride=args.win_stride,
+                                   align="exhaustive", search_precision="exact", out_size=args.eval_size)
+            t0 = time.time()
+            encoded = [base.encode(data.images[i:i + 8], cfg0) for i in range(0, len(data.paths), 8)]
+            print(f"{cls} {winmode}: encoded {len(data.paths)} images in {time.time() - t0:.1f}s", flush=True)
+            for k, seed in product(args.k, args.seeds):
+                refs = sample_kshot(meta, cls, k, seed)
+                images = load_reference_images(args.data_root, refs, args.image_size, bb.mean, bb.std)
+                bank = base.build_memory(images, base.windows_for(cfg0))
+                for name, source, nam in all_methods:
+                    mode = "fd" if source is None else ("merged" if name.startswith("merged") else "fasl")
+                    cfg = InferenceConfig(**{**cfg0.__dict__, "mode": mode, "use_nam": nam})
+                    model = cache.get(None if source is None else ckpts[(source, nam, seed)])
+                    pred = score_chunks(model, encoded, bank, cfg)
+                    maps, scores = pred.score_map.numpy(), pred.image_score.numpy()
+                    if not args.no_transductive:
+                        scores = transductive_scores(scores, maps)
+                    m = class_metrics(data.labels, scores, data.masks, maps)
+                    records.append({"class": cls, "k": k, "seed": seed, "winmode": winmode, "method": name,
+                                    **{key: m[key] for key in METRICS}})
+            print(f"{cls} {winmode}: scored in {time.time() - t0:.1f}s", flush=True)
+    return records
+
+
+# ----------------------------------------------------------------------------- alignment agreement
+
+def agreement(args) -> list[dict]:
+    """On the real features: how often image_index / position and a bf16 search pick exhaustive
+    fp32 search's reference patch, and the FD pixel AUROC each gives."""
+    device = resolve_device(args.device)
+    meta = load_meta(args.data_root)
+    base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device).eval()
+    bb = base.backbone
+    rows = []
+    for cls, k, seed in product(sorted(meta["test"]), args.k, args.seeds):
+        data = load_test_images(args.data_root, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)
+        refs = load_reference_images(args.data_root, sample_kshot(meta, cls, k, seed), args.image_size, bb.mean,
+                                     bb.std)
+        ref_cfg = InferenceConfig(mode="fd", winmode="mul", win_size=args.win_size, win_stride=args.win_stride,
+                                  align="position", out_size=args.eval_size)
+        bank = base.build_memory(refs, base.windows_for(ref_cfg))
+        enc = base.encode(data.images, ref_cfg)
+        exact = {}
+        for align, search in (("exhaustive", "exact"), ("exhaustive", "bf16"), ("image_index", "exact"),
+                              ("position", "exact")):
+            cfg = InferenceConfig(**{**ref_cfg.__dict__, "align": align, "search_precision": search})
+            pred = base.score(enc, bank, cfg)
+            auroc = class_metrics(data.labels, pred.image_score.numpy(), data.masks, pred.score_map.numpy())
+            row = {"class": cls, "k": k, "seed": seed, "align": align, "search": search,
+                   "pixel_auroc": auroc["pixel_auroc"], "pixel_aupro": auroc["pixel_aupro"]}
+            for where, feats, align_fn in (("global", enc.features, bank.align_global),
+                                           ("window", enc.window_features, bank.align_windows)):
+                extra = {"radius": cfg.win_radius, "topk": cfg.win_topk} if where == "window" else {}
+                a = align_fn(feats.tokens, feats.embedding, mode=align, gather=False,
+                             search_dtype=base.search_dtype_for(cfg, where == "window"), **extra)
+                if (align, search) == ("exhaustive", "exact"):
+                    exact[where] = a
+                row[f"{where}_agreement"] = float(np.mean([(x == y).float().mean().item()
+                                                           for x, y in zip(a.index, exact[where].index)]))
+                row[f"{where}_similarity_loss"] = float(np.mean([(x.float() - y.float()).mean().item()
+                                                                 for x, y in zip(exact[where].similarity, a.similarity)]))
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _mean(rows, key):
+    values = [r[key] for r in rows if r[key] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summary_tables(records: list[dict]) -> str:
+    """Markdown: per winmode, every method's mean over k and seeds (per class and overall) and its
+    difference to FD; then the overall means per k."""
+    out = []
+    classes = sorted({r["class"] for r in records})
+    for winmode in sorted({r["winmode"] for r in records}, key=["nan", "mul"].index):
+        rows = [r for r in records if r["winmode"] == winmode]
+        names = list(dict.fromkeys(r["method"] for r in rows))
+        fd = {key: _mean([r for r in rows if r["method"] == "fd"], key) for key in METRICS}
+        table = []
+        for name in names:
+            mine = [r for r in rows if r["method"] == name]
+            cells = [name]
+            for key in ("pixel_auroc", "pixel_aupro"):
+                cells += [f"{_mean([r for r in mine if r['class'] == c], key):.4f}" for c in classes]
+            means = {key: _mean(mine, key) for key in METRICS}
+            cells += [f"{means[key]:.4f}" for key in METRICS]
+            cells += [f"{means[key] - fd[key]:+.4f}" for key in ("pixel_auroc", "pixel_aupro")]
+            table.append(cells)
+        headers = (["method"] + [f"pix AUROC {c}" for c in classes] + [f"AUPRO {c}" for c in classes]
+                   + ["img AUROC", "pix AUROC", "pix AP", "AUPRO", "Δ pix AUROC vs FD", "Δ AUPRO vs FD"])
+        out.append(f"### winmode {winmode}: mean over k {sorted({r['k'] for r in rows})} and seeds "
+                   f"{sorted({r['seed'] for r in rows})}\n")
+        out.append(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+        ks = sorted({r["k"] for r in rows})
+        per_k = [[name] + [f"{_mean([r for r in rows if r['method'] == name and r['k'] == k], key):.4f}"
+                           for k in ks for key in ("pixel_auroc", "pixel_aupro")] for name in names]
+        out.append(f"\n#### winmode {winmode}, per k (mean over classes and seeds)\n")
+        out.append(tabulate(per_k, headers=["method"] + [f"k={k} {m}" for k in ks for m in ("pix AUROC", "AUPRO")],
+                            tablefmt="github", disable_numparse=True))
+        out.append("")
+    return "\n".join(out)
+
+
+def agreement_table(rows: list[dict]) -> str:
+    groups = list(dict.fromkeys((r["align"], r["search"]) for r in rows))
+    table = []
+    for align, search in groups:
+        mine = [r for r in rows if (r["align"], r["search"]) == (align, search)]
+        table.append([align, search] + [f"{_mean(mine, key):.4f}" for key in
+                                         ("global_agreement", "window_agreement", "window_similarity_loss",
+                                          "pixel_auroc", "pixel_aupro")])
+    return tabulate(table, headers=["align", "search", "global agreement", "window agreement",
+                                    "window similarity given up", "FD pix AUROC (mul)", "FD AUPRO (mul)"],
+                    tablefmt="github", disable_numparse=True)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out)
+    t0 = time.time()
+    result = {"settings": vars(args), "records": evaluate(args)}
+    text = summary_tables(result["records"])
+    if args.agreement:
+        result["agreement"] = agreement(args)
+        text += "\n### alignment and search precision against exhaustive fp32 search (FD, winmode mul)\n\n"
+        text += agreement_table(result["agreement"]) + "\n"
+    result["seconds"] = time.time() - t0
+    print(text)
+    write_json(out / "results.json", result)
+    (out / "tables.md").write_text(text + "\n")
+    mean = mean_metrics([{k: r[k] for k in METRICS} for r in result["records"] if r["method"] == "fd"])
+    print(f"FD mean over everything: {json.dumps({k: round(v, 4) for k, v in mean.items() if k != 'counts'})}; "
+          f"{result['seconds']:.0f}s; written to {out}/results.json and tables.md")
+    return result
+
+
+if __name__ == "__main__":
+    main()
