@@ -14,8 +14,9 @@ FASL_USAGE="usage: bash $(basename "$0") {model_name} {device} {useNAM} {winmode
   kshots      reference images per class; one value or a comma list, e.g. 1,2,4
 
 environment (defaults: the reference code's recipe): MVTEC_ROOT (./datasets/mvtec)
-  VISA_ROOT (./datasets/visa) MODEL (ViT-L-14-336) PRETRAINED (openai) IMAGE_SIZE (518)
-  BLOCKS ('6 12 18 24') ALIGN (exhaustive) SEARCH_PRECISION (auto; 'exact' for an fp32 search on CPU)
+  VISA_ROOT (./datasets/visa) MODEL (ViT-L-14-336, or timm:<name>) PRETRAINED (openai)
+  IMAGE_SIZE (518) BLOCKS (the model's default: 6 12 18 24 for ViT-L-14-336)
+  ALIGN (exhaustive) SEARCH_PRECISION (auto; 'exact' for an fp32 search on CPU)
   training: EPOCHS_MVTEC (5: heads trained on MVTec AD) EPOCHS_VISA (11: heads trained on VisA)
     TRAIN_K (10 good references per class in the training banks) BATCH_SIZE (8)
     AUG_RATE_MVTEC (0.3: mosaic, MVTec AD only) CROP_RATE_VISA (0.6: crop, VisA only)
@@ -50,7 +51,7 @@ fasl_parse_args() {
     MODEL=${MODEL:-ViT-L-14-336}
     PRETRAINED=${PRETRAINED:-openai}
     IMAGE_SIZE=${IMAGE_SIZE:-518}
-    BLOCKS=${BLOCKS:-6 12 18 24}
+    BLOCKS=${BLOCKS:-}
     EPOCHS_MVTEC=${EPOCHS_MVTEC:-5}
     EPOCHS_VISA=${EPOCHS_VISA:-11}
     TEST_EPOCH_VISA=${TEST_EPOCH_VISA:-5}
@@ -73,7 +74,11 @@ fasl_parse_args() {
         [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || fasl_die "$name '${!name}' must be a positive integer"
     done
     COMMON_ARGS=(--model "$MODEL" --pretrained "$PRETRAINED" --image_size "$IMAGE_SIZE"
-                 --features_list $BLOCKS --device "$DEVICE" --seed "$SEED" --align "$ALIGN")
+                 --device "$DEVICE" --seed "$SEED" --align "$ALIGN")
+    if [ -n "$BLOCKS" ]; then
+        # shellcheck disable=SC2206
+        COMMON_ARGS+=(--features_list $BLOCKS)
+    fi
 }
 
 # fasl_require_meta NAME ROOT BUILDER: stop with the command that builds a missing meta.json

@@ -219,7 +219,8 @@ def test_scripts_default_to_the_reference_recipe(syn_datasets, tmp_path):
     tests at epoch 5 (the reference's VisA test asks for an epoch its run never writes)."""
     env, log = stub_env(tmp_path, syn_datasets)
     for key in ("EPOCHS_MVTEC", "EPOCHS_VISA", "TEST_EPOCH_VISA", "TEST_EPOCH_MVTEC", "TRAIN_K", "AUG_RATE_MVTEC",
-                "CROP_RATE_VISA", "CROP_SMALL_RATE", "ALIGN", "SEARCH_PRECISION", "EXTRA_TRAIN_ARGS", "BATCH_SIZE"):
+                "CROP_RATE_VISA", "CROP_SMALL_RATE", "ALIGN", "SEARCH_PRECISION", "EXTRA_TRAIN_ARGS", "BATCH_SIZE",
+                "BLOCKS"):
         env.pop(key)
     res = run_script("trainAndTest.sh", GOOD, env)
     assert res.returncode == 0, res.stderr
@@ -234,6 +235,17 @@ def test_scripts_default_to_the_reference_recipe(syn_datasets, tmp_path):
     assert flag(test_visa, "--checkpoint_path").endswith("/mvtec/fasl/seed7/epoch_5.pth")
     assert flag(test_mvtec, "--checkpoint_path").endswith("/visa/fasl/seed7/epoch_5.pth")
     assert flag(test_visa, "--search_precision") == "auto"
+    assert "--features_list" not in train_mvtec  # BLOCKS unset: the model's own default (ViT-L: 6 12 18 24)
+
+
+def test_scripts_take_a_timm_model(syn_datasets, tmp_path):
+    env, log = stub_env(tmp_path, syn_datasets)
+    env.update(MODEL="timm:tf_efficientnet_lite0", PRETRAINED="/w/lite0.pth", IMAGE_SIZE="224", BLOCKS="3 4")
+    res = run_script("trainAndTest.sh", GOOD, env)
+    assert res.returncode == 0, res.stderr
+    for call in read_calls(log):
+        assert flag(call, "--model") == "timm:tf_efficientnet_lite0" and flag(call, "--pretrained") == "/w/lite0.pth"
+        assert flag(call, "--features_list", 2) == ["3", "4"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
