@@ -22,13 +22,11 @@ from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import load_meta
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, Prediction, mode_uses_heads, resolved_search_dtype
-from utils.args import add_backbone_args, add_inference_args
+from models.flags import add_backbone_args, add_hidden_alias, add_inference_args
 from utils.metrics import class_metrics, format_table, transductive_scores, write_results
 from utils.cli import run_cli
 from utils.misc import start_run
 from utils.visualize import save_png, triptych
-
-TABLE_KEYS = ("image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_aupro")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_backbone_args(p)
     add_inference_args(p)
     p.add_argument("--k_shot", type=int, default=1, help="reference images per class (default: %(default)s)")
-    p.add_argument("--refs", default=None, help="references.json of an earlier run: reuse exactly those references")
+    p.add_argument("--refs_file", default=None,
+                   help="references.json of an earlier run: reuse exactly those references")
+    add_hidden_alias(p, "--refs", "refs_file")
     p.add_argument("--seed", type=int, default=111, help="seed of the reference sampling (default: %(default)s)")
     p.add_argument("--eval_size", type=int, default=240, help="side of the maps and masks the metrics use (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=8, help="test images per forward pass (default: %(default)s)")
@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--no-transductive scores each image on its own)")
     p.add_argument("--save_maps", action="store_true", help="write each image's score map and mask as .npy under maps/")
     p.add_argument("--save_vis", action="store_true", help="write image | ground truth | heatmap PNGs under vis/")
+    p.add_argument("--check_args", action="store_true",
+                   help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
     args = p.parse_args(argv)
     if mode_uses_heads(args.mode) and not args.checkpoint_path:
         p.error(f"--mode {args.mode} needs --checkpoint_path (or use --mode fd, which needs no training)")
@@ -102,6 +104,9 @@ def save_outputs(args, cls, paths, maps, masks, scores) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    cfg = InferenceConfig.from_args(args, out_size=args.eval_size)  # refuses bad scoring values
+    if args.check_args:
+        return {}
     save_path, log, device = start_run(args, "test")
 
     meta = load_meta(args.data_path)
@@ -111,13 +116,12 @@ def main(argv=None) -> dict:
         raise ValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
     model = build_fasl_from_args(args, device, checkpoint=args.checkpoint_path if mode_uses_heads(args.mode) else None)
     model.eval()
-    cfg = InferenceConfig.from_args(args, out_size=args.eval_size)
     windows = model.windows_for(cfg)
 
-    refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs)
+    refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs_file)
     save_kshot(save_path / "references.json", {c: refs[c] for c in classes},
-               {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot if args.refs is None else None,
-                "refs_file": args.refs})
+               {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot if args.refs_file is None else None,
+                "refs_file": args.refs_file})
     log.info("testing %s (%s): %d classes, k=%d, mode %s, winmode %s, align %s", args.data_path, args.dataset,
              len(classes), args.k_shot, args.mode, args.winmode, args.align)
 
@@ -126,7 +130,7 @@ def main(argv=None) -> dict:
         bb = model.backbone
         data = load_test_images(args.data_path, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)
         results[cls], _ = evaluate_class(model, cfg, args, data, refs[cls], windows, log, cls)
-    table = format_table(results, TABLE_KEYS)
+    table = format_table(results)
     print(table)
     (save_path / "results.md").write_text(table + "\n")
     files = write_results(save_path, results, {"args": vars(args), "references": str(save_path / "references.json"),

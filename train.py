@@ -33,13 +33,14 @@ from tqdm import tqdm
 
 from data.anomaly_synthesis import SynthesisConfig, parse_kinds
 from data.dataset import AnomalyDataset, class_batches, select_classes
-from data.kshot import choose_references, load_kshot, load_reference_images, save_kshot, stable_hash
+from data.images import list_images
+from data.kshot import choose_references, draw_references, load_kshot, load_reference_images, save_kshot
 from data.meta import load_meta
-from data.synthetic_train import SynthesizedAnomalyDataset, list_image_files, relative_to_common_root
+from data.synthetic_train import SynthesizedAnomalyDataset, relative_to_common_root
 from models import build_fasl_from_args
 from models.asl import ScoreMaps
 from models.fasl import upsample
-from utils.args import add_align_arg, add_backbone_args
+from models.flags import add_align_arg, add_backbone_args, add_hidden_alias
 from utils.losses import dice_loss, focal_loss
 from utils.cli import run_cli
 from utils.misc import atomic_torch_save, start_run, write_json
@@ -60,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k_shot", type=int, default=10,
                    help="good reference images per class in the training memory banks, as the reference code's "
                         "--k_shot (all of a class that has fewer) (default: %(default)s)")
-    p.add_argument("--refs", default=None, help="references.json of an earlier run to reuse exactly those references")
+    p.add_argument("--refs_file", default=None,
+                   help="references.json of an earlier run: reuse exactly those references")
+    add_hidden_alias(p, "--refs", "refs_file")
     p.add_argument("--epoch", type=int, default=5, help="number of epochs (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=8, help="(default: %(default)s)")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
@@ -90,6 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="every training batch holds one class only, so the heads' BatchNorms never mix classes")
     p.add_argument("--seed", type=int, default=111, help="seed for references, shuffling and augmentation (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch_N.pth in --save_path")
+    p.add_argument("--check_args", action="store_true",
+                   help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
     p.add_argument("--classes", nargs="+", default=None, help="train on these classes only (default: all)")
     add_align_arg(p)
     g = p.add_argument_group("anomaly source")
@@ -142,21 +147,17 @@ def segmentation_loss(maps: ScoreMaps, masks: torch.Tensor, dice_smooth: float =
 
 
 def _folder_references(args, paths: list[str]) -> list[str]:
-    """k references among the --train_images (relative paths): from --refs, or a seeded draw
-    made like data.kshot.sample_kshot's."""
-    if args.refs:
-        refs = load_kshot(args.refs).get(args.class_name)
+    """k references among the --train_images (relative paths): from --refs_file, or drawn like a
+    meta.json class's (data.kshot.draw_references)."""
+    if args.refs_file:
+        refs = load_kshot(args.refs_file).get(args.class_name)
         if refs is None:
-            raise ValueError(f"{args.refs} has no references for class {args.class_name!r}")
+            raise ValueError(f"{args.refs_file} has no references for class {args.class_name!r}")
         unknown = [r for r in refs if r not in set(paths)]
         if unknown:
-            raise ValueError(f"{args.refs}: reference {unknown[0]!r} is not one of the --train_images")
+            raise ValueError(f"{args.refs_file}: reference {unknown[0]!r} is not one of the --train_images")
         return refs
-    if not 1 <= args.k_shot <= len(paths):
-        raise ValueError(f"k={args.k_shot} reference images requested, but --train_images has {len(paths)} images")
-    pool = sorted(paths)
-    rng = np.random.default_rng([int(args.seed), stable_hash(args.class_name)])
-    return [pool[j] for j in rng.choice(len(pool), size=args.k_shot, replace=False)]
+    return draw_references(paths, args.class_name, args.k_shot, args.seed, at_most=True, where="--train_images")
 
 
 class TrainingData(NamedTuple):
@@ -171,12 +172,12 @@ def resolve_training_data(args) -> TrainingData:
     """Find the training images and choose the references (before any model is built, so a
     wrong path fails at once)."""
     if args.train_images:
-        root, paths = relative_to_common_root(list_image_files(args.train_images))
+        root, paths = relative_to_common_root(list_images(args.train_images, "--train_images"))
         return TrainingData(root, [args.class_name], {args.class_name: _folder_references(args, paths)}, None, paths)
     root = Path(args.train_data_path)
     meta = load_meta(root)
     classes = select_classes(meta, "test" if args.anomaly_source == "masks" else "train", args.classes)
-    refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs, at_most=True)
+    refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs_file, at_most=True)
     return TrainingData(root, classes, refs, meta, None)
 
 
@@ -199,7 +200,7 @@ def run_settings(args) -> dict:
     """What a resumed run must share with the checkpoint it continues (plain values only)."""
     keys = ("seed", "dataset", "anomaly_source", "k_shot", "align", "learning_rate", "batch_size",
             "aug_rate", "crop_rate", "crop_small_rate", "nam", "dice_smooth", "class_batches", "clean_rate",
-            "synth_kinds", "refs", "classes", "train_images")
+            "synth_kinds", "refs_file", "classes", "train_images")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -208,8 +209,10 @@ def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-def main(argv=None) -> Path:
+def main(argv=None) -> Path | None:
     args = parse_args(argv)
+    if args.check_args:
+        return None
     save_path, log, device = start_run(args, "train")
     data = resolve_training_data(args)
 

@@ -34,7 +34,7 @@ from data.images import normalize_tensor  # noqa: E402
 from models import build_fasl_from_args  # noqa: E402
 from models.fasl import InferenceConfig, resolved_search_dtype  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
-from utils.args import add_backbone_args, add_inference_args  # noqa: E402
+from models.flags import add_backbone_args, add_hidden_alias, add_inference_args  # noqa: E402
 from utils.metrics import class_metrics  # noqa: E402
 from utils.misc import peak_rss_bytes, resolve_device, write_json  # noqa: E402
 
@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_inference_args(p, align_default="image_index")
     # the benchmark's own defaults: a 4-block ViT-L/14 shape with random weights
     p.set_defaults(model=DEFAULT_MODEL, pretrained="none", features_list=[1, 2, 3, 4])
-    p.add_argument("--k", type=int, default=1, help="reference images (default: %(default)s)")
+    p.add_argument("--k_shot", type=int, default=1, help="reference images (default: %(default)s)")
+    add_hidden_alias(p, "--k", "k_shot", type=int)
     p.add_argument("--batch_size", type=int, default=1, help="query images per forward (default: %(default)s)")
     p.add_argument("--n_images", type=int, default=2, help="timed query images (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches (default: %(default)s)")
@@ -145,7 +146,7 @@ def main(argv=None) -> dict:
     bb = model.backbone
     cfg = InferenceConfig.from_args(args, out_size=240)
     windows = model.window_grid(args.win_size, args.win_stride) if cfg.uses_windows else None
-    refs = synthetic_images(args.k, args.image_size, 0, bb.mean, bb.std).to(device)
+    refs = synthetic_images(args.k_shot, args.image_size, 0, bb.mean, bb.std).to(device)
     n_batches = -(-args.n_images // args.batch_size)
     queries = synthetic_images((args.warmup + n_batches) * args.batch_size, args.image_size, 1, bb.mean, bb.std)
     batches = list(queries.to(device).split(args.batch_size))
@@ -208,7 +209,7 @@ def main(argv=None) -> dict:
         rows.append([f"metrics, {args.metric_maps} maps 240x240 (s)", f"{result['metrics_s']:.2f}"])
     for key, value in result.get("agreement", {}).items():
         rows.append([f"agreement: {key}", f"{value:.3f}"])
-    title = (f"{bb.model_name} @ {args.image_size}px, k={args.k}, mode {args.mode}, winmode {args.winmode}, "
+    title = (f"{bb.model_name} @ {args.image_size}px, k={args.k_shot}, mode {args.mode}, winmode {args.winmode}, "
              f"align {args.align} (search {result['search_dtype']}"
              + (f"; windows {result['window_search_dtype']}" if windows is not None else "")
              + f"), batch {args.batch_size}, "

@@ -11,8 +11,9 @@ For each test class c of a dataset in MVTec layout (two or more classes, with a 
   ``synth_own`` (synthetic defects on c's own good train images; no defect of c is ever seen);
 * each of these with the global map only (``nan``) and with LFE windows (``mul``).
 
-Heads are trained once per (test class, source, NAM, seed) with the seed of the evaluation and
-cached under --workdir (a rerun with the same settings reuses them). Every metric of every run is
+Heads are trained once per (test class, source, NAM, training seed) and cached under --workdir
+(a rerun with the same settings reuses them); every training seed's heads are scored with every
+reference seed. Every metric of every run is
 written to --out as JSON, and summary tables (mean over seeds and k, per class and overall; the
 difference to FD) are printed and written as markdown.
 
@@ -64,8 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=224, help="(default: %(default)s)")
     p.add_argument("--features_list", type=int, nargs="+", default=None,
                    help="blocks / stages (default: the backbone's: stride 8 and 16 stages of a CNN)")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4], help="shots (default: 1 2 4)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reference and training seeds (default: 0 1 2)")
+    p.add_argument("--k_shot", type=int, nargs="+", default=[1, 2, 4], help="shots (default: 1 2 4)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reference seeds (default: 0 1 2)")
+    p.add_argument("--train_seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="training sources (default: all)")
     p.add_argument("--winmodes", nargs="+", choices=("nan", "mul"), default=["nan", "mul"], help="(default: nan mul)")
     p.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
@@ -170,7 +172,7 @@ def evaluate(args) -> list[dict]:
     all_methods = methods(args)
     for cls in classes:
         ckpts = {(s, nam, seed): trained_heads(args, meta, cls, s, nam, seed)
-                 for s, nam, seed in product(args.sources, (False, True), args.seeds)}
+                 for s, nam, seed in product(args.sources, (False, True), args.train_seeds)}
         data = load_test_images(args.data_root, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)
         for winmode in args.winmodes:
             cfg0 = InferenceConfig(winmode=winmode, win_size=args.win_size, win_stride=args.win_stride,
@@ -178,21 +180,23 @@ def evaluate(args) -> list[dict]:
             t0 = time.time()
             encoded = [base.encode(data.images[i:i + 8], cfg0) for i in range(0, len(data.paths), 8)]
             print(f"{cls} {winmode}: encoded {len(data.paths)} images in {time.time() - t0:.1f}s", flush=True)
-            for k, seed in product(args.k, args.seeds):
+            for k, seed in product(args.k_shot, args.seeds):
                 refs = sample_kshot(meta, cls, k, seed)
                 images = load_reference_images(args.data_root, refs, args.image_size, bb.mean, bb.std)
                 bank = base.build_memory(images, base.windows_for(cfg0))
-                for name, source, nam in all_methods:
+                for (name, source, nam), train_seed in product(all_methods, args.train_seeds):
+                    if source is None and train_seed != args.train_seeds[0]:
+                        continue  # FD has no training
                     mode = "fd" if source is None else ("merged" if name.startswith("merged") else "fasl")
                     cfg = InferenceConfig(**{**cfg0.__dict__, "mode": mode, "use_nam": nam})
-                    model = cache.get(None if source is None else ckpts[(source, nam, seed)])
+                    model = cache.get(None if source is None else ckpts[(source, nam, train_seed)])
                     pred = score_chunks(model, encoded, bank, cfg)
                     maps, scores = pred.score_map.numpy(), pred.image_score.numpy()
                     if not args.no_transductive:
                         scores = transductive_scores(scores, maps)
                     m = class_metrics(data.labels, scores, data.masks, maps)
-                    records.append({"class": cls, "k": k, "seed": seed, "winmode": winmode, "method": name,
-                                    **{key: m[key] for key in METRICS}})
+                    records.append({"class": cls, "k": k, "seed": seed, "train_seed": train_seed, "winmode": winmode,
+                                    "method": name, **{key: m[key] for key in METRICS}})
             print(f"{cls} {winmode}: scored in {time.time() - t0:.1f}s", flush=True)
     return records
 
@@ -207,7 +211,7 @@ def agreement(args) -> list[dict]:
     base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device).eval()
     bb = base.backbone
     rows = []
-    for cls, k, seed in product(sorted(meta["test"]), args.k, args.seeds):
+    for cls, k, seed in product(sorted(meta["test"]), args.k_shot, args.seeds):
         data = load_test_images(args.data_root, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)
         refs = load_reference_images(args.data_root, sample_kshot(meta, cls, k, seed), args.image_size, bb.mean,
                                      bb.std)

@@ -12,19 +12,19 @@ run() { local name=$1; shift; echo "== $name"; python bench/benchmark.py --metri
 # nan: the default (--search_precision auto: bf16 search on CPUs with AMX) and exact fp32 search
 for k in 1 4; do
     for align in image_index exhaustive; do
-        run "nan_k${k}_${align}_auto" --k "$k" --n_images 10 --warmup 1 --align "$align" "$@"
-        run "nan_k${k}_${align}_exact" --k "$k" --n_images 10 --warmup 1 --align "$align" --search_precision exact "$@"
+        run "nan_k${k}_${align}_auto" --k_shot "$k" --n_images 10 --warmup 1 --align "$align" "$@"
+        run "nan_k${k}_${align}_exact" --k_shot "$k" --n_images 10 --warmup 1 --align "$align" --search_precision exact "$@"
     done
 done
 # mul: the paper's exhaustive window search in fp32 (same work as the paper's code) with the
 # agreement figures, then the fast modes with the default and with exact search
 for k in 1 4; do
-    run "mul_k${k}_exhaustive_exact" --k "$k" --winmode mul --n_images 1 --warmup 0 --align exhaustive \
+    run "mul_k${k}_exhaustive_exact" --k_shot "$k" --winmode mul --n_images 1 --warmup 0 --align exhaustive \
         --search_precision exact --agreement "$@"
-    run "mul_k${k}_exhaustive_auto" --k "$k" --winmode mul --n_images 1 --warmup 0 --align exhaustive "$@"
+    run "mul_k${k}_exhaustive_auto" --k_shot "$k" --winmode mul --n_images 1 --warmup 0 --align exhaustive "$@"
     for align in image_index position; do
-        run "mul_k${k}_${align}_auto" --k "$k" --winmode mul --n_images 2 --warmup 1 --align "$align" "$@"
-        run "mul_k${k}_${align}_exact" --k "$k" --winmode mul --n_images 2 --warmup 1 --align "$align" \
+        run "mul_k${k}_${align}_auto" --k_shot "$k" --winmode mul --n_images 2 --warmup 1 --align "$align" "$@"
+        run "mul_k${k}_${align}_exact" --k_shot "$k" --winmode mul --n_images 2 --warmup 1 --align "$align" \
             --search_precision exact "$@"
     done
 done

@@ -6,7 +6,10 @@ to the square model input (never transposed). Sizes are written ``(h, w)`` = (ro
 """
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -117,7 +120,58 @@ def image_to_tensor(img: Image.Image, image_size: int, mean=OPENAI_CLIP_MEAN,
                     std=OPENAI_CLIP_STD) -> torch.Tensor:
     """The model input transform: RGB PIL image → bicubic resize to S×S → normalised
     float32 tensor (3, S, S)."""
-    return normalize(resize_image(img, image_size), mean, std)
+    return normalize_tensor(image_to_unit_tensor(img, image_size), mean, std)
+
+
+def image_to_unit_tensor(img: Image.Image, image_size: int) -> torch.Tensor:
+    """RGB PIL image → bicubic resize to S×S → float32 tensor (3, S, S) in [0, 1] (not normalised)."""
+    return torch.from_numpy(np.array(resize_image(img, image_size))).permute(2, 0, 1).float().div_(255.0)
+
+
+def list_images(specs: str | Sequence[str], flag: str = "--images") -> list[Path]:
+    """Expand image arguments into files, in a stable order, duplicates dropped.
+
+    Each spec is a folder (every image below it, recursively, sorted), a glob pattern (sorted
+    matches that are images; ``**`` recurses), a ``.txt`` list (one path per line, relative to the
+    list's folder; ``#`` comments), or any other file, taken as it is (reading it may still fail
+    later, and is reported then). Images are files with an extension of
+    ``data.meta.IMAGE_EXTENSIONS``, any case, not hidden. Paths are returned as given (not
+    resolved). Raises FileNotFoundError naming ``flag`` and the spec that selects no image, or
+    the lines of a list that name no file.
+    """
+    from data.meta import IMAGE_EXTENSIONS, is_image_file
+
+    specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
+    found: list[Path] = []
+    for spec in map(str, specs):
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if is_image_file(p))
+            what = f"folder {spec}"
+        elif glob.has_magic(spec):
+            files = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if is_image_file(p))
+            what = f"pattern {spec!r}"
+        elif path.is_file() and path.suffix.lower() == ".txt":
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+            files = [path.parent / ln for ln in lines if ln and not ln.startswith("#")]
+            missing = [str(p) for p in files if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{flag}: {spec} lists {len(missing)} missing file(s), e.g. {missing[0]}")
+            what = f"list {spec}"
+        elif path.is_file():
+            files, what = [path], None
+        else:
+            raise FileNotFoundError(f"{flag}: {spec} is no file, folder or pattern")
+        if not files:
+            raise FileNotFoundError(f"{flag}: {what} selects no image (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+        found += files
+    unique, seen = [], set()
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
 
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:

@@ -29,25 +29,32 @@ def normal_train_images(meta: dict, cls_name: str) -> list[str]:
     return sorted(s["img_path"] for s in meta["train"][cls_name] if s["anomaly"] == 0)
 
 
-def sample_kshot(meta: dict, cls_name: str, k: int, seed: int, at_most: bool = False) -> list[str]:
-    """k distinct normal train images of ``cls_name``, chosen by ``seed``.
+def draw_references(pool: Sequence[str], cls_name: str, k: int, seed: int, at_most: bool = False,
+                    where: str = "its train split") -> list[str]:
+    """k distinct images of ``pool`` (sorted first), chosen by ``seed`` for class ``cls_name``.
 
     The generator is seeded by ``(seed, stable_hash(cls_name))``, so each class gets its own
-    reproducible draw. Returns the chosen relative paths (as in meta.json), in draw order.
-    Raises ValueError when k exceeds the number of normal train images (and says how many);
-    with ``at_most`` such a class gives all its images instead (training memory banks).
+    reproducible draw. Returns the chosen paths in draw order. Raises ValueError when k exceeds
+    the pool (saying how many there are, ``where``); with ``at_most`` such a class gives all its
+    images instead (training memory banks).
     """
-    pool = normal_train_images(meta, cls_name)
+    pool = sorted(pool)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if at_most:
         k = min(k, len(pool))
     if k > len(pool) or not pool:
-        raise ValueError(f"k={k} reference images requested for class {cls_name!r}, but its "
-                         f"train split has only {len(pool)} normal images")
+        raise ValueError(f"k={k} reference images requested for class {cls_name!r}, but {where} has only "
+                         f"{len(pool)} normal images")
     rng = np.random.default_rng([int(seed), stable_hash(cls_name)])
     idx = rng.choice(len(pool), size=k, replace=False)
     return [pool[j] for j in idx]
+
+
+def sample_kshot(meta: dict, cls_name: str, k: int, seed: int, at_most: bool = False) -> list[str]:
+    """k distinct normal train images of ``cls_name`` in meta.json, chosen by ``seed`` (see
+    :func:`draw_references`); relative paths as in meta.json, in draw order."""
+    return draw_references(normal_train_images(meta, cls_name), cls_name, k, seed, at_most)
 
 
 def save_kshot(path: str | Path, references: dict[str, Sequence[str]],

@@ -1,7 +1,7 @@
 """Training set of good images with defects synthesised on the fly (no masks needed).
 
 The images come from a meta.json ``train`` split (:meth:`SynthesizedAnomalyDataset.from_meta`)
-or from a plain list of files (:func:`list_image_files` + :meth:`from_files`). Every epoch a
+or from a plain list of files (:func:`data.images.list_images` + :meth:`from_files`). Every epoch a
 fixed fraction of them stays clean (:func:`data.anomaly_synthesis.clean_indices`); each other
 image gets one ``cutpaste`` or ``noise`` defect, drawn at the model input size, with its exact
 mask. Items are :class:`data.dataset.Sample`, so the training loop is the same as with real
@@ -9,7 +9,6 @@ masks.
 """
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Sequence
@@ -23,47 +22,8 @@ from data.dataset import Sample
 from data.images import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_image, mask_to_tensor, normalize,
                          resize_image, resize_mask)
 from data.kshot import normal_train_images
-from data.meta import IMAGE_EXTENSIONS, is_image_file
 
 _CLEAN_STREAM = 0x636C65616E  # "clean": the per-epoch clean draw never shares an item's stream
-_GLOB_CHARS = set("*?[")
-
-
-def list_image_files(specs: str | Sequence[str]) -> list[Path]:
-    """Expand ``--train_images`` arguments into image files (absolute, in a stable order).
-
-    Each spec is a folder (every image below it, recursively, sorted), a glob pattern
-    (``"parts/*.png"``, sorted matches), an image file, or a ``.txt`` file listing one path
-    per line (relative to the list's folder). Duplicates are dropped. Raises
-    FileNotFoundError naming the spec that matched no image.
-    """
-    specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
-    found: list[Path] = []
-    for spec in specs:
-        spec = str(spec)
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if is_image_file(p))
-        elif _GLOB_CHARS & set(spec):
-            files = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if is_image_file(p))
-        elif path.is_file() and path.suffix.lower() == ".txt":
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-            files = [path.parent / ln for ln in lines if ln and not ln.startswith("#")]
-            missing = [str(p) for p in files if not is_image_file(p)]
-            if missing:
-                raise FileNotFoundError(f"{spec} lists {len(missing)} missing or non-image file(s), "
-                                        f"e.g. {missing[0]}")
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise FileNotFoundError(f"{spec} is not an image ({', '.join(IMAGE_EXTENSIONS)}) "
-                                        f"nor a .txt list")
-            files = [path]
-        else:
-            files = []
-        if not files:
-            raise FileNotFoundError(f"--train_images {spec!r} matches no image file")
-        found += [p.resolve() for p in files]
-    return list(dict.fromkeys(found))
 
 
 def relative_to_common_root(files: Sequence[Path]) -> tuple[Path, list[str]]:

@@ -31,6 +31,6 @@ def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None,
 
 
 def build_fasl_from_args(args, device: torch.device | str, checkpoint: str | None = None, **layout):
-    """``build_fasl`` from the backbone flags of utils/args.py ``add_backbone_args`` (every program)."""
+    """``build_fasl`` from the backbone flags of models/flags.py ``add_backbone_args`` (every program)."""
     return build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
                       precision=args.precision, checkpoint=checkpoint, quick_gelu=args.quick_gelu, **layout)

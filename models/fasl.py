@@ -127,7 +127,7 @@ class InferenceConfig:
 
     @classmethod
     def from_args(cls, args, out_size: int) -> "InferenceConfig":
-        """From the flags of utils/args.py ``add_inference_args`` (shared by every program)."""
+        """From the flags of models/flags.py ``add_inference_args`` (shared by every program)."""
         return cls(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
                    win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
                    win_radius=args.win_radius, win_topk=args.win_topk, search_precision=args.search_precision,
@@ -229,18 +229,23 @@ class FASL(nn.Module):
         """Trainable state + the config that built it; loadable with weights_only=True."""
         return {"format": CHECKPOINT_FORMAT, "config": self.config(), "heads": self.heads.state_dict(), **extra}
 
-    def check_config(self, config: dict, source: str = "checkpoint") -> None:
-        """Raise CheckpointMismatch naming every field that does not fit this backbone."""
+    def check_config(self, config: dict, source: str = "checkpoint", same_image_size: bool = False) -> None:
+        """Raise CheckpointMismatch naming every field of ``config`` that does not fit this model:
+        the backbone and head layout, random vs pretrained weights and, with ``same_image_size``
+        (features stored at some size, as a references file's), the input size. Weights named
+        differently (an open_clip tag vs a local copy of its file) only warn."""
         mine, config = self.config(), normalize_config(config)
-        diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in CHECKED_KEYS
+        keys = CHECKED_KEYS + (("image_size",) if same_image_size else ())
+        diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in keys
                  if config.get(k) != mine[k]]
-        if "pretrained" in config and (config["pretrained"] is None) != (mine["pretrained"] is None):
+        if (config.get("pretrained") is None) != (mine["pretrained"] is None):
             # heads fitted to random features mean nothing on real ones, and the other way round
-            diffs.append(f"pretrained: {source} has {config['pretrained']!r}, this model has {mine['pretrained']!r}")
+            diffs.append(f"pretrained: {source} has {config.get('pretrained')!r}, this model has "
+                         f"{mine['pretrained']!r} (random and pretrained features do not mix)")
         if diffs:
             raise CheckpointMismatch(f"{source} does not fit this backbone ({'; '.join(diffs)})")
         if config.get("pretrained") != mine["pretrained"]:  # e.g. the tag vs a local copy of its file
-            warnings.warn(f"{source} was trained with pretrained={config.get('pretrained')!r}, this model uses "
+            warnings.warn(f"{source} was made with pretrained={config.get('pretrained')!r}, this model uses "
                           f"{mine['pretrained']!r}: make sure they are the same weights", stacklevel=2)
 
     def load_checkpoint(self, path: str | Path) -> dict:

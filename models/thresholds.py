@@ -22,11 +22,13 @@ many). Everything here scores each image on its own, never normalised over a set
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from models.fasl import FASL, InferenceConfig
 from models.memory import MemoryBank
@@ -117,7 +119,7 @@ def score_references(
 
 @dataclass
 class ThresholdFit:
-    """Thresholds at false-alarm rate ``fpr`` and the statistics they came from."""
+    """The statistics the thresholds at false-alarm rate ``fpr`` came from."""
 
     fpr: float
     image_threshold: float
@@ -129,9 +131,15 @@ class ThresholdFit:
     image_empirical: float  # empirical (1 - fpr) quantile, an observed score
     pixel_median: float
     n_pixels: int
+    largest_normal_region: float  # the largest region above the pixel threshold on a normal map, / map area
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+class ImageThreshold(NamedTuple):
+    threshold: float  # max(gaussian, empirical)
+    mean: float
+    std: float
+    gaussian: float  # mean + z * std
+    empirical: float  # the empirical (1 - fpr) quantile, an observed score
 
 
 def _check_fpr(fpr: float) -> float:
@@ -141,8 +149,8 @@ def _check_fpr(fpr: float) -> float:
     return fpr
 
 
-def image_threshold(scores: np.ndarray, fpr: float) -> tuple[float, float, float, float, float]:
-    """scores: (n,) normal image scores -> (threshold, mean, std, gaussian, empirical)."""
+def image_threshold(scores: np.ndarray, fpr: float) -> ImageThreshold:
+    """scores: (n,) normal image scores -> the image threshold and the statistics behind it."""
     fpr = _check_fpr(fpr)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if scores.size == 0:
@@ -151,7 +159,7 @@ def image_threshold(scores: np.ndarray, fpr: float) -> tuple[float, float, float
     std = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
     gaussian = mean + NormalDist().inv_cdf(1.0 - fpr) * std
     empirical = float(np.quantile(scores, 1.0 - fpr, method="higher"))
-    return max(gaussian, empirical), mean, std, gaussian, empirical
+    return ImageThreshold(max(gaussian, empirical), mean, std, gaussian, empirical)
 
 
 def pixel_threshold(pixels: np.ndarray, fpr: float) -> float:
@@ -163,20 +171,99 @@ def pixel_threshold(pixels: np.ndarray, fpr: float) -> float:
     return float(np.quantile(pixels, 1.0 - fpr, method="higher"))
 
 
+def largest_region_fraction(maps: np.ndarray, threshold: float) -> float:
+    """maps: (n, H, W). The largest 8-connected region of ``maps > threshold`` in any one map, as
+    a fraction of the map's area (0 when nothing is above the threshold)."""
+    maps = np.asarray(maps)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # 8-connectivity inside each map, none across maps
+    labels, n = ndimage.label(maps > threshold, structure=structure)
+    if n == 0:
+        return 0.0
+    return float(np.bincount(labels.ravel())[1:].max() / (maps.shape[-2] * maps.shape[-1]))
+
+
 def fit_thresholds(normal: NormalScores, fpr: float) -> ThresholdFit:
     """Image and pixel thresholds from the normal scores (see the module docstring)."""
     scores = normal.image_score.double().numpy()
-    pixels = normal.score_map.float().numpy().reshape(-1)
-    thr, mean, std, gaussian, empirical = image_threshold(scores, fpr)
+    maps = normal.score_map.float().numpy()
+    pixels = maps.reshape(-1)
+    image = image_threshold(scores, fpr)
+    pixel = pixel_threshold(pixels, fpr)
     return ThresholdFit(
         fpr=float(fpr),
-        image_threshold=thr,
-        pixel_threshold=pixel_threshold(pixels, fpr),
+        image_threshold=image.threshold,
+        pixel_threshold=pixel,
         image_scores=[float(s) for s in scores],
-        image_mean=mean,
-        image_std=std,
-        image_gaussian=gaussian,
-        image_empirical=empirical,
+        image_mean=image.mean,
+        image_std=image.std,
+        image_gaussian=image.gaussian,
+        image_empirical=image.empirical,
         pixel_median=float(np.median(pixels)),
         n_pixels=int(pixels.size),
+        largest_normal_region=largest_region_fraction(maps, pixel),
     )
+
+
+@dataclass
+class Thresholds:
+    """A part's decision thresholds and where each came from, as predict.py uses and writes them.
+
+    image: an image scoring above it is a ``defect``. pixel: defect regions are the connected
+    pixels above it. min_region_fraction: regions smaller than this fraction of the image are
+    dropped; by default the largest region above the pixel threshold on any normal view of the
+    references (so no good reference would show one). Sources: ``fit``, ``fit (from FILE)`` or
+    ``override``; method: how the normal scores were obtained; fit: their statistics.
+    """
+
+    image: float
+    pixel: float
+    fpr: float | None
+    min_region_fraction: float = 0.0
+    image_source: str = "fit"
+    pixel_source: str = "fit"
+    method: str | None = None
+    fit: ThresholdFit | None = None
+
+    @classmethod
+    def fitted(cls, normal: NormalScores, fpr: float) -> "Thresholds":
+        fit = fit_thresholds(normal, fpr)
+        return cls(image=fit.image_threshold, pixel=fit.pixel_threshold, fpr=fit.fpr,
+                   min_region_fraction=fit.largest_normal_region, method=normal.method, fit=fit)
+
+    @classmethod
+    def by_hand(cls, image: float, pixel: float) -> "Thresholds":
+        return cls(image=float(image), pixel=float(pixel), fpr=None, image_source="override", pixel_source="override")
+
+    def with_overrides(self, image: float | None = None, pixel: float | None = None) -> "Thresholds":
+        """These thresholds with the ones given by hand replaced (and marked ``override``)."""
+        out = self
+        if image is not None:
+            out = replace(out, image=float(image), image_source="override")
+        if pixel is not None:
+            out = replace(out, pixel=float(pixel), pixel_source="override")
+        return out
+
+    def from_file(self, path) -> "Thresholds":
+        """The same thresholds, their fitted sources marked as read from ``path``."""
+        mark = lambda source: f"fit (from {path})" if source == "fit" else source  # noqa: E731
+        return replace(self, image_source=mark(self.image_source), pixel_source=mark(self.pixel_source))
+
+    def min_region_area(self, height: int, width: int) -> int:
+        """The smallest region kept on an image of this size, in pixels."""
+        return int(np.ceil(self.min_region_fraction * height * width))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Thresholds":
+        """From ``to_dict`` (also a references file's; files written before the region size was
+        derived hold none and keep every region)."""
+        fit = d.get("fit")
+        if fit is not None:
+            fit = ThresholdFit(**{"largest_normal_region": 0.0, **fit})
+        return cls(image=float(d["image"]), pixel=float(d["pixel"]), fpr=d.get("fpr"),
+                   min_region_fraction=float(d.get("min_region_fraction", 0.0)),
+                   image_source=d.get("image_source", "fit"), pixel_source=d.get("pixel_source", "fit"),
+                   method=d.get("method"), fit=fit)

@@ -39,7 +39,6 @@ fasl_parse_args() {
         0|false|False|FALSE|no) NAM_FLAG=--no-nam ;;
         *) fasl_die "useNAM '$USE_NAM' must be 1 or 0" ;;
     esac
-    case "$WINMODE" in nan|mul|onlywin) ;; *) fasl_die "winmode '$WINMODE' must be nan, mul or onlywin" ;; esac
     [[ "$WIN_SIZE" =~ ^[1-9][0-9]*$ ]] || fasl_die "win-size '$WIN_SIZE' must be a positive integer"
     [[ "$WIN_STRIDE" =~ ^[1-9][0-9]*$ ]] || fasl_die "win-stride '$WIN_STRIDE' must be a positive integer"
     [[ "$WIN_WEIGHT" =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] || fasl_die "win-weight '$WIN_WEIGHT' must be a number in [0, 1]"
@@ -63,7 +62,6 @@ fasl_parse_args() {
     BATCH_SIZE=${BATCH_SIZE:-8}
     ALIGN=${ALIGN:-exhaustive}
     SEARCH_PRECISION=${SEARCH_PRECISION:-auto}
-    case "$SEARCH_PRECISION" in auto|exact|bf16) ;; *) fasl_die "SEARCH_PRECISION '$SEARCH_PRECISION' must be auto, exact or bf16" ;; esac
     RESULTS_ROOT=${RESULTS_ROOT:-results}
     CKPT_ROOT=${CKPT_ROOT:-checkpoints}
     PYTHON=${PYTHON:-python}
@@ -79,6 +77,20 @@ fasl_parse_args() {
         # shellcheck disable=SC2206
         COMMON_ARGS+=(--features_list $BLOCKS)
     fi
+    # shellcheck disable=SC2206
+    TEST_ARGS=($NAM_FLAG --winmode "$WINMODE" --win_size "$WIN_SIZE" --win_stride "$WIN_STRIDE"
+               --win_weight "$WIN_WEIGHT" --search_precision "$SEARCH_PRECISION" $EXTRA_TEST_ARGS)
+}
+
+# fasl_check_flags: let the programs refuse bad values (winmode, ALIGN, SEARCH_PRECISION, ...) with
+# their own message before any training starts; the choices are stated in Python only
+fasl_check_flags() {
+    # shellcheck disable=SC2086
+    "$PYTHON" train.py --train_data_path "$MVTEC_ROOT" --save_path "$CKPT_ROOT" "${COMMON_ARGS[@]}" \
+        --k_shot "$TRAIN_K" --batch_size "$BATCH_SIZE" --aug_rate "$AUG_RATE_MVTEC" --crop_rate "$CROP_RATE_VISA" \
+        --crop_small_rate "$CROP_SMALL_RATE" $NAM_FLAG --check_args $EXTRA_TRAIN_ARGS || exit 2
+    "$PYTHON" test_few_shot.py --data_path "$VISA_ROOT" --save_path "$RESULTS_ROOT" --checkpoint_path none \
+        "${COMMON_ARGS[@]}" "${TEST_ARGS[@]}" --check_args || exit 2
 }
 
 # fasl_require_meta NAME ROOT BUILDER: stop with the command that builds a missing meta.json
@@ -120,11 +132,8 @@ fasl_test() {
         exit 1
     fi
     echo "== test on $dataset, k=$k -> $out"
-    # shellcheck disable=SC2086
     "$PYTHON" test_few_shot.py --data_path "$root" --dataset "$dataset" --save_path "$out" \
-        --checkpoint_path "$ckpt" "${COMMON_ARGS[@]}" --k_shot "$k" $NAM_FLAG \
-        --winmode "$WINMODE" --win_size "$WIN_SIZE" --win_stride "$WIN_STRIDE" --win_weight "$WIN_WEIGHT" \
-        --search_precision "$SEARCH_PRECISION" $EXTRA_TEST_ARGS
+        --checkpoint_path "$ckpt" "${COMMON_ARGS[@]}" --k_shot "$k" "${TEST_ARGS[@]}"
 }
 
 # fasl_setup "$@": parse and check the arguments and both datasets; K_LIST holds the k values
@@ -136,5 +145,6 @@ fasl_setup() {
     [ "$TEST_EPOCH_MVTEC" -le "$EPOCHS_VISA" ] || fasl_die "TEST_EPOCH_MVTEC=$TEST_EPOCH_MVTEC is after the last epoch of the VisA-trained heads (EPOCHS_VISA=$EPOCHS_VISA)"
     fasl_require_meta mvtec "$MVTEC_ROOT" data/mvtec.py
     fasl_require_meta visa "$VISA_ROOT" data/visa.py
+    fasl_check_flags
     IFS=, read -r -a K_LIST <<< "$KSHOTS"
 }

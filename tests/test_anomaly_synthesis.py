@@ -13,7 +13,8 @@ from data.anomaly_synthesis import (KINDS, SynthesisConfig, blob_mask, clean_ind
                                     synthesize)
 from data.meta import load_meta
 from data.synthetic import generate
-from data.synthetic_train import (SynthesizedAnomalyDataset, list_image_files,
+from data.images import list_images
+from data.synthetic_train import (SynthesizedAnomalyDataset,
                                   relative_to_common_root, split_references)
 
 TINY = ["--model", "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112",
@@ -187,20 +188,20 @@ def test_references_left_out_when_enough_images(mvtec):
     assert split_references(["a", "b"], ["a"]) == ["a", "b"]  # one left: keep the reference
 
 
-def test_list_image_files(mvtec, tmp_path):
+def test_list_images(mvtec, tmp_path):
     folder = mvtec / "disc" / "train" / "good"
-    files = list_image_files(str(folder))
+    files = list_images(str(folder), "--train_images")
     assert len(files) == 5 and files == sorted(files)
-    assert list_image_files(str(folder / "00[01].png")) == files[:2]
+    assert list_images(str(folder / "00[01].png")) == files[:2]
     (tmp_path / "list.txt").write_text(f"# good parts\n{files[3]}\n{files[0]}\n")
-    assert list_image_files([str(tmp_path / "list.txt"), str(files[0])]) == [files[3], files[0]]
-    root, rel = relative_to_common_root(files[:2] + list_image_files(str(mvtec / "weave" / "train")))
+    assert list_images([str(tmp_path / "list.txt"), str(files[0])]) == [files[3], files[0]]
+    root, rel = relative_to_common_root(files[:2] + list_images(str(mvtec / "weave" / "train")))
     assert root == Path(mvtec).resolve() and rel[0] == "disc/train/good/000.png"
-    with pytest.raises(FileNotFoundError, match="matches no image"):
-        list_image_files(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="--train_images: .*nothing is no file, folder or pattern"):
+        list_images(str(tmp_path / "nothing"), "--train_images")
     (tmp_path / "bad.txt").write_text("missing.png\n")
-    with pytest.raises(FileNotFoundError, match="missing"):
-        list_image_files(str(tmp_path / "bad.txt"))
+    with pytest.raises(FileNotFoundError, match="lists 1 missing file.*missing.png"):
+        list_images(str(tmp_path / "bad.txt"))
 
 
 # ----------------------------------------------------------------------------- train.py end to end

@@ -225,7 +225,7 @@ def test_refs_file_is_reused_and_gives_identical_results(run_test, winmode_runs,
     refs_file = winmode_runs["nan"] / "references.json"
     refs = json.loads(refs_file.read_text())["references"]
     assert sorted(refs) == visa_classes and all(len(v) == 1 for v in refs.values())
-    run_test(tmp_path / "reused", "--winmode", "nan", "--save_maps", "--refs", str(refs_file))
+    run_test(tmp_path / "reused", "--winmode", "nan", "--save_maps", "--refs_file", str(refs_file))
     assert json.loads((tmp_path / "reused" / "references.json").read_text())["references"] == refs
     assert metric_part(read_results(tmp_path / "reused")) == metric_part(read_results(winmode_runs["nan"]))
     for cls in visa_classes:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import predict
-from data.images import ImageReadError
+from data.images import ImageReadError, list_images
 from models import build_fasl
 from models.fasl import CheckpointMismatch, InferenceConfig, cpu_has_amx
 from models.thresholds import (NormalScores, augmented_views, fit_thresholds, image_threshold,
@@ -161,8 +161,17 @@ def test_save_load_round_trip_gives_identical_scores(data, tmp_path):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
     # the file holds only tensors and primitives
     state = torch.load(refs_file, weights_only=True)
-    assert state["format"] == "fasl-refs-v1" and state["global_tokens"][0].shape[0] == 4 and len(state["global_tokens"]) == 4
-    assert state["window"] == {"size": 4, "stride": 2}
+    assert state["format"] == "fasl-refs-v2" and len(state["global_tokens"]) == 4
+    assert state["global_tokens"][0].shape[0] == 4 and state["window"] == {"size": 4, "stride": 2}
+    # a file of the first format (all blocks' tokens in one tensor, no region size) still reads
+    v1 = dict(state, format="fasl-refs-v1", global_tokens=torch.stack(state["global_tokens"]),
+              window_tokens=torch.stack(state["window_tokens"]))
+    v1["thresholds"] = {k: v for k, v in state["thresholds"].items() if k != "min_region_fraction"}
+    v1["thresholds"]["fit"] = {k: v for k, v in state["thresholds"]["fit"].items() if k != "largest_normal_region"}
+    torch.save(v1, tmp_path / "v1.pt")
+    assert run(["--load_refs", str(tmp_path / "v1.pt"), "--out", str(tmp_path / "v1"), *common]) == 0
+    assert [r["score"] for r in read_json(tmp_path / "v1" / "predictions.json")["images"]] == \
+        [r["score"] for r in a["images"]]
 
     # refused, with the reason, when it does not fit the run
     load = ["--load_refs", str(refs_file), "--images", str(data["good"][0]), "--out", str(tmp_path / "c")]
@@ -185,7 +194,7 @@ def test_fasl_mode_with_checkpoint_and_heads_check(data, tmp_path):
     ckpt = tmp_path / "heads.pth"
     torch.save(model.checkpoint_state(), ckpt)
     refs_file = tmp_path / "part.pt"
-    args = ["--images", str(data["good"][0]), str(data["defects"][1]), "--checkpoint", str(ckpt)]
+    args = ["--images", str(data["good"][0]), str(data["defects"][1]), "--checkpoint_path", str(ckpt)]
     assert run([*args, "--refs", str(data["root"] / "refs"), "--out", str(tmp_path / "a"),
                 "--save_refs", str(refs_file)]) == 0
     pred = read_json(tmp_path / "a" / "predictions.json")
@@ -250,16 +259,19 @@ def test_duplicate_stems_and_input_selection(tmp_path):
     a = write(tmp_path / "a" / "part.png", texture(64, 64, 0))
     b = write(tmp_path / "b" / "part.PNG", texture(64, 64, 1))
     c = write(tmp_path / "b" / "other.JPG", texture(64, 64, 2))
+    d = write(tmp_path / "b" / "sub" / "deep.png", texture(64, 64, 3))
     (tmp_path / "b" / "notes.txt").write_text("not an image")
-    assert predict.collect_images([str(tmp_path / "b")], "--images") == [c, b]
-    assert predict.collect_images([str(tmp_path / "*" / "*.png"), str(a)], "--images") == [a]  # glob is case-sensitive
+    write(tmp_path / "b" / ".hidden.png", texture(64, 64, 4))
+    # folders recursively, sorted; other files and hidden ones left out
+    assert list_images([str(tmp_path / "b")], "--images") == [c, b, d]
+    assert list_images([str(tmp_path / "*" / "*.png"), str(a)], "--images") == [a]  # glob is case-sensitive
     assert predict.output_names([a, b, c, a.parent / "PART.jpg"]) == ["a__part", "b__part", "other", "a__PART_2"]
     assert predict.output_names([Path("x/p.png"), Path("x/p.jpg")]) == ["x__p", "x__p_2"]
     with pytest.raises(FileNotFoundError, match=r"--images: pattern '.*\*\.bmp' selects no image"):
-        predict.collect_images([str(tmp_path / "*.bmp")], "--images")
+        list_images([str(tmp_path / "*.bmp")], "--images")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="--refs: folder .*empty selects no image"):
-        predict.collect_images([str(tmp_path / "empty")], "--refs")
+        list_images([str(tmp_path / "empty")], "--refs")
 
 
 def test_parse_args_errors(capsys):
@@ -273,7 +285,9 @@ def test_parse_args_errors(capsys):
     with pytest.raises(SystemExit):
         predict.parse_args([*base, "--refs", "r.png", "--fpr", "1.5"])
     assert predict.parse_args([*base, "--refs", "r.png"]).mode == "fd"
-    assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint", "c.pth"]).mode == "fasl"
+    assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint_path", "c.pth"]).mode == "fasl"
+    # the old spelling still works, out of --help
+    assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint", "c.pth"]).checkpoint_path == "c.pth"
 
 
 # ----------------------------------------------------------------------------- pure helpers

@@ -57,7 +57,6 @@ BAD_ARGS = {
     "bad_device": (with_arg(1, "gpu"), "device 'gpu' must be cpu, N or cuda:N"),
     "bad_device_index": (with_arg(1, "cuda:x"), "device 'cuda:x' must be cpu, N or cuda:N"),
     "bad_use_nam": (with_arg(2, "2"), "useNAM '2' must be 1 or 0"),
-    "bad_winmode": (with_arg(3, "max"), "winmode 'max' must be nan, mul or onlywin"),
     "bad_win_size": (with_arg(4, "4.5"), "win-size '4.5' must be a positive integer"),
     "bad_win_stride": (with_arg(5, "-2"), "win-stride '-2' must be a positive integer"),
     "bad_win_weight": (with_arg(6, "1.5"), "win-weight '1.5' must be a number in [0, 1]"),
@@ -93,11 +92,22 @@ def test_zero_sizes_and_kshots_are_refused(script, position, value, tmp_path):
     assert "usage: bash" in res.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_search_precision_is_refused(script, tmp_path):
-    res = run_script(script, GOOD, {"SEARCH_PRECISION": "fp8", "MVTEC_ROOT": str(tmp_path / "none")})
+@pytest.mark.parametrize("script, args, env, message", [
+    ("trainAndTest.sh", with_arg(3, "max"), {}, "argument --winmode: invalid choice: 'max'"),
+    ("test_few_shot.sh", GOOD, {"SEARCH_PRECISION": "fp8"}, "argument --search_precision: invalid choice: 'fp8'"),
+    ("trainAndTest.sh", GOOD, {"ALIGN": "nearest"}, "argument --align: invalid choice: 'nearest'"),
+    ("test_few_shot.sh", with_arg(5, "9"), {}, "win_stride must lie in [1, win_size=4], got 9"),
+])
+def test_bad_values_are_refused_by_the_programs_before_anything_runs(script, args, env, message, syn_datasets,
+                                                                    tmp_path):
+    """The choices live in Python only: the scripts pass values through and the programs refuse
+    them, up front (--check_args), before any training or testing."""
+    env = {**env, "MVTEC_ROOT": str(syn_datasets["mvtec"]), "VISA_ROOT": str(syn_datasets["visa"]),
+           "CKPT_ROOT": str(tmp_path / "ckpt"), "RESULTS_ROOT": str(tmp_path / "results")}
+    res = run_script(script, args, env)
     assert res.returncode == 2, res.stderr
-    assert "error: SEARCH_PRECISION 'fp8' must be auto, exact or bf16" in res.stderr
+    assert message in res.stderr
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -159,6 +169,7 @@ def stub_env(tmp_path, syn_datasets) -> tuple[dict, Path]:
 
 
 def read_calls(log: Path) -> list[list[str]]:
+    """The recorded command lines, without the scripts' up-front flag checks (--check_args)."""
     calls, current = [], []
     for line in log.read_text().splitlines():
         if line == "--END--":
@@ -166,7 +177,7 @@ def read_calls(log: Path) -> list[list[str]]:
             current = []
         else:
             current.append(line)
-    return calls
+    return [c for c in calls if "--check_args" not in c]
 
 
 def flag(call: list[str], name: str, n: int = 1):

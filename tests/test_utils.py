@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import logging
 import random
 import sys
 
@@ -215,12 +216,23 @@ def test_get_logger(tmp_path, capsys):
     log_file = tmp_path / "logs" / "run.log"
     logger = get_logger("fasl.test_logger", log_file)
     again = get_logger("fasl.test_logger", log_file)
-    assert again is logger and len(logger.handlers) == 2  # no duplicates
+    assert again is logger and len(logger.handlers) == 3  # stdout, stderr, file: no duplicates
     logger.info("hello %d", 42)
+    logger.warning("careful")
     for h in logger.handlers:
         h.flush()
-    assert "INFO fasl.test_logger: hello 42" in capsys.readouterr().out
-    assert "hello 42" in log_file.read_text()
+    captured = capsys.readouterr()
+    assert "INFO fasl.test_logger: hello 42" in captured.out and "careful" not in captured.out
+    assert "WARNING fasl.test_logger: careful" in captured.err and "hello" not in captured.err
+    assert "hello 42" in log_file.read_text() and "careful" in log_file.read_text()
+    import warnings
+    with warnings.catch_warnings():  # pytest swaps warnings.showwarning per test: hook it afresh here
+        warnings.simplefilter("always")
+        logging.captureWarnings(False)
+        get_logger("fasl.test_logger", log_file)
+        warnings.warn("from the library")  # library warnings reach the run's log too
+        logging.captureWarnings(False)
+    assert "from the library" in log_file.read_text()
     logger.debug("hidden")
     assert "hidden" not in log_file.read_text()
     for h in list(logger.handlers):  # keep other tests' output clean

@@ -133,25 +133,56 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LOG_DATEFMT = "%H:%M:%S"
 
 
+class _StdStream(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` / ``sys.stderr`` is when a record is emitted
+    (so a redirected stream, as under pytest, is honoured)."""
+
+    def __init__(self, name: str):
+        self._which = name
+        super().__init__()
+
+    @property
+    def stream(self):
+        return getattr(sys, self._which)
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets one; the live sys stream wins
+        pass
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
 def get_logger(name: str, log_file: PathLike | None = None,
                level: int = logging.INFO) -> logging.Logger:
-    """Logger writing ``HH:MM:SS LEVEL name: message`` to stdout and optionally to ``log_file``.
+    """Logger writing ``HH:MM:SS LEVEL name: message``: information to stdout, warnings and
+    errors to stderr, and everything to ``log_file`` when given.
 
     Calling it again for the same name adds no duplicate handlers; a new ``log_file``
     replaces (and closes) the previous file handler, so each run logs only into its own
-    file (appending). The logger does not propagate to the root logger.
+    file (appending). The logger does not propagate to the root logger. Python warnings
+    (``warnings.warn`` in the library) are routed to the same handlers.
     """
     logger = logging.getLogger(name)
     logger.setLevel(level)
     logger.propagate = False
     formatter = logging.Formatter(_LOG_FORMAT, datefmt=_LOG_DATEFMT)
     owned = [h for h in logger.handlers if getattr(h, "_fasl_handler", False)]
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in owned):
-        stream = logging.StreamHandler(sys.stdout)
-        stream.setFormatter(formatter)
-        stream._fasl_handler = True
-        logger.addHandler(stream)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in owned):
+        out = _StdStream("stdout")
+        out.addFilter(_Below(logging.WARNING))
+        err = _StdStream("stderr")
+        err.setLevel(logging.WARNING)
+        for handler in (out, err):
+            handler.setFormatter(formatter)
+            handler._fasl_handler = True
+            logger.addHandler(handler)
     if log_file is not None:
         log_path = os.path.abspath(log_file)
         for h in owned:
@@ -165,6 +196,10 @@ def get_logger(name: str, log_file: PathLike | None = None,
             handler.setFormatter(formatter)
             handler._fasl_handler = True
             logger.addHandler(handler)
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers = list(logger.handlers)
+    warnings_logger.propagate = False
     return logger
 
 

@@ -52,11 +52,12 @@ class Regions:
         return int(sum(r.area for r in self.regions))
 
 
-def find_regions(score_map: np.ndarray, threshold: float, min_area: int = 0) -> Regions:
+def find_regions(score_map: np.ndarray, threshold: float, min_area: int = 0, keep_peak: bool = False) -> Regions:
     """Connected components (8-connectivity) of ``score_map > threshold``.
 
     score_map: (H, W) float. Regions smaller than ``min_area`` pixels are dropped from both the
-    list and the mask, so the two always agree. Returns regions sorted by area, largest first.
+    list and the mask, so the two always agree, except, with ``keep_peak``, the region holding
+    the map's highest score. Returns regions sorted by area, largest first.
     """
     score_map = np.asarray(score_map, dtype=np.float32)
     if score_map.ndim != 2:
@@ -70,10 +71,11 @@ def find_regions(score_map: np.ndarray, threshold: float, min_area: int = 0) -> 
     np.maximum.at(peak, flat, values)
     total = np.bincount(flat, weights=values, minlength=n)
     keep = np.zeros(n, dtype=bool)
+    peak_label = int(labels.reshape(-1)[int(np.argmax(score_map))]) if keep_peak else 0
     regions = []
     for label in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[label])
-        if area < min_area:
+        if area < min_area and label != peak_label:
             continue
         keep[label] = True
         regions.append(Region(bbox=[x, y, w, h], area=area,

@@ -1,13 +1,19 @@
-"""Command-line flags shared by train.py, test_few_shot.py, predict.py and the benchmark.
+"""Command-line flags of the model's settings, shared by train.py, test_few_shot.py, predict.py and
+the benchmark.
 
-Flag names follow the reference FASL / APRIL-GAN workflow so its users feel at home.
+The flags live beside the settings they set: every choice list comes from the module that
+defines it (score modes, LFE modes and search precisions from models/fasl.py, alignment modes
+from models/memory.py, precisions from models/backbone.py), so a new value needs one edit. Flag
+names follow the reference FASL / APRIL-GAN workflow (``--features_list``, ``--k_shot``,
+``--checkpoint_path``) so its users feel at home.
 """
 from __future__ import annotations
 
 import argparse
 
-DEFAULT_MODEL = "ViT-L-14-336"
-ALIGN_CHOICES = ("exhaustive", "image_index", "position")
+from models.backbone import DEFAULT_MODEL, PRECISIONS
+from models.fasl import SCORE_MODES, SEARCH_PRECISIONS, WINMODES
+from models.memory import ALIGN_MODES
 
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
@@ -32,27 +38,28 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                         "6 12 18 24 for ViT-L; the stride-8 and stride-16 stages of a CNN)")
     g.add_argument("--device", default="cpu",
                    help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")
-    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+    g.add_argument("--precision", choices=tuple(PRECISIONS), default="auto",
                    help="encoder autocast and memory-bank dtype: 'auto' = fp16 on CUDA, fp32 on CPU "
                         "(default: %(default)s)")
 
 
 def add_align_arg(p: argparse.ArgumentParser, default: str = "exhaustive") -> None:
-    p.add_argument("--align", choices=ALIGN_CHOICES, default=default,
-                   help="patch alignment: 'exhaustive' (every reference patch, the paper's search), "
+    p.add_argument("--align", choices=ALIGN_MODES, default=default,
+                   help="patch alignment: 'exhaustive' (every reference patch, the reference code's search), "
                         "'image_index' (only the most similar reference image/window by global embedding), "
                         "'position' (windows at the same and neighbouring positions) (default: %(default)s)")
 
 
-def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl", align_default: str = "exhaustive") -> None:
+def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "fasl",
+                       align_default: str = "exhaustive") -> None:
     g = p.add_argument_group("scoring")
-    g.add_argument("--mode", choices=("fasl", "fd", "merged"), default=mode_default,
+    g.add_argument("--mode", choices=SCORE_MODES, default=mode_default,
                    help="'fasl': trained ASL heads (needs a checkpoint); 'fd': training-free "
                         "1 - similarity map; 'merged': the two summed, as the paper's text describes (needs a "
                         "checkpoint) (default: %(default)s)")
     g.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
                    help="refine scores with the Neighbor Aggregation Module (default: on)")
-    g.add_argument("--winmode", choices=("nan", "mul", "onlywin"), default="nan",
+    g.add_argument("--winmode", choices=WINMODES, default="nan",
                    help="LFE windows: 'nan' global map only, 'mul' (1-w)*global + w*window, "
                         "'onlywin' window map only (default: %(default)s)")
     g.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
@@ -63,7 +70,7 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl", a
     g.add_argument("--win_topk", type=int, default=4,
                    help="--align position searches only the TOPK neighbourhood windows most similar to the "
                         "query window by embedding; 0 = all of them (default: %(default)s)")
-    g.add_argument("--search_precision", choices=("auto", "exact", "bf16"), default="auto",
+    g.add_argument("--search_precision", choices=SEARCH_PRECISIONS, default="auto",
                    help="dtype of the alignment search matmul: 'exact' (the bank's dtype: fp32 on CPU, fp16 on "
                         "CUDA); 'bf16' (a bf16 shortlist of 4 patches per query patch, re-ranked by exact dot "
                         "products: the same picks bar extreme near-ties, a 6-7x faster matmul on CPUs with AMX); "
@@ -72,3 +79,8 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str = "fasl", a
     g.add_argument("--window_batch", type=int, default=256,
                    help="windows encoded per backbone call (default: %(default)s)")
     add_align_arg(g, align_default)
+
+
+def add_hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
+    """An old spelling of a flag that scripts may still use, kept out of --help."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
