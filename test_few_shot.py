@@ -26,7 +26,7 @@ from models.flags import add_backbone_args, add_hidden_alias, add_inference_args
 from utils.metrics import class_metrics, format_table, transductive_scores, write_results
 from utils.cli import run_cli
 from utils.misc import start_run
-from utils.visualize import save_png, triptych
+from utils.visualize import class_range, save_png, triptych
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,7 +87,11 @@ def evaluate_class(model, cfg: InferenceConfig, args, data: TestImages, referenc
 
 
 def save_outputs(args, cls, paths, maps, masks, scores) -> None:
+    """--save_maps: each map and mask as .npy; --save_vis: image | ground truth | heat map | colour
+    bar, every map of the class drawn on one colour scale (the class's 1st to 99.9th percentile of
+    scores), so colours compare across its images and a map of small values is not all blue."""
     out = Path(args.save_path)
+    value_range = class_range(maps) if args.save_vis and len(maps) else (0.0, 1.0)
     for path, score_map, mask, score in zip(paths, maps, masks, scores):
         stem = _file_stem(path)
         if args.save_maps:
@@ -96,7 +100,7 @@ def save_outputs(args, cls, paths, maps, masks, scores) -> None:
             np.save(out / "maps" / cls / f"{stem}_mask.npy", mask.astype(np.uint8))
         if args.save_vis:
             image = resize_image(load_image(Path(args.data_path) / path), args.eval_size)
-            save_png(out / "vis" / cls / f"{stem}.png", triptych(image, mask, np.clip(score_map, 0, 1)))
+            save_png(out / "vis" / cls / f"{stem}.png", triptych(image, mask, score_map, value_range))
     if args.save_maps:
         np.save(out / "maps" / cls / "image_scores.npy", scores.astype(np.float32))
         (out / "maps" / cls / "paths.txt").write_text("\n".join(paths) + "\n")

@@ -10,7 +10,7 @@
 # Checkpoints are read from $CKPT_ROOT/<train set>/<model_name>/seed<seed>/epoch_<TEST_EPOCH_*>.pth.
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/workflow.sh
+source scripts/workflow_lib.sh
 fasl_setup "$@"
 
 for k in "${K_LIST[@]}"; do

@@ -12,7 +12,7 @@
 #   bash trainAndTest.sh fasl 0 1 mul 13 2 0.5 111 4   # MVTec 96.3/97.2, VisA 93.8/98.3
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/workflow.sh
+source scripts/workflow_lib.sh
 fasl_setup "$@"
 
 fasl_train mvtec "$MVTEC_ROOT" "$EPOCHS_MVTEC"

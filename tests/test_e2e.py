@@ -299,13 +299,21 @@ def test_save_vis_writes_triptychs(run_test, winmode_runs, visa_classes, tmp_pat
         paths, _, masks, _ = load_saved_maps(winmode_runs["nan"], cls)
         pngs = sorted((out / "vis" / cls).glob("*.png"))
         assert sorted(p.stem for p in pngs) == sorted(file_stem(p) for p in paths)
+        red_minus_blue = []
         for path, mask in zip(paths, masks):
             arr = np.asarray(Image.open(out / "vis" / cls / f"{file_stem(path)}.png"))
-            assert arr.shape == (EVAL, 3 * EVAL, 3) and arr.dtype == np.uint8
-            left, middle, right = arr[:, :EVAL], arr[:, EVAL:2 * EVAL], arr[:, 2 * EVAL:]
+            assert arr.shape[0] == EVAL and arr.shape[1] > 3 * EVAL and arr.dtype == np.uint8  # + colour bar
+            left, middle, right = arr[:, :EVAL], arr[:, EVAL:2 * EVAL], arr[:, 2 * EVAL:3 * EVAL]
             # the middle panel carries the ground-truth outline exactly when there is a defect
             assert np.array_equal(left, middle) == (mask.sum() == 0), path
             assert not np.array_equal(left, right)  # heat-map overlay
+            bar = arr[:, 3 * EVAL:3 * EVAL + 4].astype(int)
+            assert bar[0, 0, 0] > bar[0, 0, 2] and bar[-1, 0, 2] > bar[-1, 0, 0]  # red on top, blue at the bottom
+            jet = 2 * right.astype(int) - left.astype(int)  # overlay = (image + colour) / 2
+            red_minus_blue.append(jet[..., 0] - jet[..., 2])
+        # one colour scale per class (1st to 99.9th percentile): its maps span blue to red between them
+        spread = np.stack(red_minus_blue)
+        assert spread.max() > 100 and spread.min() < -100
 
 
 def test_class_with_only_normal_test_images_reports_na(run_test, visa, tmp_path, capsys):

@@ -16,7 +16,7 @@ from PIL import Image
 from utils.losses import dice_loss, focal_loss
 from utils.misc import (atomic_torch_save, get_logger, peak_rss_bytes, resolve_device,
                         seed_everything, write_json)
-from utils.visualize import heatmap_overlay, mask_outline, normalize_map, save_png, triptych
+from utils.visualize import class_range, colour_bar, heatmap_overlay, mask_outline, normalize_map, save_png, triptych
 
 
 # ----------------------------------------------------------------------------- losses
@@ -121,7 +121,7 @@ def test_mask_outline_and_triptych():
     np.testing.assert_array_equal(out[0, 0], img[0, 0])        # outside, untouched
     np.testing.assert_array_equal(mask_outline(img, np.zeros_like(mask)), img)
     panel = triptych(img, mask, np.random.default_rng(1).random(img.shape[:2]))
-    assert panel.shape == (32, 120, 3) and panel.dtype == np.uint8
+    assert panel.shape == (32, 120 + 56, 3) and panel.dtype == np.uint8  # + the colour bar
     np.testing.assert_array_equal(panel[:, :40], img)
     assert not np.array_equal(panel[:, 40:80], img)
     no_gt = triptych(img, None, np.zeros(img.shape[:2]))
@@ -246,3 +246,25 @@ def test_peak_rss_bytes():
         current_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     peak = peak_rss_bytes()
     assert peak >= current_kib * 1024 > 0
+
+
+def test_class_range_and_colour_bar():
+    maps = np.zeros((4, 10, 10))
+    maps[0, 0, 0] = 100.0  # one extreme pixel of 400 does not set the scale
+    maps[1:] = np.linspace(0.0, 0.3, 100).reshape(10, 10)
+    lo, hi = class_range(maps)
+    assert lo == 0.0 and 0.29 < hi < 100
+    assert class_range(np.full((2, 3, 3), 0.2)) == (0.2, 0.2 + 1e-6)
+    bar = colour_bar(120, 0.0, 0.3)
+    assert bar.shape == (120, 56, 3) and bar.dtype == np.uint8
+    assert bar[0, 0, 0] >= 120 and bar[0, 0, 2] == 0  # top: (dark) red = hi
+    assert bar[-1, 0, 2] >= 120 and bar[-1, 0, 0] == 0  # bottom: (dark) blue = lo
+    assert (bar[:, 20:] < 128).any()  # the labels
+    image = np.full((120, 80, 3), 128, np.uint8)
+    small = np.full((120, 80), 0.05)
+    small[40:60, 30:50] = 0.3
+    # an FD-like map of small values, on its class's scale, is no longer all blue
+    out = triptych(image, None, small, (0.0, 0.3))
+    assert out.shape == (120, 3 * 80 + 56, 3)
+    heat = out[:, 160:240].astype(int)
+    assert heat[50, 40, 0] > heat[5, 5, 0] + 50

@@ -1,4 +1,5 @@
-"""Pictures of anomaly maps: JET heat-map overlays, ground-truth outlines, triptychs, PNGs."""
+"""Pictures of anomaly maps: JET heat-map overlays, ground-truth outlines, triptychs with a colour
+bar, PNGs."""
 
 from __future__ import annotations
 
@@ -91,21 +92,52 @@ def mask_outline(image: np.ndarray, mask: np.ndarray, color: Color = (0, 255, 0)
     return out
 
 
+def class_range(maps: np.ndarray, low: float = 1.0, high: float = 99.9) -> tuple[float, float]:
+    """The colour range shared by a set of maps: their ``low``-th and ``high``-th percentiles of
+    score (robust to a few extreme pixels). maps: (N, H, W) float. Returns (lo, hi), hi > lo."""
+    lo, hi = (float(v) for v in np.percentile(np.asarray(maps, dtype=np.float64), [low, high]))
+    return lo, max(hi, lo + 1e-6)
+
+
+def colour_bar(height: int, lo: float, hi: float, width: int = 56) -> np.ndarray:
+    """A vertical JET colour bar labelled with the scores it stands for.
+
+    Returns (height, width, 3) uint8 RGB: the top of the bar is ``hi`` (red), the bottom ``lo``
+    (blue); the score values at top, middle and bottom are written beside it.
+    """
+    bar_w = max(4, width // 4)
+    ramp = np.linspace(255, 0, height).round().astype(np.uint8)[:, None].repeat(bar_w, axis=1)  # [H, bar_w]
+    colours = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    out = np.full((height, width, 3), 255, dtype=np.uint8)
+    out[:, :bar_w] = colours
+    scale = max(0.25, min(0.4, height / 600))
+    for frac in (0.0, 0.5, 1.0):
+        value = hi - frac * (hi - lo)
+        y = int(round(frac * (height - 1)))
+        baseline = min(max(y + 4, 10), height - 2)
+        cv2.putText(out, f"{value:.3g}", (bar_w + 2, baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return out
+
+
 def triptych(image: np.ndarray, gt_mask: Optional[np.ndarray], score_map: np.ndarray,
-             alpha: float = 0.5) -> np.ndarray:
-    """Side by side: image | image with the ground-truth outline | heat-map overlay.
+             value_range: Tuple[float, float] = (0.0, 1.0), alpha: float = 0.5) -> np.ndarray:
+    """Side by side: image | image with the ground-truth outline | heat-map overlay | colour bar.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         gt_mask: (H, W) 0/1 mask, or None (middle panel is then the plain image).
-        score_map: (H, W) float in [0, 1].
+        score_map: (H, W) raw scores; ``value_range`` (lo, hi) maps onto blue..red (clipped), and
+            the colour bar says which score each colour is.
 
     Returns:
-        (H, 3W, 3) uint8 RGB.
+        (H, 3W + bar, 3) uint8 RGB.
     """
     image = _check_image(image)
     outlined = image.copy() if gt_mask is None else mask_outline(image, gt_mask)
-    return np.concatenate([image, outlined, heatmap_overlay(image, score_map, alpha)], axis=1)
+    lo, hi = value_range
+    heat = heatmap_overlay(image, normalize_map(np.asarray(score_map, dtype=np.float32), lo, hi), alpha)
+    return np.concatenate([image, outlined, heat, colour_bar(image.shape[0], lo, hi)], axis=1)
 
 
 def save_png(path: Union[str, os.PathLike], array: np.ndarray) -> Path:

@@ -7,14 +7,15 @@
 
 then test both checkpoints with ``test_few_shot.py --mode fasl`` on the target's test split
 (same references, same settings) and print the two results side by side, plus a JSON summary
-(also written to ``<workdir>/comparison.json``).
+(also written to ``<workdir>/comparison.json``). The programs run in this process, through
+their ``main()`` functions.
 
 Without --target_root / --aux_root both datasets are generated first with
-``python data/synthetic.py`` (target: VisA layout, auxiliary: MVTec layout; --swap turns
+``data/synthetic.py`` (target: VisA layout, auxiliary: MVTec layout; --swap turns
 that round), and the tiny random-weight backbone is used, so the whole run takes a few
 minutes on two CPU cores. On real data::
 
-    python compare_sources.py --target_root datasets/visa --target_name visa \\
+    python bench/compare_sources.py --target_root datasets/visa --target_name visa \\
         --aux_root datasets/mvtec --aux_name mvtec --model ViT-L-14-336 --pretrained openai \\
         --image_size 518 --features_list 6 12 18 24 --epoch 5 --learning_rate 0.001 --device 0 \
         --test_args "--winmode mul"
@@ -24,24 +25,28 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tabulate import tabulate
 
-from utils.metrics import mean_metrics
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-TABLE_KEYS = ("image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_aupro")
+import test_few_shot  # noqa: E402
+import train  # noqa: E402
+from data import synthetic  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.metrics import CLASS_KEYS, mean_metrics  # noqa: E402
 
-REPO = Path(__file__).resolve().parent
 SOURCES = ("masks", "synthetic")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="runs/compare_sources",
+    p.add_argument("--workdir", default="bench_out/compare_sources",
                    help="generated data, checkpoints and results go here (default: %(default)s)")
     g = p.add_argument_group("datasets (omit both roots to generate them)")
     g.add_argument("--target_root", default=None, help="dataset to test on (meta.json with train and test splits)")
@@ -78,11 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run(script: str, argv: list[str]) -> None:
-    """Run one of the repo's CLIs as its own process, as a user would (prints the command)."""
-    cmd = [sys.executable, str(REPO / script), *argv]
-    print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
+def run(program, name: str, argv: list[str]):
+    """Call one of the repo's programs' ``main()`` (printing the command a user would type)."""
+    print("$ python", name, " ".join(shlex.quote(c) for c in argv), flush=True)
+    return program.main(argv)
 
 
 def generate_datasets(args, out: Path) -> tuple[Path, str, Path, str]:
@@ -91,13 +95,13 @@ def generate_datasets(args, out: Path) -> tuple[Path, str, Path, str]:
     roots = {}
     for layout in (target_layout, aux_layout):
         roots[layout] = out / layout
-        run("data/synthetic.py", ["--out", str(roots[layout]), "--layout", layout, "--seed", str(args.gen_seed),
-                                  "--classes", str(args.gen_classes), "--n_train", str(args.gen_n_train),
-                                  "--n_test", str(args.gen_n_test)])
+        run(synthetic, "data/synthetic.py", ["--out", str(roots[layout]), "--layout", layout, "--seed",
+                                             str(args.gen_seed), "--classes", str(args.gen_classes), "--n_train",
+                                             str(args.gen_n_train), "--n_test", str(args.gen_n_test)])
     return roots[target_layout], target_layout, roots[aux_layout], aux_layout
 
 
-def side_by_side(results: dict[str, dict], keys=TABLE_KEYS) -> str:
+def side_by_side(results: dict[str, dict], keys=CLASS_KEYS) -> str:
     """One table: a row per class (and the mean), each cell 'masks / synthetic' in percent."""
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.1f}"
@@ -110,7 +114,7 @@ def side_by_side(results: dict[str, dict], keys=TABLE_KEYS) -> str:
                     colalign=("left",) + ("right",) * len(keys))
 
 
-def mean_table(means: dict[str, dict], labels: dict[str, str], keys=TABLE_KEYS) -> str:
+def mean_table(means: dict[str, dict], labels: dict[str, str], keys=CLASS_KEYS) -> str:
     """Rows = metrics; columns = masks, synthetic, their difference (and fd when present)."""
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.1f}"
@@ -156,22 +160,22 @@ def main(argv=None) -> dict:
         print(f"\n== {source}: train on {labels[source]}, test on {target_name}", flush=True)
         t0 = time.time()
         ckpt_dir, res_dir = work / "ckpt" / source, work / "results" / source
-        run("train.py", [*runs[source], "--save_path", str(ckpt_dir), *train_common])
+        ckpt = run(train, "train.py", [*runs[source], "--save_path", str(ckpt_dir), *train_common])
         t1 = time.time()
-        run("test_few_shot.py", ["--data_path", str(target), "--dataset", target_name, "--save_path", str(res_dir),
-                                 "--checkpoint_path", str(ckpt_dir / f"epoch_{args.epoch}.pth"), "--mode", "fasl",
-                                 *common, "--batch_size", str(args.batch_size), *shlex.split(args.test_args)])
-        results[source] = json.loads((res_dir / "results.json").read_text())["per_class"]
+        results[source] = run(test_few_shot, "test_few_shot.py", [
+            "--data_path", str(target), "--dataset", target_name, "--save_path", str(res_dir),
+            "--checkpoint_path", str(ckpt), "--mode", "fasl", *common, "--batch_size", str(args.batch_size),
+            *shlex.split(args.test_args)])
         timings[source] = {"train_s": round(t1 - t0, 1), "test_s": round(time.time() - t1, 1)}
 
     means = {s: mean_metrics(results[s].values()) for s in SOURCES}
     if args.fd_baseline:
         res_dir = work / "results" / "fd"
         print(f"\n== reference: training-free FD scores on {target_name}", flush=True)
-        run("test_few_shot.py", ["--data_path", str(target), "--dataset", target_name, "--save_path", str(res_dir),
-                                 "--mode", "fd", *common, "--batch_size", str(args.batch_size),
-                                 *shlex.split(args.test_args)])
-        means["fd"] = mean_metrics(json.loads((res_dir / "results.json").read_text())["per_class"].values())
+        fd = run(test_few_shot, "test_few_shot.py", [
+            "--data_path", str(target), "--dataset", target_name, "--save_path", str(res_dir), "--mode", "fd",
+            *common, "--batch_size", str(args.batch_size), *shlex.split(args.test_args)])
+        means["fd"] = mean_metrics(fd.values())
         labels["fd"] = "fd (no training)"
     header = (f"target {target_name} ({target}){' [generated]' if generated else ''}; masks from {aux_name}; "
               f"model {args.model} ({args.pretrained}) @ {args.image_size}, blocks {args.features_list}, "
@@ -187,8 +191,8 @@ def main(argv=None) -> dict:
                                                      "learning_rate",
                                                      "k_shot", "batch_size", "seed", "clean_rate", "synth_kinds",
                                                      "train_args", "test_args")},
-        "mean": {s: {k: means[s].get(k) for k in TABLE_KEYS} for s in means},
-        "per_class": {s: {c: {k: m.get(k) for k in TABLE_KEYS} for c, m in results[s].items()}
+        "mean": {s: {k: means[s].get(k) for k in CLASS_KEYS} for s in means},
+        "per_class": {s: {c: {k: m.get(k) for k in CLASS_KEYS} for c, m in results[s].items()}
                       for s in SOURCES},
         "timings": timings,
         "total_s": round(time.time() - t_start, 1),
@@ -200,7 +204,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError, subprocess.CalledProcessError) as err:
-        sys.exit(f"compare_sources.py: error: {err}")
+    run_cli(main, "bench/compare_sources.py")

@@ -1,5 +1,5 @@
-# Shared by trainAndTest.sh and test_few_shot.sh: positional arguments, environment defaults,
-# validation and dataset checks. Sourced, not run.
+# A bash library, sourced (never run) by trainAndTest.sh and test_few_shot.sh: their positional
+# arguments, environment defaults, up-front flag checks, dataset checks and the train / test steps.
 
 FASL_USAGE="usage: bash $(basename "$0") {model_name} {device} {useNAM} {winmode} {win-size} {win-stride} {win-weight} {seed} {kshots}
 
