@@ -143,8 +143,8 @@ class HeadsCache:
         return self.models[ckpt]
 
 
-def score_chunks(model: FASL, encoded: list, bank, cfg: InferenceConfig) -> Prediction:
-    parts = [model.score(e, bank, cfg) for e in encoded]
+def score_chunks(model: FASL, encoded: list, bank, cfg: InferenceConfig, alignments: list[dict]) -> Prediction:
+    parts = [model.score(e, bank, cfg, a) for e, a in zip(encoded, alignments)]
     return Prediction(torch.cat([p.score_map.float().cpu() for p in parts]),
                       torch.cat([p.image_score.float().cpu() for p in parts]))
 
@@ -184,13 +184,14 @@ def evaluate(args) -> list[dict]:
                 refs = sample_kshot(meta, cls, k, seed)
                 images = load_reference_images(args.data_root, refs, args.image_size, bb.mean, bb.std)
                 bank = base.build_memory(images, base.windows_for(cfg0))
+                alignments = [{} for _ in encoded]  # one search per chunk, shared by every method
                 for (name, source, nam), train_seed in product(all_methods, args.train_seeds):
                     if source is None and train_seed != args.train_seeds[0]:
                         continue  # FD has no training
                     mode = "fd" if source is None else ("merged" if name.startswith("merged") else "fasl")
                     cfg = InferenceConfig(**{**cfg0.__dict__, "mode": mode, "use_nam": nam})
                     model = cache.get(None if source is None else ckpts[(source, nam, train_seed)])
-                    pred = score_chunks(model, encoded, bank, cfg)
+                    pred = score_chunks(model, encoded, bank, cfg, alignments)
                     maps, scores = pred.score_map.numpy(), pred.image_score.numpy()
                     if not args.no_transductive:
                         scores = transductive_scores(scores, maps)

@@ -337,15 +337,22 @@ class FASL(nn.Module):
         ``position`` are the small ones (see ``search_dtype``)."""
         return search_dtype(cfg.search_precision, self.device, small=windows and cfg.align != "exhaustive")
 
-    def _block_scores(self, tokens, embedding, grid, bank, cfg: InferenceConfig, windows: bool, timer):
+    def _block_scores(self, tokens, embedding, grid, bank, cfg: InferenceConfig, windows: bool, timer,
+                      alignments: dict | None = None):
         """Per-block scores on the patch grid from one alignment: FD (Q, L, h, w) for modes
         ``fd`` / ``merged`` and head probabilities (Q, L, 2, h, w) for ``fasl`` / ``merged``
-        (None where the mode needs none)."""
+        (None where the mode needs none). ``alignments``: see ``score``."""
         align = bank.align_windows if windows else bank.align_global
         extra = {"radius": cfg.win_radius, "topk": cfg.win_topk} if windows else {}
-        with timer("align"):
-            alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
-                              search_dtype=self.search_dtype_for(cfg, windows), **extra)
+        search_dtype = self.search_dtype_for(cfg, windows)
+        key = (id(tokens[0]), id(bank), windows, cfg.align, search_dtype, tuple(extra.items()))
+        alignment = alignments.get(key) if alignments is not None else None
+        if alignment is None:
+            with timer("align"):
+                alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
+                                  search_dtype=search_dtype, **extra)
+            if alignments is not None:
+                alignments[key] = alignment
         Q, L = tokens[0].shape[0], len(tokens)
         fd = fd_scores(alignment.similarity).reshape(Q, L, *grid) if cfg.mode != "fasl" else None
         probs = None
@@ -424,14 +431,21 @@ class FASL(nn.Module):
         return self._encode(images, cfg, _no_timer, self.windows_for(cfg))
 
     @torch.no_grad()
-    def score(self, encoded: "Encoded", bank: MemoryBank, cfg: InferenceConfig | None = None) -> Prediction:
-        """``predict`` from ``encode``'s features: the same numbers without re-encoding."""
+    def score(self, encoded: "Encoded", bank: MemoryBank, cfg: InferenceConfig | None = None,
+              alignments: dict | None = None) -> Prediction:
+        """``predict`` from ``encode``'s features: the same numbers without re-encoding.
+
+        alignments: a dict kept by the caller for one ``encoded`` batch and ``bank``; the
+        alignments computed here are stored in it and reused by later calls that align the same
+        way (the heads, the mode and NAM do not change an alignment), e.g. to score several
+        checkpoints or modes from one search.
+        """
         cfg = cfg or InferenceConfig()
         was_training = self.heads.training
         self.heads.eval()
         try:
             self._check_nam(cfg)
-            return self._score(encoded, bank, cfg, _no_timer)
+            return self._score(encoded, bank, cfg, _no_timer, alignments)
         finally:
             self.heads.train(was_training)
 
@@ -448,14 +462,16 @@ class FASL(nn.Module):
                 wfeats = self.backbone(crops, with_embedding=need_embedding, chunk=cfg.window_batch)
         return Encoded(images.shape[0], feats, wfeats, windows if cfg.uses_windows else None)
 
-    def _score(self, enc: "Encoded", bank: MemoryBank, cfg: InferenceConfig, timer) -> Prediction:
+    def _score(self, enc: "Encoded", bank: MemoryBank, cfg: InferenceConfig, timer,
+               alignments: dict | None = None) -> Prediction:
         B, L = enc.batch, len(self.backbone.blocks)
         parts: list[torch.Tensor] = []  # each [B, L, G, G]
         if cfg.winmode != "onlywin":
             if enc.features is None:
                 raise ValueError(f"winmode {cfg.winmode} needs the global features: encode with that winmode")
             feats = enc.features
-            fd, probs = self._block_scores(feats.tokens, feats.embedding, feats.grid, bank, cfg, False, timer)
+            fd, probs = self._block_scores(feats.tokens, feats.embedding, feats.grid, bank, cfg, False, timer,
+                                           alignments)
             parts.append(self._anomaly_grid(fd, probs, cfg, timer))
         if cfg.uses_windows:
             if bank.windows is None:
@@ -464,7 +480,8 @@ class FASL(nn.Module):
             if wfeats is None or (enc.windows.grid, enc.windows.size, enc.windows.stride) != (wg.grid, wg.size, wg.stride):
                 raise ValueError("the encoded windows do not match the bank's window layout: encode with the same "
                                  "winmode, win_size and win_stride")
-            fd, probs = self._block_scores(wfeats.tokens, wfeats.embedding, wfeats.grid, bank, cfg, True, timer)
+            fd, probs = self._block_scores(wfeats.tokens, wfeats.embedding, wfeats.grid, bank, cfg, True, timer,
+                                           alignments)
             s, nw = wg.size, wg.num_windows
             with timer("merge"):  # window scores averaged back onto the grid; the NAM comes after
                 if fd is not None:  # [B*nw, L, s, s] -> [B, L, G, G]

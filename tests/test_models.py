@@ -847,6 +847,12 @@ def test_encode_once_then_score_equals_predict(trained, bank, queries):
         c = cfg(winmode="mul", **{"align": "position", **kw})
         want, got = trained.predict(queries, bank, c), trained.score(enc, bank, c)
         assert torch.equal(got.score_map, want.score_map) and torch.equal(got.image_score, want.image_score)
+    # one search serves every mode: the alignments dict is filled once (global + windows) and reused
+    found = {}
+    for mode in ("fasl", "fd", "merged"):
+        c = cfg(winmode="mul", align="position", mode=mode)
+        assert torch.equal(trained.score(enc, bank, c, found).score_map, trained.predict(queries, bank, c).score_map)
+        assert len(found) == 2
     with pytest.raises(ValueError, match="window layout"):
         trained.score(trained.encode(queries, cfg(winmode="mul", win_stride=1)), bank, cfg(winmode="mul"))
     with pytest.raises(ValueError, match="needs the global features"):
