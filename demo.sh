@@ -33,4 +33,11 @@ echo "== 4/4 the training-free FD map on the same set, for comparison"
 
 echo
 echo "results: $OUT/visa/results.json (trained heads), $OUT/visa_fd/results.json (FD map)"
+"$PYTHON" - "$OUT/visa/results.json" "$OUT/visa_fd/results.json" <<'PY'
+import json, sys
+heads, fd = (json.load(open(p))["mean"]["pixel_auroc"] for p in sys.argv[1:3])
+if heads < fd:
+    print(f"why the trained heads ({100 * heads:.1f}) lose to FD ({100 * fd:.1f}) here: the tiny backbone has random "
+          f"weights, so its features carry no learnable notion of a defect; see README, Measured on real images")
+PY
 echo "overlays (image | ground truth | heatmap): $OUT/visa/vis/ and $OUT/visa_fd/vis/"

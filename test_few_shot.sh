@@ -13,7 +13,5 @@ cd "$(dirname "$0")"
 source scripts/workflow_lib.sh
 fasl_setup "$@"
 
-for k in "${K_LIST[@]}"; do
-    fasl_test visa "$VISA_ROOT" "$(fasl_ckpt_dir mvtec)/epoch_$TEST_EPOCH_VISA.pth" "$k"
-    fasl_test mvtec "$MVTEC_ROOT" "$(fasl_ckpt_dir visa)/epoch_$TEST_EPOCH_MVTEC.pth" "$k"
-done
+fasl_tests visa "$VISA_ROOT" "$(fasl_ckpt_dir mvtec)/epoch_$TEST_EPOCH_VISA.pth"
+fasl_tests mvtec "$MVTEC_ROOT" "$(fasl_ckpt_dir visa)/epoch_$TEST_EPOCH_MVTEC.pth"

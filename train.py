@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from data.anomaly_synthesis import SynthesisConfig, parse_kinds
@@ -38,11 +38,12 @@ from data.kshot import choose_references, draw_references, load_kshot, load_refe
 from data.meta import load_meta
 from data.synthetic_train import SynthesizedAnomalyDataset, relative_to_common_root
 from models import build_fasl_from_args
-from models.asl import ScoreMaps
-from models.fasl import upsample
+from models.asl import ScoreMaps, global_batch_norm
+from models.fasl import read_checkpoint, upsample
 from models.flags import add_align_arg, add_backbone_args, add_hidden_alias
 from utils.losses import dice_loss, focal_loss
 from utils.cli import run_cli
+from utils.distributed import Dist, barrier, broadcast_from_main, reduce_sum, shutdown
 from utils.misc import atomic_torch_save, start_run, write_json
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
@@ -209,11 +210,37 @@ def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
+def epoch_batches(dataset, args, epoch: int) -> list[list[int]]:
+    """The epoch's batches of item indices, in order: the same in every process of a torchrun, and
+    exactly the batches one process draws (a shuffling DataLoader seeded per epoch, or
+    single-class batches with --class_batches)."""
+    generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+    if args.class_batches:
+        return class_batches(dataset.item_classes, args.batch_size, generator)
+    return [b.tolist() for b in DataLoader(range(len(dataset)), batch_size=args.batch_size, shuffle=True,
+                                           generator=generator)]
+
+
+def local_part(batch: list[int], d: Dist) -> list[int]:
+    """This process's contiguous share of a global batch (shares differ by one item at most; a
+    process may hold none when the batch is smaller than the run)."""
+    n = len(batch)
+    return batch[d.rank * n // d.world_size:(d.rank + 1) * n // d.world_size]
+
+
 def main(argv=None) -> Path | None:
     args = parse_args(argv)
     if args.check_args:
         return None
-    save_path, log, device = start_run(args, "train")
+    run = start_run(args, "train")
+    try:
+        return _train(args, run)
+    finally:
+        shutdown(run.dist)
+
+
+def _train(args, run) -> Path:
+    save_path, log, device, d = run
     data = resolve_training_data(args)
 
     model = build_fasl_from_args(args, device, input_bn=not args.no_input_bn, shared_nam=not args.per_block_nam,
@@ -224,8 +251,9 @@ def main(argv=None) -> Path | None:
     info = {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot}
     if args.train_images:  # a folder has no meta.json: say what the paths are relative to
         info["root"] = str(ref_root)
-    save_kshot(save_path / "references.json", {c: refs[c] for c in dataset.classes}, info)
-    log.info("training on %s (%s, anomaly source %s): %d images, %d classes, k=%d, model %s, NAM %s",
+    if d.is_main:
+        save_kshot(save_path / "references.json", {c: refs[c] for c in dataset.classes}, info)
+    log.info("%straining on %s (%s, anomaly source %s): %d images, %d classes, k=%d, model %s, NAM %s", d.tag,
              ref_root, args.dataset, args.anomaly_source, len(dataset), len(dataset.classes), args.k_shot,
              bb.model_name, "on" if args.nam else "off")
     fewer = {c: len(refs[c]) for c in dataset.classes if len(refs[c]) < args.k_shot}
@@ -240,14 +268,18 @@ def main(argv=None) -> Path | None:
     for c in tqdm(dataset.classes, desc="memory banks", leave=False):
         banks[c] = model.build_memory(load_reference_images(ref_root, refs[c], args.image_size, bb.mean, bb.std))
 
+    if d.enabled:  # data parallel: every BatchNorm normalises over all the processes' rows
+        global_batch_norm(model.heads)
     optimizer = torch.optim.Adam(model.heads.parameters(), lr=args.learning_rate, betas=(0.5, 0.999))
     start_epoch, path = 0, save_path
     if args.resume:
-        found = last_checkpoint(save_path)
+        # rank 0 decides and its checkpoint reaches every process (whose disk may not hold it)
+        found = broadcast_from_main(last_checkpoint(save_path) if d.is_main else None, d)
         if found is None:
             log.info("--resume: no checkpoint in %s, starting from scratch", save_path)
         else:
-            state = model.load_checkpoint(found[1])
+            state = broadcast_from_main(read_checkpoint(found[1]) if d.is_main else None, d)
+            model.apply_checkpoint(state, found[1])
             stored = state.get("run", {})
             diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {v!r}" for k, v in run_settings(args).items()
                      if stored.get(k) != v]
@@ -257,39 +289,52 @@ def main(argv=None) -> Path | None:
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, path = int(state["epoch"]), found[1]
             log.info("resumed from %s (epoch %d)", found[1], start_epoch)
-    write_json(save_path / "train_args.json", vars(args))
+    if d.is_main:
+        write_json(save_path / "train_args.json", vars(args))
     source_info = {"anomaly_source": args.anomaly_source}  # primitives only: weights_only loading
     if args.anomaly_source == "synthetic":
         source_info.update(clean_rate=float(args.clean_rate), synth_kinds=args.synth_kinds)
+    heads = None
+    if d.enabled:  # gradients averaged over the processes by DDP
+        heads = DistributedDataParallel(model.heads, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=not args.nam)
 
     for epoch in range(start_epoch, args.epoch):
         # every epoch draws from its own streams, so a resumed run repeats an uninterrupted one
         dataset.set_epoch(epoch)
         torch.manual_seed(args.seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        if args.class_batches:
-            loader = DataLoader(dataset, batch_sampler=class_batches(dataset.item_classes, args.batch_size, generator))
-        else:
-            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, generator=generator)
         model.heads.train()
         total, steps, t0 = 0.0, 0, time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epoch}", dynamic_ncols=True)
+        bar = tqdm(epoch_batches(dataset, args, epoch), desc=f"{d.tag}epoch {epoch + 1}/{args.epoch}",
+                   dynamic_ncols=True)
         for batch in bar:
-            images, masks = batch.image.to(device), batch.mask.to(device)
-            maps = model(images, [banks[c] for c in batch.cls_name], align=args.align, use_nam=args.nam)
-            loss = segmentation_loss(maps, masks, args.dice_smooth)
+            mine = local_part(batch, d)
+            if mine:
+                items = default_collate([dataset[i] for i in mine])
+                images, masks, names = items.image.to(device), items.mask.to(device), items.cls_name
+            else:
+                S = args.image_size
+                images, masks, names = torch.zeros(0, 3, S, S, device=device), None, []
+            maps = model(images, [banks[c] for c in names], align=args.align, use_nam=args.nam, heads=heads)
+            if mine:
+                # this process's share of the batch mean; DDP averages over the processes
+                loss = segmentation_loss(maps, masks, args.dice_smooth) * (len(mine) * d.world_size / len(batch))
+            else:
+                loss = sum(m.sum() for m in [*maps.raw, *(maps.refined or [])]) * 0.0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total += reduce_sum(loss.detach() / d.world_size, d)
             steps += 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
         path = save_path / f"epoch_{epoch + 1}.pth"
-        atomic_torch_save(model.checkpoint_state(optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                                                 seed=args.seed, dataset=args.dataset, run=run_settings(args),
-                                                 **source_info), path)
-        log.info("epoch %d/%d  loss %.4f  %.1fs  -> %s", epoch + 1, args.epoch, total / max(steps, 1),
+        if d.is_main:
+            atomic_torch_save(model.checkpoint_state(optimizer=optimizer.state_dict(), epoch=epoch + 1,
+                                                     seed=args.seed, dataset=args.dataset, run=run_settings(args),
+                                                     **source_info), path)
+        log.info("%sepoch %d/%d  loss %.4f  %.1fs  -> %s", d.tag, epoch + 1, args.epoch, total / max(steps, 1),
                  time.time() - t0, path)
+    barrier(d)  # the last checkpoint is written before any process returns its path
     return path
 
 

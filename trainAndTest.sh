@@ -16,10 +16,6 @@ source scripts/workflow_lib.sh
 fasl_setup "$@"
 
 fasl_train mvtec "$MVTEC_ROOT" "$EPOCHS_MVTEC"
-for k in "${K_LIST[@]}"; do
-    fasl_test visa "$VISA_ROOT" "$(fasl_ckpt_dir mvtec)/epoch_$TEST_EPOCH_VISA.pth" "$k"
-done
+fasl_tests visa "$VISA_ROOT" "$(fasl_ckpt_dir mvtec)/epoch_$TEST_EPOCH_VISA.pth"
 fasl_train visa "$VISA_ROOT" "$EPOCHS_VISA"
-for k in "${K_LIST[@]}"; do
-    fasl_test mvtec "$MVTEC_ROOT" "$(fasl_ckpt_dir visa)/epoch_$TEST_EPOCH_MVTEC.pth" "$k"
-done
+fasl_tests mvtec "$MVTEC_ROOT" "$(fasl_ckpt_dir visa)/epoch_$TEST_EPOCH_MVTEC.pth"

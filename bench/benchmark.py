@@ -36,6 +36,7 @@ from models.fasl import InferenceConfig, resolved_search_dtype  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
 from models.flags import add_backbone_args, add_hidden_alias, add_inference_args  # noqa: E402
 from utils.metrics import class_metrics  # noqa: E402
+from models.hardware import cpu_summary  # noqa: E402
 from utils.misc import peak_rss_bytes, resolve_device, write_json  # noqa: E402
 
 STAGES = ("backbone_global", "backbone_windows", "align", "heads", "merge")
@@ -178,9 +179,10 @@ def main(argv=None) -> dict:
     total, floor = watch.times["total"] / n, watch.times["floor"] / n
 
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+        "machine": {"platform": platform.platform(), "cpu": cpu_summary(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": str(device),
                     "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "encoder_dtype": str(bb.feature_dtype).replace("torch.", ""),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "search_dtype": resolved_search_dtype(model, cfg),
         "window_search_dtype": None if windows is None else resolved_search_dtype(model, cfg, windows=True),
@@ -209,11 +211,13 @@ def main(argv=None) -> dict:
         rows.append([f"metrics, {args.metric_maps} maps 240x240 (s)", f"{result['metrics_s']:.2f}"])
     for key, value in result.get("agreement", {}).items():
         rows.append([f"agreement: {key}", f"{value:.3f}"])
+    cpu = result["machine"]["cpu"]
     title = (f"{bb.model_name} @ {args.image_size}px, k={args.k_shot}, mode {args.mode}, winmode {args.winmode}, "
              f"align {args.align} (search {result['search_dtype']}"
              + (f"; windows {result['window_search_dtype']}" if windows is not None else "")
-             + f"), batch {args.batch_size}, "
-             f"{args.precision}, {device}, {n} images")
+             + f"), batch {args.batch_size}, precision {args.precision} (encoder {result['encoder_dtype']}), "
+             f"{device} ({cpu['name']}; AMX {'yes' if cpu['amx'] else 'no'}, AVX-512 BF16 "
+             f"{'yes' if cpu['avx512_bf16'] else 'no'}), {n} images")
     print(title)
     print(tabulate(rows, headers=["measure", "value"], tablefmt="github", disable_numparse=True))
     write_json(Path(args.out), result)

@@ -8,7 +8,8 @@ For each test class c of a dataset in MVTec layout (two or more classes, with a 
   (``merged``), each trained **without c** by ``train.py``, from one of three sources:
   ``masks`` (the other classes' real defects and masks: the paper's cross-dataset protocol in
   miniature), ``synth_other`` (synthetic defects on the other classes' good images) and
-  ``synth_own`` (synthetic defects on c's own good train images; no defect of c is ever seen);
+  ``synth_own`` (synthetic defects on c's own good train images; no defect of c is ever seen),
+  ``synth_all`` (synthetic defects on every class's good train images);
 * each of these with the global map only (``nan``) and with LFE windows (``mul``).
 
 Heads are trained once per (test class, source, NAM, training seed) and cached under --workdir
@@ -50,10 +51,10 @@ from data.meta import load_meta  # noqa: E402
 from models import build_fasl  # noqa: E402
 from models.asl import HeadLayout  # noqa: E402
 from models.fasl import FASL, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
-from utils.metrics import class_metrics, mean_metrics, transductive_scores  # noqa: E402
+from utils.metrics import class_metrics, transductive_scores  # noqa: E402
 from utils.misc import resolve_device, write_json  # noqa: E402
 
-SOURCES = ("masks", "synth_other", "synth_own")
+SOURCES = ("masks", "synth_other", "synth_own", "synth_all")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
 
 
@@ -68,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k_shot", type=int, nargs="+", default=[1, 2, 4], help="shots (default: 1 2 4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reference seeds (default: 0 1 2)")
     p.add_argument("--train_seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
-    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="training sources (default: all)")
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES[:3]),
+                   help="training sources (default: masks synth_other synth_own)")
     p.add_argument("--winmodes", nargs="+", choices=("nan", "mul"), default=["nan", "mul"], help="(default: nan mul)")
     p.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
     p.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
@@ -81,9 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_args", default="",
                    help="extra train.py flags for every run, e.g. '--dice_smooth 0.01 --nam_residual' (default: none)")
     p.add_argument("--no_transductive", action="store_true", help="image scores of each image on its own")
+    p.add_argument("--skip_methods", action="store_true",
+                   help="only the extra measurements asked for (--agreement, --precision_check), no training")
     p.add_argument("--agreement", action="store_true",
                    help="also measure image_index / position / bf16 search against exhaustive fp32 search on these "
                         "features, and what each costs in FD pixel AUROC")
+    p.add_argument("--precision_check", action="store_true",
+                   help="also score FD with a bf16 encoder (autocast) against fp32: pixel AUROC / AUPRO and the "
+                        "agreement of the maps")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
     p.add_argument("--workdir", default="bench_out/real_eval/work", help="trained heads (default: %(default)s)")
     p.add_argument("--out", default="bench_out/real_eval", help="results.json and tables.md (default: %(default)s)")
@@ -99,7 +106,7 @@ def training_argv(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
         classes, n = others, sum(len(meta["test"][c]) for c in others)
         data = ["--anomaly_source", "masks"]
     else:
-        classes = [test_cls] if source == "synth_own" else others
+        classes = {"synth_own": [test_cls], "synth_all": sorted(meta["train"])}.get(source, others)
         n = sum(len(normal_train_images(meta, c)) for c in classes)
         data = ["--anomaly_source", "synthetic"]
     epochs = max(1, math.ceil(args.train_steps / max(1, math.ceil(n / args.batch_size))))
@@ -116,7 +123,9 @@ def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
     """The checkpoint of one training run, trained now or reused from --workdir."""
     argv = training_argv(args, meta, test_cls, source, nam, seed)
     key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:12]
-    folder = Path(args.workdir) / f"{test_cls}-{source}-{'nam' if nam else 'asl'}-s{seed}-{key}"
+    classes = argv[argv.index("--classes") + 1:argv.index("--model")]
+    data = f"{'masks' if source == 'masks' else 'synth'}-{'+'.join(classes)}"  # one run serves every test class
+    folder = Path(args.workdir) / f"{data}-{'nam' if nam else 'asl'}-s{seed}-{key}"
     epochs = int(argv[argv.index("--epoch") + 1])
     ckpt = folder / f"epoch_{epochs}.pth"
     if not ckpt.is_file():
@@ -224,15 +233,13 @@ def agreement(args) -> list[dict]:
         for align, search in (("exhaustive", "exact"), ("exhaustive", "bf16"), ("image_index", "exact"),
                               ("position", "exact")):
             cfg = InferenceConfig(**{**ref_cfg.__dict__, "align": align, "search_precision": search})
-            pred = base.score(enc, bank, cfg)
+            found: dict = {}  # the alignments the scoring ran: key[2] tells the windows' from the global one
+            pred = base.score(enc, bank, cfg, found)
             auroc = class_metrics(data.labels, pred.image_score.numpy(), data.masks, pred.score_map.numpy())
             row = {"class": cls, "k": k, "seed": seed, "align": align, "search": search,
                    "pixel_auroc": auroc["pixel_auroc"], "pixel_aupro": auroc["pixel_aupro"]}
-            for where, feats, align_fn in (("global", enc.features, bank.align_global),
-                                           ("window", enc.window_features, bank.align_windows)):
-                extra = {"radius": cfg.win_radius, "topk": cfg.win_topk} if where == "window" else {}
-                a = align_fn(feats.tokens, feats.embedding, mode=align, gather=False,
-                             search_dtype=base.search_dtype_for(cfg, where == "window"), **extra)
+            for key, (_, _, a) in found.items():
+                where = "window" if key[2] else "global"
                 if (align, search) == ("exhaustive", "exact"):
                     exact[where] = a
                 row[f"{where}_agreement"] = float(np.mean([(x == y).float().mean().item()
@@ -241,6 +248,62 @@ def agreement(args) -> list[dict]:
                                                                  for x, y in zip(exact[where].similarity, a.similarity)]))
             rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------- encoder precision
+
+def precision_check(args) -> list[dict]:
+    """FD maps from a bf16 encoder against an fp32 one, same weights and references: pixel AUROC
+    and AUPRO of each, the maps' correlation and their largest difference (relative to the fp32
+    map's range), and the encoder time per image."""
+    device = resolve_device(args.device)
+    meta = load_meta(args.data_root)
+    models = {}
+    for precision in ("fp32", "bf16"):
+        models[precision] = build_fasl(args.model, args.weights, args.features_list, args.image_size, device,
+                                       precision=precision).eval()
+    rows = []
+    for cls, winmode in product(sorted(meta["test"]), args.winmodes):
+        bb = models["fp32"].backbone
+        data = load_test_images(args.data_root, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)
+        cfg = InferenceConfig(mode="fd", winmode=winmode, win_size=args.win_size, win_stride=args.win_stride,
+                              align="exhaustive", search_precision="exact", out_size=args.eval_size)
+        encoded, seconds = {}, {}
+        for precision, model in models.items():
+            t0 = time.perf_counter()
+            encoded[precision] = [model.encode(data.images[i:i + 8], cfg) for i in range(0, len(data.paths), 8)]
+            seconds[precision] = (time.perf_counter() - t0) / len(data.paths)
+        for k, seed in product(args.k_shot, args.seeds):
+            refs = load_reference_images(args.data_root, sample_kshot(meta, cls, k, seed), args.image_size, bb.mean,
+                                         bb.std)
+            maps = {}
+            for precision, model in models.items():
+                bank = model.build_memory(refs, model.windows_for(cfg))
+                pred = score_chunks(model, encoded[precision], bank, cfg, [{} for _ in encoded[precision]])
+                m = class_metrics(data.labels, pred.image_score.numpy(), data.masks, pred.score_map.numpy())
+                maps[precision] = pred.score_map.numpy()
+                rows.append({"class": cls, "winmode": winmode, "k": k, "seed": seed, "precision": precision,
+                             "pixel_auroc": m["pixel_auroc"], "pixel_aupro": m["pixel_aupro"],
+                             "encode_s_per_image": seconds[precision]})
+            a, b = maps["fp32"].ravel(), maps["bf16"].ravel()
+            rows[-1].update(correlation=float(np.corrcoef(a, b)[0, 1]),
+                            max_difference=float(np.abs(a - b).max() / max(a.max() - a.min(), 1e-12)))
+    return rows
+
+
+def precision_table(rows: list[dict]) -> str:
+    table = []
+    for winmode in dict.fromkeys(r["winmode"] for r in rows):
+        for precision in ("fp32", "bf16"):
+            mine = [r for r in rows if r["winmode"] == winmode and r["precision"] == precision]
+            cells = [winmode, precision] + [f"{_mean(mine, key):.4f}" for key in ("pixel_auroc", "pixel_aupro")]
+            cells.append(f"{_mean(mine, 'encode_s_per_image'):.3f}")
+            cells += [f"{_mean(mine, key):.5f}" if precision == "bf16" else "" for key in ("correlation",
+                                                                                         "max_difference")]
+            table.append(cells)
+    return tabulate(table, headers=["winmode", "encoder", "FD pix AUROC", "FD AUPRO", "encode s/img",
+                                    "map correlation with fp32", "largest difference / range"],
+                    tablefmt="github", disable_numparse=True)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -301,8 +364,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     t0 = time.time()
-    result = {"settings": vars(args), "records": evaluate(args)}
-    text = summary_tables(result["records"])
+    result = {"settings": vars(args), "records": [] if args.skip_methods else evaluate(args)}
+    text = summary_tables(result["records"]) if result["records"] else ""
+    if args.precision_check:
+        result["precision"] = precision_check(args)
+        text += "\n### encoder precision: bf16 (autocast) against fp32, FD\n\n" + precision_table(result["precision"]) + "\n"
     if args.agreement:
         result["agreement"] = agreement(args)
         text += "\n### alignment and search precision against exhaustive fp32 search (FD, winmode mul)\n\n"
@@ -311,9 +377,7 @@ def main(argv=None) -> dict:
     print(text)
     write_json(out / "results.json", result)
     (out / "tables.md").write_text(text + "\n")
-    mean = mean_metrics([{k: r[k] for k in METRICS} for r in result["records"] if r["method"] == "fd"])
-    print(f"FD mean over everything: {json.dumps({k: round(v, 4) for k, v in mean.items() if k != 'counts'})}; "
-          f"{result['seconds']:.0f}s; written to {out}/results.json and tables.md")
+    print(f"{result['seconds']:.0f}s; written to {out}/results.json and tables.md")
     return result
 
 

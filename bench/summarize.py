@@ -25,15 +25,30 @@ def search_label(precision: str, dtype: str | None, window_dtype: str | None = N
     return f"auto ({_short(dtype)})"
 
 
+def precision_label(precision: str, dtype: str | None) -> str:
+    """'auto (fp32)': the --precision flag and the encoder dtype it resolved to on that machine."""
+    if not dtype:
+        return precision
+    return f"{precision} ({_short(dtype)})" if precision == "auto" else precision
+
+
 def main(folder: str = "bench_out") -> str:
-    rows = []
+    rows, machines = [], set()
     for path in sorted(Path(folder).glob("*.json")):
         r = json.loads(path.read_text())
         if "settings" not in r or path.stem == "metrics":
             continue
         s, t = r["settings"], r["per_image_s"]
+        cpu = r.get("machine", {}).get("cpu") or {}
+        if cpu:
+            machines.add(
+                f"{cpu.get('name')} (AMX: {'yes' if cpu.get('amx') else 'no'}, AVX-512 BF16: "
+                f"{'yes' if cpu.get('avx512_bf16') else 'no'}), torch {r['machine'].get('torch')}, "
+                f"{r['machine'].get('threads')} threads, {r['machine'].get('device')}")
         rows.append([
-            s["winmode"], s["k"], s["align"], search_label(s.get("search_precision", "exact"), r.get("search_dtype"), r.get("window_search_dtype")),
+            s["winmode"], s.get("k_shot", s.get("k")), s["align"],
+            precision_label(s.get("precision", "auto"), r.get("encoder_dtype")),
+            search_label(s.get("search_precision", "exact"), r.get("search_dtype"), r.get("window_search_dtype")),
             f"{r['total_s']:.2f}", f"{r['floor_s']:.2f}", f"{r['total_over_floor']:.3f}",
             # the non-backbone stages measured inside predict, relative to the floor: less noisy
             # than total / floor, whose two backbone timings each wobble by a few per cent
@@ -41,9 +56,12 @@ def main(folder: str = "bench_out") -> str:
             f"{t['align']:.3f}", f"{t['heads']:.3f}", f"{t['backbone_windows']:.2f}",
             f"{r['bank_bytes']['window'] / 2**20:.0f}", f"{r['peak_rss_bytes'] / 2**20:.0f}",
         ])
-    table = tabulate(rows, headers=["winmode", "k", "align", "search", "total s/img", "floor s/img", "total/floor", "1+overhead/floor",
-                                    "align s", "heads s", "win enc s", "win bank MB", "peak RSS MB"],
+    table = tabulate(rows, headers=["winmode", "k", "align", "encoder", "search", "total s/img", "floor s/img",
+                                    "total/floor", "1+overhead/floor", "align s", "heads s", "win enc s", "win bank MB",
+                                    "peak RSS MB"],
                      tablefmt="github", disable_numparse=True)
+    if machines:
+        table = "machine: " + "; ".join(sorted(machines)) + "\n\n" + table
     agreement = []
     for path in sorted(Path(folder).glob("*.json")):
         r = json.loads(path.read_text())

@@ -121,6 +121,70 @@ class NAM(nn.Module):
         return out.softmax(dim=1)
 
 
+class _SumOverProcesses(torch.autograd.Function):
+    """all_reduce(sum) with its gradient: every process's gradient of the sum is the sum of all
+    processes' gradients (torch.distributed carries both)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics cover the rows of every process of a torch.distributed
+    run, so data-parallel training normalises (and updates the running statistics) exactly as one
+    process with the whole batch would. Outside a multi-process run, or in eval mode, it is
+    ``nn.BatchNorm1d``.
+
+    torch's ``nn.SyncBatchNorm`` does this for GPUs only; this one also runs over gloo on CPUs and
+    takes processes holding no rows at all (the per-channel sums are exchanged by
+    ``torch.distributed.all_reduce``, forward and backward).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        # two passes over the processes' rows, as BatchNorm's own two-pass statistics: the mean,
+        # then the mean squared deviation from it
+        sums = _SumOverProcesses.apply(torch.cat([x.sum(0), x.new_full((1,), float(x.shape[0]))]))  # [C + 1]
+        n = sums[-1]
+        mean = sums[:-1] / n
+        var = _SumOverProcesses.apply(((x - mean) ** 2).sum(0)) / n  # biased, as BN normalises
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.mul_(1 - m).add_(m * mean.detach())
+            self.running_var.mul_(1 - m).add_(m * var.detach() * n / max(float(n) - 1, 1.0))
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        return out * self.weight + self.bias if self.affine else out
+
+
+def global_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm1d turned, in place, into a GlobalBatchNorm1d: the same
+    Parameter and buffer objects (an optimizer built before keeps updating them), the same
+    state-dict keys."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm1d:
+            if not m.track_running_stats:
+                raise ValueError("GlobalBatchNorm1d needs running statistics")
+            m.__class__ = GlobalBatchNorm1d
+    return module
+
+
 @dataclass
 class ScoreMaps:
     """Per-block score grids: raw (ASL) and refined (NAM), each L x (B, 2, h, w); ``refined`` is

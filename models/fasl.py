@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from models.asl import HeadLayout, ScoreHeads, ScoreMaps
 from models.backbone import Backbone, BackboneOutput
 from models.fd import deviation, fd_scores
+from models.hardware import cpu_has_amx
 from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
 from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, MemoryBank
 
@@ -31,16 +32,6 @@ SEARCH_PRECISIONS = ("auto", "exact", "bf16")
 def mode_uses_heads(mode: str) -> bool:
     """Scoring modes that need trained heads (a checkpoint): all but ``fd``."""
     return mode != "fd"
-
-
-def cpu_has_amx() -> bool:
-    """True when this CPU multiplies bfloat16 matrices in tiles (Intel AMX), where a bf16 search
-    matmul is 6-7x faster than fp32; without AMX the gain is small or negative."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x; absent = no
-    try:
-        return bool(probe()) if probe is not None else False
-    except Exception:  # pragma: no cover - a torch build without the probe's backend
-        return False
 
 
 def search_dtype(precision: str, device: torch.device, small: bool = False) -> torch.dtype | None:
@@ -166,8 +157,8 @@ class CheckpointMismatch(ValueError):
 
 
 # what a checkpoint's backbone and heads must agree on (image_size may differ: the heads see features)
-CHECKED_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation",
-                "input_bn", "nam", "hidden_bias", "nam_residual")
+BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation")
+HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual")
 
 
 def normalize_config(config: dict) -> dict:
@@ -229,13 +220,15 @@ class FASL(nn.Module):
         """Trainable state + the config that built it; loadable with weights_only=True."""
         return {"format": CHECKPOINT_FORMAT, "config": self.config(), "heads": self.heads.state_dict(), **extra}
 
-    def check_config(self, config: dict, source: str = "checkpoint", same_image_size: bool = False) -> None:
+    def check_config(self, config: dict, source: str = "checkpoint", same_image_size: bool = False,
+                     heads: bool = True) -> None:
         """Raise CheckpointMismatch naming every field of ``config`` that does not fit this model:
-        the backbone and head layout, random vs pretrained weights and, with ``same_image_size``
-        (features stored at some size, as a references file's), the input size. Weights named
-        differently (an open_clip tag vs a local copy of its file) only warn."""
+        the backbone, the head layout (unless ``heads`` is False: features stored for scoring
+        that uses no heads), random vs pretrained weights and, with ``same_image_size`` (features
+        stored at some size, as a references file's), the input size. Weights named differently
+        (an open_clip tag vs a local copy of its file) only warn."""
         mine, config = self.config(), normalize_config(config)
-        keys = CHECKED_KEYS + (("image_size",) if same_image_size else ())
+        keys = BACKBONE_KEYS + (HEAD_KEYS if heads else ()) + (("image_size",) if same_image_size else ())
         diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in keys
                  if config.get(k) != mine[k]]
         if (config.get("pretrained") is None) != (mine["pretrained"] is None):
@@ -250,7 +243,10 @@ class FASL(nn.Module):
 
     def load_checkpoint(self, path: str | Path) -> dict:
         """Load heads from a checkpoint file; returns the whole (tensor/primitive) state."""
-        state = read_checkpoint(path, self.device)
+        return self.apply_checkpoint(read_checkpoint(path, self.device), path)
+
+    def apply_checkpoint(self, state: dict, path: str | Path = "checkpoint") -> dict:
+        """Load heads from a checkpoint's state (as ``read_checkpoint`` returns it); returns it."""
         self.check_config(state["config"], source=f"checkpoint {path}")
         try:
             self.heads.load_state_dict(state["heads"])
@@ -313,22 +309,29 @@ class FASL(nn.Module):
         return aligned
 
     def score_features(self, feats: BackboneOutput, banks: MemoryBank | Sequence[MemoryBank],
-                       align: str = "exhaustive", use_nam: bool = True) -> ScoreMaps:
+                       align: str = "exhaustive", use_nam: bool = True, heads: nn.Module | None = None) -> ScoreMaps:
         """Raw (and NAM) score grids of already-encoded images, L x (B, 2, h, w) each.
 
         Every image is aligned against its own bank (``align_batch``) and the whole batch's
         deviations go through the heads in one call, so each BatchNorm sees the batch at once
         and updates its running statistics once per call, as in the reference code.
+        heads: the module to call instead of ``self.heads`` (a DistributedDataParallel wrapper of it).
         """
         aligned = self.align_batch(feats, banks, align)
-        return self.heads(deviation(feats.tokens, aligned), feats.grid, use_nam=use_nam)
+        return (heads or self.heads)(deviation(feats.tokens, aligned), feats.grid, use_nam=use_nam)
 
     def forward(self, images: torch.Tensor, banks: MemoryBank | Sequence[MemoryBank], align: str = "exhaustive",
-                use_nam: bool = True) -> ScoreMaps:
+                use_nam: bool = True, heads: nn.Module | None = None) -> ScoreMaps:
         """Training forward: images (B, 3, S, S), each with its class's bank (or one bank for
-        all) -> every block's raw and (``use_nam``) NAM maps."""
+        all) -> every block's raw and (``use_nam``) NAM maps. ``heads``: see ``score_features``.
+        An empty batch (a process of a data-parallel run holding no image of a step) still runs
+        the heads, on no rows, so the processes' collectives stay in step."""
+        if images.shape[0] == 0:
+            g = self.backbone.image_size // self.backbone.patch_size
+            empty = [torch.zeros(0, g * g, w, device=self.device) for w in self.backbone.widths]
+            return (heads or self.heads)(empty, (g, g), use_nam=use_nam)
         feats = self.backbone(images.to(self.device), with_embedding=align != "exhaustive")
-        return self.score_features(feats, banks, align, use_nam)
+        return self.score_features(feats, banks, align, use_nam, heads)
 
     # ----------------------------------------------------------------- inference
     def search_dtype_for(self, cfg: InferenceConfig, windows: bool) -> torch.dtype | None:
@@ -346,13 +349,15 @@ class FASL(nn.Module):
         extra = {"radius": cfg.win_radius, "topk": cfg.win_topk} if windows else {}
         search_dtype = self.search_dtype_for(cfg, windows)
         key = (id(tokens[0]), id(bank), windows, cfg.align, search_dtype, tuple(extra.items()))
-        alignment = alignments.get(key) if alignments is not None else None
-        if alignment is None:
+        cached = alignments.get(key) if alignments is not None else None
+        if cached is not None and cached[0] is tokens[0] and cached[1] is bank:  # not a recycled id
+            alignment = cached[2]
+        else:
             with timer("align"):
                 alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
                                   search_dtype=search_dtype, **extra)
             if alignments is not None:
-                alignments[key] = alignment
+                alignments[key] = (tokens[0], bank, alignment)
         Q, L = tokens[0].shape[0], len(tokens)
         fd = fd_scores(alignment.similarity).reshape(Q, L, *grid) if cfg.mode != "fasl" else None
         probs = None

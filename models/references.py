@@ -130,7 +130,7 @@ def check_fit(state: dict, path: Path, model: FASL, cfg: InferenceConfig, fpr: f
               check_scoring: bool) -> None:
     """The one compatibility check of a references file against a run (see the module docstring)."""
     source = f"references file {path}"
-    model.check_config(state["config"], source=source, same_image_size=True)
+    model.check_config(state["config"], source=source, same_image_size=True, heads=cfg.uses_heads)
     if state["window"] != _window_layout(cfg):
         have = "no windows (--winmode nan)" if state["window"] is None else \
             f"windows of size {state['window']['size']}, stride {state['window']['stride']}"

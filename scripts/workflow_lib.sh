@@ -23,7 +23,10 @@ environment (defaults: the reference code's recipe): MVTEC_ROOT (./datasets/mvte
     CROP_SMALL_RATE (0.6) EXTRA_TRAIN_ARGS (extra flags for train.py)
   testing: TEST_EPOCH_VISA (5: epoch of the MVTec-trained heads that test VisA)
     TEST_EPOCH_MVTEC (5: epoch of the VisA-trained heads that test MVTec AD)
+    SEEDS (unset: the seed argument; e.g. '0 1 2': a sweep over reference draws, every k at once,
+      with a mean +- std summary in \$RESULTS_ROOT/<test set>/<model_name>/sweep.md)
     EXTRA_TEST_ARGS (extra flags for test_few_shot.py, e.g. '--save_vis')
+  NPROC (1; N: every program runs in N processes on this machine through torchrun)
   RESULTS_ROOT (results) CKPT_ROOT (checkpoints) PYTHON (python)"
 
 fasl_die() { echo "error: $*" >&2; echo >&2; echo "$FASL_USAGE" >&2; exit 2; }
@@ -67,6 +70,10 @@ fasl_parse_args() {
     PYTHON=${PYTHON:-python}
     EXTRA_TEST_ARGS=${EXTRA_TEST_ARGS:-}
     EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}
+    NPROC=${NPROC:-1}
+    SEEDS=${SEEDS:-}
+    [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || fasl_die "NPROC '$NPROC' must be a positive integer"
+    [[ -z "$SEEDS" || "$SEEDS" =~ ^[0-9]+([[:space:]]+[0-9]+)*$ ]] || fasl_die "SEEDS '$SEEDS' must be non-negative integers separated by spaces"
     local name
     for name in EPOCHS_MVTEC EPOCHS_VISA TEST_EPOCH_VISA TEST_EPOCH_MVTEC TRAIN_K; do
         [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || fasl_die "$name '${!name}' must be a positive integer"
@@ -80,6 +87,15 @@ fasl_parse_args() {
     # shellcheck disable=SC2206
     TEST_ARGS=($NAM_FLAG --winmode "$WINMODE" --win_size "$WIN_SIZE" --win_stride "$WIN_STRIDE"
                --win_weight "$WIN_WEIGHT" --search_precision "$SEARCH_PRECISION" $EXTRA_TEST_ARGS)
+}
+
+# fasl_run SCRIPT ARGS...: run one of the programs, in NPROC processes through torchrun when NPROC > 1
+fasl_run() {
+    if [ "$NPROC" -gt 1 ]; then
+        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" "$@"
+    else
+        "$PYTHON" "$@"
+    fi
 }
 
 # fasl_check_flags: let the programs refuse bad values (winmode, ALIGN, SEARCH_PRECISION, ...) with
@@ -118,22 +134,32 @@ fasl_train() {
     out=$(fasl_ckpt_dir "$dataset")
     echo "== train on $dataset, $epochs epochs, $TRAIN_K references per class -> $out"
     # shellcheck disable=SC2086
-    "$PYTHON" train.py --train_data_path "$root" --dataset "$dataset" --save_path "$out" "${COMMON_ARGS[@]}" \
+    fasl_run train.py --train_data_path "$root" --dataset "$dataset" --save_path "$out" "${COMMON_ARGS[@]}" \
         --k_shot "$TRAIN_K" --epoch "$epochs" --batch_size "$BATCH_SIZE" $NAM_FLAG --aug_rate "$aug" \
         --crop_rate "$crop" --crop_small_rate "$CROP_SMALL_RATE" --resume $EXTRA_TRAIN_ARGS
 }
 
-# fasl_test DATASET ROOT CKPT K: few-shot test of one dataset with one checkpoint
-fasl_test() {
-    local dataset=$1 root=$2 ckpt=$3 k=$4
-    local out="$RESULTS_ROOT/$dataset/$MODEL_NAME/${k}shot/seed$SEED"
+# fasl_tests DATASET ROOT CKPT: few-shot tests of one dataset with one checkpoint, every k; with
+# SEEDS, one sweep over every k and seed (results under <k>shot/seed<seed>/, summary in sweep.md)
+fasl_tests() {
+    local dataset=$1 root=$2 ckpt=$3 k
+    local out="$RESULTS_ROOT/$dataset/$MODEL_NAME"
     if [ ! -f "$ckpt" ]; then
         echo "error: checkpoint '$ckpt' not found; train it with trainAndTest.sh (or set CKPT_ROOT)" >&2
         exit 1
     fi
-    echo "== test on $dataset, k=$k -> $out"
-    "$PYTHON" test_few_shot.py --data_path "$root" --dataset "$dataset" --save_path "$out" \
-        --checkpoint_path "$ckpt" "${COMMON_ARGS[@]}" --k_shot "$k" "${TEST_ARGS[@]}"
+    if [ -n "$SEEDS" ]; then
+        echo "== test on $dataset, k=${K_LIST[*]}, seeds $SEEDS -> $out"
+        # shellcheck disable=SC2086
+        fasl_run test_few_shot.py --data_path "$root" --dataset "$dataset" --save_path "$out" \
+            --checkpoint_path "$ckpt" "${COMMON_ARGS[@]}" --k_shot "${K_LIST[@]}" --seeds $SEEDS "${TEST_ARGS[@]}"
+        return
+    fi
+    for k in "${K_LIST[@]}"; do
+        echo "== test on $dataset, k=$k -> $out/${k}shot/seed$SEED"
+        fasl_run test_few_shot.py --data_path "$root" --dataset "$dataset" --save_path "$out/${k}shot/seed$SEED" \
+            --checkpoint_path "$ckpt" "${COMMON_ARGS[@]}" --k_shot "$k" "${TEST_ARGS[@]}"
+    done
 }
 
 # fasl_setup "$@": parse and check the arguments and both datasets; K_LIST holds the k values

@@ -365,17 +365,16 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted_run(
     (tmp_path / "B").mkdir()
     shutil.copy(mvtec_ckpt, tmp_path / "B" / "epoch_1.pth")
     served = []
+    collate = train.default_collate
 
-    class InterruptedLoader(train.DataLoader):
-        """Serves one batch (trained on: loss, backward, step), then fails fetching the next."""
-        def __iter__(self):
-            for batch in super().__iter__():
-                if served:
-                    raise Interrupted
-                served.append(len(batch.cls_name))
-                yield batch
+    def interrupted_collate(items):
+        """Serves one batch (trained on: loss, backward, step), then fails assembling the next."""
+        if served:
+            raise Interrupted
+        served.append(len(items))
+        return collate(items)
 
-    monkeypatch.setattr(train, "DataLoader", InterruptedLoader)
+    monkeypatch.setattr(train, "default_collate", interrupted_collate)
     with pytest.raises(Interrupted):
         train.main([*common, "--save_path", str(tmp_path / "B"), "--epoch", "2", "--resume"])
     assert served == [6], "epoch 2 should have trained on exactly one batch before the interruption"
@@ -568,3 +567,34 @@ def test_training_changes_beyond_the_reference_are_recorded(syn_datasets, tiny_b
     results = test_few_shot.main(["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "t"),
                                   "--checkpoint_path", str(path), "--eval_size", str(EVAL), *tiny_backbone_args])
     assert all(0.0 <= m["pixel_auroc"] <= 1.0 for m in results.values())
+
+
+def test_a_sweep_writes_every_run_and_mean_and_std_over_seeds(run_test, winmode_runs, visa_classes, tmp_path):
+    """--k_shot 1 2 --seeds 5 6: each run as a single run would write it (the (1, 5) run equals the
+    plain run), and sweep.json's mean / std are those of the runs' numbers over the seeds."""
+    out = tmp_path / "sweep"
+    returned = run_test(out, "--winmode", "nan", "--save_maps", "--k_shot", "1", "2", "--seeds", "5", "6")
+    assert sorted(returned) == ["1shot/seed5", "1shot/seed6", "2shot/seed5", "2shot/seed6"]
+    assert read_results(out / "1shot" / "seed5")["per_class"] == read_results(winmode_runs["nan"])["per_class"]
+    runs = {(k, s): read_results(out / f"{k}shot" / f"seed{s}") for k in (1, 2) for s in (5, 6)}
+    sweep = json.loads((out / "sweep.json").read_text())
+    for k in (1, 2):
+        for cls in visa_classes:
+            values = [runs[(k, s)]["per_class"][cls]["pixel_auroc"] for s in (5, 6)]
+            got = sweep["k_shot"][str(k)]["per_class"][cls]["pixel_auroc"]
+            assert got["mean"] == pytest.approx(np.mean(values)) and got["std"] == pytest.approx(np.std(values, ddof=1))
+        mean = sweep["k_shot"][str(k)]["per_class"]["mean"]["image_auroc"]
+        per_seed = [np.mean([runs[(k, s)]["per_class"][c]["image_auroc"] for c in visa_classes]) for s in (5, 6)]
+        assert mean["mean"] == pytest.approx(np.mean(per_seed))
+        for s in (5, 6):
+            drawn = json.loads((out / f"{k}shot" / f"seed{s}" / "references.json").read_text())["references"]
+            assert sweep["references"][str(k)][str(s)] == drawn and all(len(v) == k for v in drawn.values())
+    assert "±" in (out / "sweep.md").read_text()
+    header = (out / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["k", "class", "image_auroc_mean", "image_auroc_std"]
+    with pytest.raises(SystemExit):
+        test_few_shot.parse_args(["--data_path", "x", "--save_path", "y", "--mode", "fd", "--refs_file", "r.json",
+                                  "--seeds", "1", "2"])
+    # --seeds with one seed is a sweep still: its run has its own folder, and a summary
+    run_test(tmp_path / "one", "--winmode", "nan", "--seeds", "5")
+    assert (tmp_path / "one" / "1shot" / "seed5" / "results.json").is_file() and (tmp_path / "one" / "sweep.json").is_file()

@@ -852,7 +852,7 @@ def test_encode_once_then_score_equals_predict(trained, bank, queries):
     for mode in ("fasl", "fd", "merged"):
         c = cfg(winmode="mul", align="position", mode=mode)
         assert torch.equal(trained.score(enc, bank, c, found).score_map, trained.predict(queries, bank, c).score_map)
-        assert len(found) == 2
+        assert len(found) == 2  # one global and one window search
     with pytest.raises(ValueError, match="window layout"):
         trained.score(trained.encode(queries, cfg(winmode="mul", win_stride=1)), bank, cfg(winmode="mul"))
     with pytest.raises(ValueError, match="needs the global features"):
@@ -870,3 +870,47 @@ def test_residual_nam_starts_as_the_identity_and_learns():
     layout = HeadLayout((8, 8), nam_residual=True)
     assert HeadLayout.from_config((8, 8), layout.to_config()) == layout
     assert ScoreHeads(layout).nam.residual
+
+
+def test_precision_fits_the_cpu(monkeypatch):
+    """auto never picks bf16 where it is slow; an explicit bf16 there runs, with a warning saying why."""
+    import warnings
+
+    import models.backbone as backbone_module
+    import models.hardware as hardware
+
+    cpu = torch.device("cpu")
+    for fast in (True, False):
+        monkeypatch.setattr(hardware, "cpu_has_amx", lambda: fast)
+        monkeypatch.setattr(hardware, "cpu_bf16_is_fast", lambda: fast)
+        for decided in (True, False):
+            monkeypatch.setattr(backbone_module, "CPU_AUTO_BF16", decided)
+            want = torch.bfloat16 if fast and decided else torch.float32
+            assert backbone_module.encoder_dtype("auto", cpu) == want
+    monkeypatch.setattr(hardware, "cpu_bf16_is_fast", lambda: False)
+    with pytest.warns(UserWarning, match=r"--precision bf16 on this CPU \(no AMX / AVX-512 BF16\).*software"):
+        assert backbone_module.encoder_dtype("bf16", cpu) == torch.bfloat16
+    monkeypatch.setattr(hardware, "cpu_bf16_is_fast", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backbone_module.encoder_dtype("bf16", cpu) == torch.bfloat16
+        assert backbone_module.encoder_dtype("fp32", cpu) == torch.float32
+    assert backbone_module.encoder_dtype("auto", torch.device("cuda", 0)) == torch.float16  # no GPU needed to decide
+
+
+
+def test_global_batch_norm_keeps_the_parameters_an_optimizer_holds():
+    """The swap happens in place: an optimizer built before still updates the BatchNorms, and a
+    single process (no process group) computes plain BatchNorm."""
+    from models.asl import GlobalBatchNorm1d, global_batch_norm
+
+    torch.manual_seed(0)
+    heads = ScoreHeads(HeadLayout((8, 8)))
+    before = list(heads.parameters())
+    x = torch.randn(2, 6, 8)
+    want = heads([x, x], (2, 3)).raw[0]
+    global_batch_norm(heads)
+    assert [p for p in heads.parameters()] == before and all(a is b for a, b in zip(heads.parameters(), before))
+    assert sum(isinstance(m, GlobalBatchNorm1d) for m in heads.modules()) == 8
+    torch.testing.assert_close(heads([x, x], (2, 3)).raw[0], want)
+

@@ -164,8 +164,11 @@ def test_save_load_round_trip_gives_identical_scores(data, tmp_path):
     assert state["format"] == "fasl-refs-v2" and len(state["global_tokens"]) == 4
     assert state["global_tokens"][0].shape[0] == 4 and state["window"] == {"size": 4, "stride": 2}
     # a file of the first format (all blocks' tokens in one tensor, no region size) still reads
+    legacy = {k: v for k, v in state["config"].items()
+              if k not in ("nam", "hidden_bias", "nam_residual", "family", "activation", "widths")}
+    legacy["width"] = state["config"]["widths"][0]  # the config v1 files hold (before per-block widths)
     v1 = dict(state, format="fasl-refs-v1", global_tokens=torch.stack(state["global_tokens"]),
-              window_tokens=torch.stack(state["window_tokens"]))
+              window_tokens=torch.stack(state["window_tokens"]), config=legacy)
     v1["thresholds"] = {k: v for k, v in state["thresholds"].items() if k != "min_region_fraction"}
     v1["thresholds"]["fit"] = {k: v for k, v in state["thresholds"]["fit"].items() if k != "largest_normal_region"}
     torch.save(v1, tmp_path / "v1.pt")
@@ -194,7 +197,7 @@ def test_fasl_mode_with_checkpoint_and_heads_check(data, tmp_path):
     ckpt = tmp_path / "heads.pth"
     torch.save(model.checkpoint_state(), ckpt)
     refs_file = tmp_path / "part.pt"
-    args = ["--images", str(data["good"][0]), str(data["defects"][1]), "--checkpoint_path", str(ckpt)]
+    args = ["--images", str(data["good"][0]), str(data["defects"][1]), "--checkpoint_path", str(ckpt), "--mode", "fasl"]
     assert run([*args, "--refs", str(data["root"] / "refs"), "--out", str(tmp_path / "a"),
                 "--save_refs", str(refs_file)]) == 0
     pred = read_json(tmp_path / "a" / "predictions.json")
@@ -285,7 +288,7 @@ def test_parse_args_errors(capsys):
     with pytest.raises(SystemExit):
         predict.parse_args([*base, "--refs", "r.png", "--fpr", "1.5"])
     assert predict.parse_args([*base, "--refs", "r.png"]).mode == "fd"
-    assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint_path", "c.pth"]).mode == "fasl"
+    assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint_path", "c.pth"]).mode == "merged"
     # the old spelling still works, out of --help
     assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint", "c.pth"]).checkpoint_path == "c.pth"
 

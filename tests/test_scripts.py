@@ -24,7 +24,7 @@ METRICS = ("image_auroc", "image_f1_max", "image_ap", "pixel_auroc", "pixel_f1_m
 # '--END--') and, when called as train.py, creates the checkpoint files train.py would write.
 STUB = r"""#!/usr/bin/env bash
 printf '%s\n' "$@" --END-- >> "$STUB_LOG"
-if [ "$1" = train.py ]; then
+if [[ " $* " == *" train.py "* ]]; then
     args=("$@")
     for ((i = 0; i < ${#args[@]}; i++)); do
         case "${args[i]}" in --save_path) save=${args[i+1]} ;; --epoch) epochs=${args[i+1]} ;; esac
@@ -249,6 +249,22 @@ def test_scripts_default_to_the_reference_recipe(syn_datasets, tmp_path):
     assert "--features_list" not in train_mvtec  # BLOCKS unset: the model's own default (ViT-L: 6 12 18 24)
 
 
+def test_seeds_make_one_sweep_per_test_set_and_nproc_launches_torchrun(syn_datasets, tmp_path):
+    env, log = stub_env(tmp_path, syn_datasets)
+    env.update(SEEDS="0 1 2", NPROC="2")
+    res = run_script("trainAndTest.sh", ["exp", "cpu", "1", "nan", "13", "2", "0.5", "9", "1,4"], env)
+    assert res.returncode == 0, res.stderr
+    calls = read_calls(log)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert [c[:6] for c in calls] == [launcher + [p] for p in ("train.py", "test_few_shot.py") * 2]
+    tests = [c[5:] for c in calls if c[5] == "test_few_shot.py"]
+    for call, test_set in zip(tests, ("visa", "mvtec")):
+        assert flag(call, "--k_shot", 2) == ["1", "4"] and flag(call, "--seeds", 3) == ["0", "1", "2"]
+        assert flag(call, "--save_path") == f"{tmp_path}/results/{test_set}/exp" and flag(call, "--dataset") == test_set
+    assert "SEEDS 'a b' must be" in run_script("test_few_shot.sh", GOOD, {**env, "SEEDS": "a b"}).stderr
+    assert "NPROC '0' must be" in run_script("test_few_shot.sh", GOOD, {**env, "NPROC": "0"}).stderr
+
+
 def test_scripts_take_a_timm_model(syn_datasets, tmp_path):
     env, log = stub_env(tmp_path, syn_datasets)
     env.update(MODEL="timm:tf_efficientnet_lite0", PRETRAINED="/w/lite0.pth", IMAGE_SIZE="224", BLOCKS="3 4")
@@ -280,8 +296,8 @@ def test_test_script_forwards_every_argument(syn_datasets, tmp_path):
     assert res.returncode == 0, res.stderr
     calls = read_calls(log)
     assert [(c[0], flag(c, "--dataset"), flag(c, "--k_shot")) for c in calls] == [
-        ("test_few_shot.py", "visa", "1"), ("test_few_shot.py", "mvtec", "1"),
-        ("test_few_shot.py", "visa", "4"), ("test_few_shot.py", "mvtec", "4")]
+        ("test_few_shot.py", "visa", "1"), ("test_few_shot.py", "visa", "4"),
+        ("test_few_shot.py", "mvtec", "1"), ("test_few_shot.py", "mvtec", "4")]
     for call in calls:
         assert "--nam" in call and "--no-nam" not in call
         assert flag(call, "--device") == "1" and flag(call, "--winmode") == "nan"

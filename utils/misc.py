@@ -10,10 +10,13 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Union
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from utils.distributed import Dist
 
 PathLike = Union[str, os.PathLike]
 
@@ -203,15 +206,38 @@ def get_logger(name: str, log_file: PathLike | None = None,
     return logger
 
 
-def start_run(args, name: str) -> tuple[Path, logging.Logger, torch.device]:
-    """Common start of train/test runs: create ``args.save_path``, log to ``<name>.log`` in it,
-    resolve ``args.device`` and seed everything from ``args.seed``."""
+def close_log_file(logger: logging.Logger, log_file: PathLike) -> None:
+    """Detach and close ``logger``'s handler of ``log_file`` (and the warnings' copy of it)."""
+    path = os.path.abspath(log_file)
+    for lg in (logger, logging.getLogger("py.warnings")):
+        for handler in list(lg.handlers):
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename == path:
+                lg.removeHandler(handler)
+                handler.close()
+
+
+class Run(NamedTuple):
+    save_path: Path
+    log: logging.Logger
+    device: torch.device
+    dist: "Dist"
+
+
+def start_run(args, name: str) -> Run:
+    """Common start of train/test runs: resolve ``args.device``, join the process group under
+    torchrun (utils/distributed.py), create ``args.save_path``, log to ``<name>.log`` in it
+    (``<name>.rank<r>.log`` for the other processes of a torchrun) and seed everything from
+    ``args.seed``."""
+    from utils.distributed import init_distributed
+
+    device = resolve_device(args.device)
+    dist_info, device = init_distributed(device)
     save_path = Path(args.save_path)
     save_path.mkdir(parents=True, exist_ok=True)
-    log = get_logger(f"fasl.{name}", save_path / f"{name}.log")
-    device = resolve_device(args.device)
+    log_name = name if dist_info.is_main else f"{name}.rank{dist_info.rank}"
+    log = get_logger(f"fasl.{name}", save_path / f"{log_name}.log")
     seed_everything(args.seed)
-    return save_path, log, device
+    return Run(save_path, log, device, dist_info)
 
 
 def peak_rss_bytes() -> int:
