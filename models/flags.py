@@ -39,8 +39,8 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu",
                    help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")
     g.add_argument("--precision", choices=tuple(PRECISIONS), default="auto",
-                   help="encoder autocast and memory-bank dtype: 'auto' = fp16 on CUDA, fp32 on CPU "
-                        "(default: %(default)s)")
+                   help="encoder autocast and memory-bank dtype: 'auto' = fp16 on CUDA; on a CPU bf16 where it is "
+                        "fast (AMX), else fp32 (FASL_CPU_AUTO_BF16=0 keeps fp32) (default: %(default)s)")
 
 
 def add_align_arg(p: argparse.ArgumentParser, default: str = "exhaustive") -> None:

@@ -5,9 +5,15 @@ checkpoint is trained in-process (``train.main``) once per session and shared re
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# ``--precision auto`` runs the encoder in bf16 on CPUs with AMX and in fp32 elsewhere; the suite
+# pins fp32 so that it asserts the same numbers on every CI machine (and in the processes it
+# launches, which inherit this). test_precision_fits_the_cpu covers the auto decision itself.
+os.environ["FASL_CPU_AUTO_BF16"] = "0"
 
 # The tiny random-weight backbone every end-to-end run uses (models/configs/fasl-tiny-vit.json).
 TINY_BACKBONE = ["--model", "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112",

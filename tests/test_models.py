@@ -880,13 +880,21 @@ def test_precision_fits_the_cpu(monkeypatch):
     import models.hardware as hardware
 
     cpu = torch.device("cpu")
-    for fast in (True, False):
-        monkeypatch.setattr(hardware, "cpu_has_amx", lambda: fast)
-        monkeypatch.setattr(hardware, "cpu_bf16_is_fast", lambda: fast)
-        for decided in (True, False):
-            monkeypatch.setattr(backbone_module, "CPU_AUTO_BF16", decided)
-            want = torch.bfloat16 if fast and decided else torch.float32
-            assert backbone_module.encoder_dtype("auto", cpu) == want
+    for amx in (True, False):
+        monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
+        monkeypatch.setattr(hardware, "cpu_bf16_is_fast", lambda: amx)
+        for env, enabled in ((None, True), ("1", True), ("0", False)):  # the suite itself runs with "0"
+            if env is None:
+                monkeypatch.delenv(backbone_module.AUTO_BF16_ENV, raising=False)
+            else:
+                monkeypatch.setenv(backbone_module.AUTO_BF16_ENV, env)
+            want = torch.bfloat16 if amx and enabled else torch.float32
+            assert backbone_module.encoder_dtype("auto", cpu) == want, (amx, env)
+    # AVX-512 BF16 without AMX computes bf16 at about fp32's speed: auto keeps fp32 there
+    monkeypatch.delenv(backbone_module.AUTO_BF16_ENV, raising=False)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_bf16_is_fast", lambda: True)
+    assert backbone_module.encoder_dtype("auto", cpu) == torch.float32
     monkeypatch.setattr(hardware, "cpu_bf16_is_fast", lambda: False)
     with pytest.warns(UserWarning, match=r"--precision bf16 on this CPU \(no AMX / AVX-512 BF16\).*software"):
         assert backbone_module.encoder_dtype("bf16", cpu) == torch.bfloat16
