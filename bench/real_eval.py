@@ -50,6 +50,7 @@ from data.kshot import load_reference_images, normal_train_images, sample_kshot 
 from data.meta import load_meta  # noqa: E402
 from models import build_fasl  # noqa: E402
 from models.asl import HeadLayout  # noqa: E402
+from models.backbone import PRECISIONS  # noqa: E402
 from models.fasl import FASL, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
 from utils.metrics import class_metrics, transductive_scores  # noqa: E402
 from utils.misc import resolve_device, write_json  # noqa: E402
@@ -92,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also score FD with a bf16 encoder (autocast) against fp32: pixel AUROC / AUPRO and the "
                         "agreement of the maps")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="encoder precision of training and scoring; fp32, as the README's tables were measured "
+                        "('auto' would pick bf16 on a CPU with AMX) (default: %(default)s)")
     p.add_argument("--workdir", default="bench_out/real_eval/work", help="trained heads (default: %(default)s)")
     p.add_argument("--out", default="bench_out/real_eval", help="results.json and tables.md (default: %(default)s)")
     return p.parse_args(argv)
@@ -114,7 +118,7 @@ def training_argv(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
     if args.features_list:
         backbone += ["--features_list", *map(str, args.features_list)]
     return ["--train_data_path", args.data_root, *data, "--classes", *classes, *backbone, "--device", args.device,
-            "--seed", str(seed), "--epoch", str(epochs), "--batch_size", str(args.batch_size), "--k_shot",
+            "--precision", args.precision, "--seed", str(seed), "--epoch", str(epochs), "--batch_size", str(args.batch_size), "--k_shot",
             str(args.train_k), "--learning_rate", str(args.learning_rate), "--nam" if nam else "--no-nam",
             *shlex.split(args.train_args)]
 
@@ -174,7 +178,8 @@ def evaluate(args) -> list[dict]:
     if len(classes) < 2:
         raise ValueError(f"{args.data_root}: heads trained without the test class need two classes or more")
     torch.manual_seed(0)
-    base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device).eval()
+    base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device,
+                      precision=args.precision).eval()
     bb = base.backbone
     cache = HeadsCache(base)
     records = []
@@ -218,7 +223,8 @@ def agreement(args) -> list[dict]:
     fp32 search's reference patch, and the FD pixel AUROC each gives."""
     device = resolve_device(args.device)
     meta = load_meta(args.data_root)
-    base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device).eval()
+    base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device,
+                      precision=args.precision).eval()
     bb = base.backbone
     rows = []
     for cls, k, seed in product(sorted(meta["test"]), args.k_shot, args.seeds):
