@@ -117,11 +117,11 @@ def score_unit(model, cfg, args, meta, unit, runs: Runs, log, tag: str) -> dict:
     data = load_test_images(args.data_path, meta, unit.cls, args.image_size, args.eval_size, bb.mean, bb.std,
                             indices=range(unit.start, unit.stop))
     windows = model.windows_for(cfg)
+    progress = lambda it: tqdm(it, desc=unit.cls, leave=False, dynamic_ncols=True)  # noqa: E731
     scored = {}
     for key in runs.keys:
         refs = load_reference_images(args.data_path, runs.refs[key][unit.cls], args.image_size, bb.mean, bb.std)
         bank = model.build_memory(refs, windows, window_batch=cfg.window_batch)
-        progress = lambda it: tqdm(it, desc=unit.cls, leave=False, dynamic_ncols=True)  # noqa: E731
         pred = model.predict_all(data.images, bank, cfg, args.batch_size, progress)
         del bank  # a class's banks live only for its turn
         scored[key] = (pred.score_map.numpy(), pred.image_score.numpy())

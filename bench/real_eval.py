@@ -118,9 +118,9 @@ def training_argv(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
     if args.features_list:
         backbone += ["--features_list", *map(str, args.features_list)]
     return ["--train_data_path", args.data_root, *data, "--classes", *classes, *backbone, "--device", args.device,
-            "--precision", args.precision, "--seed", str(seed), "--epoch", str(epochs), "--batch_size", str(args.batch_size), "--k_shot",
-            str(args.train_k), "--learning_rate", str(args.learning_rate), "--nam" if nam else "--no-nam",
-            *shlex.split(args.train_args)]
+            "--precision", args.precision, "--seed", str(seed), "--epoch", str(epochs), "--batch_size",
+            str(args.batch_size), "--k_shot", str(args.train_k), "--learning_rate", str(args.learning_rate),
+            "--nam" if nam else "--no-nam", *shlex.split(args.train_args)]
 
 
 def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) -> Path:
@@ -239,13 +239,13 @@ def agreement(args) -> list[dict]:
         for align, search in (("exhaustive", "exact"), ("exhaustive", "bf16"), ("image_index", "exact"),
                               ("position", "exact")):
             cfg = InferenceConfig(**{**ref_cfg.__dict__, "align": align, "search_precision": search})
-            found: dict = {}  # the alignments the scoring ran: key[2] tells the windows' from the global one
+            found: dict = {}  # the alignments the scoring ran (models.fasl.CachedAlignment)
             pred = base.score(enc, bank, cfg, found)
             auroc = class_metrics(data.labels, pred.image_score.numpy(), data.masks, pred.score_map.numpy())
             row = {"class": cls, "k": k, "seed": seed, "align": align, "search": search,
                    "pixel_auroc": auroc["pixel_auroc"], "pixel_aupro": auroc["pixel_aupro"]}
-            for key, (_, _, a) in found.items():
-                where = "window" if key[2] else "global"
+            for entry in found.values():
+                where, a = "window" if entry.windows else "global", entry.alignment
                 if (align, search) == ("exhaustive", "exact"):
                     exact[where] = a
                 row[f"{where}_agreement"] = float(np.mean([(x == y).float().mean().item()

@@ -10,7 +10,7 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ from models.backbone import Backbone, BackboneOutput
 from models.fd import deviation, fd_scores
 from models.hardware import cpu_has_amx
 from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
-from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, MemoryBank
+from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, Alignment, MemoryBank
 
 WINMODES = ("nan", "mul", "onlywin")
 SCORE_MODES = ("fasl", "fd", "merged")
@@ -350,14 +350,14 @@ class FASL(nn.Module):
         search_dtype = self.search_dtype_for(cfg, windows)
         key = (id(tokens[0]), id(bank), windows, cfg.align, search_dtype, tuple(extra.items()))
         cached = alignments.get(key) if alignments is not None else None
-        if cached is not None and cached[0] is tokens[0] and cached[1] is bank:  # not a recycled id
-            alignment = cached[2]
+        if cached is not None and cached.tokens is tokens[0] and cached.bank is bank:  # not a recycled id
+            alignment = cached.alignment
         else:
             with timer("align"):
                 alignment = align(tokens, embedding, mode=cfg.align, gather=False, max_bytes=cfg.max_bytes,
                                   search_dtype=search_dtype, **extra)
             if alignments is not None:
-                alignments[key] = (tokens[0], bank, alignment)
+                alignments[key] = CachedAlignment(tokens[0], bank, windows, alignment)
         Q, L = tokens[0].shape[0], len(tokens)
         fd = fd_scores(alignment.similarity).reshape(Q, L, *grid) if cfg.mode != "fasl" else None
         probs = None
@@ -495,6 +495,17 @@ class FASL(nn.Module):
                     probs = merge_windows(probs.reshape(B, nw, L * 2, s, s), wg).reshape(B, L, 2, *wg.grid)
             parts.append(self._anomaly_grid(fd, probs, cfg, timer))
         return combine_maps(parts, cfg)
+
+
+class CachedAlignment(NamedTuple):
+    """An entry of ``FASL.score``'s ``alignments`` dict: one search, over the global patches or
+    (``windows``) the LFE windows. ``tokens`` and ``bank`` are held so that a recycled ``id()``
+    in the key is never mistaken for them."""
+
+    tokens: torch.Tensor
+    bank: MemoryBank
+    windows: bool
+    alignment: Alignment
 
 
 @dataclass

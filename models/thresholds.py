@@ -28,10 +28,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from models.fasl import FASL, InferenceConfig
 from models.memory import MemoryBank
+from utils.metrics import label_regions
 
 N_AUGMENTATIONS = 8
 BRIGHTNESS = 0.1
@@ -175,9 +175,7 @@ def largest_region_fraction(maps: np.ndarray, threshold: float) -> float:
     """maps: (n, H, W). The largest 8-connected region of ``maps > threshold`` in any one map, as
     a fraction of the map's area (0 when nothing is above the threshold)."""
     maps = np.asarray(maps)
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True  # 8-connectivity inside each map, none across maps
-    labels, n = ndimage.label(maps > threshold, structure=structure)
+    labels, n = label_regions(maps > threshold)
     if n == 0:
         return 0.0
     return float(np.bincount(labels.ravel())[1:].max() / (maps.shape[-2] * maps.shape[-1]))

@@ -853,6 +853,7 @@ def test_encode_once_then_score_equals_predict(trained, bank, queries):
         c = cfg(winmode="mul", align="position", mode=mode)
         assert torch.equal(trained.score(enc, bank, c, found).score_map, trained.predict(queries, bank, c).score_map)
         assert len(found) == 2  # one global and one window search
+        assert sorted(entry.windows for entry in found.values()) == [False, True]
     with pytest.raises(ValueError, match="window layout"):
         trained.score(trained.encode(queries, cfg(winmode="mul", win_stride=1)), bank, cfg(winmode="mul"))
     with pytest.raises(ValueError, match="needs the global features"):

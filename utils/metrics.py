@@ -35,6 +35,12 @@ _REGION_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _REGION_STRUCTURE[1] = True
 
 
+def label_regions(stack: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected regions (8-connectivity) of each map of a (N, H, W) boolean stack, labelled in
+    one call (no region spans two maps): (labels (N, H, W) int, 1..n; 0 outside, n)."""
+    return ndimage.label(stack, structure=_REGION_STRUCTURE)
+
+
 def _to_numpy(x: Any) -> np.ndarray:
     """Tensor or array-like → NumPy array (half-precision tensors are widened exactly to float32)."""
     if isinstance(x, torch.Tensor):
@@ -151,7 +157,7 @@ def pro_curve_area(fpr: np.ndarray, pro: np.ndarray, max_fpr: float) -> float:
 
 def _aupro_from_sweep(sw: _SortedSweep, masks: np.ndarray, n_neg: int,
                       max_fpr: float) -> Optional[float]:
-    regions, n_regions = ndimage.label(masks, structure=_REGION_STRUCTURE)  # (N, H, W) int ids
+    regions, n_regions = label_regions(masks)  # (N, H, W) int ids
     if n_regions == 0:
         return None
     sizes = np.bincount(regions.ravel(), minlength=n_regions + 1)[1:]
