@@ -38,6 +38,7 @@ import csv
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,17 +48,19 @@ from data.images import ImageReadError, image_to_tensor, image_to_unit_tensor, l
 from models import build_fasl_from_args
 from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import add_backbone_args, add_hidden_alias, add_inference_args
+from models.postprocess import IMAGE_SCORES, MapPost
 from models.references import SavedReferences
 from models.thresholds import Thresholds, augmented_views, score_references
 from utils.cli import run_cli
 from utils.distributed import Dist, broadcast_from_main, gather_to_main, init_distributed, shard, shutdown
 from utils.misc import close_log_file, get_logger, resolve_device, seed_everything, write_json
-from utils.regions import find_regions, resize_map
+from utils.regions import Regions, find_regions, resize_map
 from utils.visualize import heatmap_overlay, mask_outline, normalize_map, save_png
 
 PREDICTIONS_FORMAT = "fasl-predictions-v1"
 DEFAULT_FPR = 0.01
-CSV_FIELDS = ("path", "name", "status", "score", "verdict", "n_regions", "defect_area", "width", "height",
+DEFAULT_POST = MapPost()
+CSV_FIELDS = ("path", "name", "read_status", "score", "verdict", "n_regions", "defect_area", "width", "height",
               "overlay", "mask", "error")
 
 
@@ -83,6 +86,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("decision")
     g.add_argument("--fpr", type=float, default=None,
                    help=f"false-alarm rate the thresholds are set at, on the good images (default: {DEFAULT_FPR})")
+    g.add_argument("--image_score", choices=IMAGE_SCORES, default=DEFAULT_POST.image_score,
+                   help="an image's score: 'model' (the reference code's: mean over blocks of each block's maximum), "
+                        "'max' (the maximum of the smoothed map), 'top' (the mean of its --top_fraction highest "
+                        "pixels) (default: %(default)s)")
+    g.add_argument("--smooth_sigma", type=float, default=DEFAULT_POST.smooth_sigma,
+                   help="Gaussian blur of the score map before any decision, sigma in map pixels; 0 = none "
+                        "(default: %(default)s)")
+    g.add_argument("--top_fraction", type=float, default=DEFAULT_POST.top_fraction,
+                   help="share of the map's pixels averaged by --image_score top (default: %(default)s)")
     g.add_argument("--image_threshold", type=float, default=None, help="override the fitted image threshold")
     g.add_argument("--pixel_threshold", type=float, default=None, help="override the fitted pixel threshold")
     g.add_argument("--min_region_area", type=int, default=None,
@@ -111,6 +123,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--fpr must lie strictly between 0 and 1, got {args.fpr}")
     if args.batch_size < 1:
         p.error("--batch_size must be >= 1")
+    try:
+        map_post(args)
+    except ValueError as err:
+        p.error(str(err))
     if args.min_region_area is not None and args.min_region_area < 0:
         p.error("--min_region_area must be >= 0")
     if args.map_size is not None and args.map_size < 1:
@@ -118,16 +134,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def map_post(args) -> MapPost:
+    """The map post-processing of --image_score / --smooth_sigma / --top_fraction."""
+    return MapPost(smooth_sigma=args.smooth_sigma, image_score=args.image_score, top_fraction=args.top_fraction)
+
+
 def output_names(paths: list[Path]) -> list[str]:
-    """A distinct output name per path (compared case-insensitively): the file stem; stems that
-    several inputs share get their folder's name in front (``good__000``, ``crack__000``), and
-    whatever still repeats a ``_2``, ``_3``, ... suffix."""
-    counts: dict[str, int] = {}
-    for path in paths:
-        counts[path.stem.lower()] = counts.get(path.stem.lower(), 0) + 1
+    """A distinct output name per path, by one rule: the path relative to the deepest folder that
+    holds every input, its folders joined by ``__`` and its extension dropped (``test/good/000.png``
+    and ``test/crack/000.png`` -> ``good__000``, ``crack__000``; a flat folder gives the stems).
+    Names are compared case-insensitively; what still repeats (``p.png`` and ``p.jpg``) gets a
+    ``_2``, ``_3``, ... suffix."""
+    if not paths:
+        return []
+    parts = [Path(p).absolute().parent.parts for p in paths]
+    common = 0
+    while all(len(q) > common and q[common] == parts[0][common] for q in parts):
+        common += 1
     names, used = [], set()
-    for path in paths:
-        base = path.stem if counts[path.stem.lower()] == 1 else f"{path.parent.name}__{path.stem}"
+    for path, folders in zip(paths, parts):
+        base = "__".join([*folders[common:], Path(path).stem])
         name, n = base, 1
         while name.lower() in used:
             n += 1
@@ -158,12 +184,12 @@ def load_reference_tensors(paths: list[Path], model: FASL) -> tuple[torch.Tensor
     return normalize_tensor(raw, bb.mean, bb.std), views
 
 
-def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist) -> SavedReferences:
+def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist, post: MapPost) -> SavedReferences:
     """The bank and the thresholds: read from --load_refs, or built from --refs and fitted on them
     (unless both thresholds are given); overrides applied; saved to --save_refs when asked."""
     both_given = args.image_threshold is not None and args.pixel_threshold is not None
     if args.load_refs:
-        refs = SavedReferences.load(args.load_refs, model, cfg, args.fpr, check_scoring=not both_given)
+        refs = SavedReferences.load(args.load_refs, model, cfg, args.fpr, check_scoring=not both_given, post=post)
         log.info("loaded %d references' memory and thresholds from %s", refs.bank.k, args.load_refs)
     else:
         paths = list_images(args.refs, "--refs")
@@ -172,7 +198,7 @@ def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist) ->
         if both_given:
             thresholds = Thresholds.by_hand(args.image_threshold, args.pixel_threshold)
         else:
-            normal = score_references(model, images, bank, cfg, views)
+            normal = score_references(model, images, bank, cfg, views, post=post)
             thresholds = Thresholds.fitted(normal, args.fpr or DEFAULT_FPR)
             log.info("normal image scores (%s): %s", normal.method,
                      ", ".join(f"{s:.4f}" for s in thresholds.fit.image_scores))
@@ -180,12 +206,21 @@ def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist) ->
     refs.thresholds = refs.thresholds.with_overrides(args.image_threshold, args.pixel_threshold)
     refs.thresholds = broadcast_from_main(refs.thresholds, d)  # every process decides with rank 0's numbers
     if args.save_refs and d.is_main:
-        refs.save(args.save_refs, model, cfg)
+        refs.save(args.save_refs, model, cfg, post=post)
         log.info("saved the reference memory and thresholds to %s", args.save_refs)
     return refs
 
 
 # ----------------------------------------------------------------------------- score
+
+class Outcome(NamedTuple):
+    """One image's decision: its score map at the image's own size (H, W), the verdict and the
+    regions (with their mask; none for an ``ok`` image unless ``regions_for_ok``)."""
+
+    full_map: np.ndarray
+    verdict: str
+    found: Regions
+
 
 @dataclass
 class Decision:
@@ -204,60 +239,85 @@ class Decision:
         hi = max(2 * thresholds.pixel - lo, lo + 1e-6)
         return cls(thresholds, args.min_region_area, args.regions_for_ok, lo, hi)
 
-    def apply(self, rec: dict, rgb: np.ndarray, score_map: np.ndarray, score: float, out: Path) -> None:
-        """Fill ``rec`` for one image and write its overlay and mask. rgb: (H, W, 3) uint8."""
-        H, W = rgb.shape[:2]
+    def decide(self, score_map: np.ndarray, score: float, size_hw: tuple[int, int]) -> Outcome:
+        """score_map: (h, w) at the map size; size_hw: the image's (H, W)."""
+        H, W = size_hw
         full = resize_map(score_map, (H, W))
         verdict = "defect" if score > self.thresholds.image else "ok"
         min_area = self.min_region_area if self.min_region_area is not None else \
             self.thresholds.min_region_area(H, W)
         if verdict == "defect" or self.regions_for_ok:
             found = find_regions(full, self.thresholds.pixel, min_area, keep_peak=verdict == "defect")
-            regions, mask, area = [r.to_dict() for r in found.regions], found.mask, found.area
         else:
-            regions, mask, area = [], np.zeros((H, W), dtype=bool), 0
+            found = Regions(mask=np.zeros((H, W), dtype=bool), regions=[])
+        return Outcome(full, verdict, found)
+
+    def apply(self, rec: dict, rgb: np.ndarray, score_map: np.ndarray, score: float, out: Path) -> None:
+        """Fill ``rec`` for one image and write its overlay and mask. rgb: (H, W, 3) uint8."""
+        H, W = rgb.shape[:2]
+        full, verdict, found = self.decide(score_map, score, (H, W))
         overlay, mask_name = f"{rec['name']}_overlay.png", f"{rec['name']}_mask.png"
         vis = heatmap_overlay(rgb, normalize_map(full, self.lo, self.hi), alpha=0.5)
-        save_png(out / overlay, mask_outline(vis, mask, color=(255, 255, 255), thickness=max(1, round(min(H, W) / 200))))
-        save_png(out / mask_name, mask.astype(np.uint8) * 255)
-        rec.update(score=score, verdict=verdict, regions=regions, defect_area=area, width=W, height=H,
-                   overlay=overlay, mask=mask_name)
+        save_png(out / overlay, mask_outline(vis, found.mask, color=(255, 255, 255),
+                                             thickness=max(1, round(min(H, W) / 200))))
+        save_png(out / mask_name, found.mask.astype(np.uint8) * 255)
+        rec.update(score=score, verdict=verdict, regions=[r.to_dict() for r in found.regions], defect_area=found.area,
+                   width=W, height=H, overlay=overlay, mask=mask_name)
+
+
+def image_problem(size_hw: tuple[int, int], model: FASL) -> str | None:
+    """Why an image of this (H, W) cannot be scored, or None: one smaller than the model's patch
+    grid holds less than a pixel per patch, so its score would be made up by the resize."""
+    bb = model.backbone
+    side = bb.image_size // bb.patch_size
+    if min(size_hw) < side:
+        return (f"image of {size_hw[1]}x{size_hw[0]} px is smaller than the model's {side}x{side} patch grid "
+                f"(at least {side} px a side is needed): unusable")
+    return None
 
 
 def score_images(args, model: FASL, cfg: InferenceConfig, refs: SavedReferences, paths: list[Path],
-                 names: list[str], out: Path, log) -> list[dict]:
-    """One record per image (status ok or error), with its overlay and mask written (``names``:
-    the images' output names)."""
+                 names: list[str], out: Path, log, post: MapPost) -> list[dict]:
+    """One record per image (read_status ``scored`` or ``failed``), with its overlay and mask
+    written (``names``: the images' output names)."""
     decision = Decision.of(args, refs.thresholds)
     records: list[dict] = []
     bb = model.backbone
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
+
+    def fail(rec: dict, why: str) -> None:
+        rec.update(read_status="failed", error=why)
+        log.error("skipped %s: %s", rec["path"], why)
+        bar.update(1)
+
     for start in range(0, len(paths), args.batch_size):
         batch, loaded = [], []
         for path, name in zip(paths[start:start + args.batch_size], names[start:start + args.batch_size]):
-            rec = {"path": str(path), "name": name, "status": "ok", "error": None, "regions": []}
+            rec = {"path": str(path), "name": name, "read_status": "scored", "error": None, "regions": []}
             records.append(rec)
             try:
                 img = load_image(path)
             except ImageReadError as err:
-                rec.update(status="error", error=str(err))
-                log.error("skipped %s: %s", path, err)
-                bar.update(1)
+                fail(rec, str(err))
+                continue
+            problem = image_problem((img.height, img.width), model)
+            if problem is not None:
+                rec.update(width=img.width, height=img.height)
+                fail(rec, problem)
                 continue
             batch.append(image_to_tensor(img, bb.image_size, bb.mean, bb.std))
             loaded.append((rec, np.asarray(img)))
         if not batch:
             continue
-        pred = model.predict(torch.stack(batch), refs.bank, cfg)
+        pred = post.apply(model.predict(torch.stack(batch), refs.bank, cfg))
         maps = pred.score_map.float().cpu().numpy()  # [B, M, M]
         scores = pred.image_score.float().cpu().numpy()  # [B]
         for (rec, rgb), score_map, score in zip(loaded, maps, scores):
-            bar.update(1)
             rec.update(width=rgb.shape[1], height=rgb.shape[0])
             if not (math.isfinite(float(score)) and np.isfinite(score_map).all()):
-                rec.update(status="error", error="the model returned a non-finite score")
-                log.error("skipped %s: the model returned a non-finite score", rec["path"])
+                fail(rec, "the model returned a non-finite score")
                 continue
+            bar.update(1)
             decision.apply(rec, rgb, score_map, float(score), out)
     bar.close()
     return records
@@ -267,7 +327,7 @@ def score_images(args, model: FASL, cfg: InferenceConfig, refs: SavedReferences,
 
 def _csv_row(rec: dict) -> dict:
     row = {k: rec.get(k, "") for k in CSV_FIELDS}
-    row["n_regions"] = len(rec["regions"]) if rec["status"] == "ok" else ""
+    row["n_regions"] = len(rec["regions"]) if rec["read_status"] == "scored" else ""
     for k in CSV_FIELDS:
         if row[k] is None:
             row[k] = ""
@@ -279,9 +339,9 @@ def _csv_row(rec: dict) -> dict:
 def write_outputs(args, out: Path, model: FASL, cfg: InferenceConfig, refs: SavedReferences, records: list[dict],
                   log) -> int:
     """predictions.csv / .json and the run's summary; returns the exit status (1 if any image failed)."""
-    failed = [r for r in records if r["status"] != "ok"]
+    failed = [r for r in records if r["read_status"] != "scored"]
     thresholds = refs.thresholds.to_dict()
-    settings = {"args": vars(args), "inference": asdict(cfg), "model": model.config(), "references": refs.refs,
+    settings = {"args": vars(args), "inference": asdict(cfg), "post": map_post(args).to_dict(), "model": model.config(), "references": refs.refs,
                 "search_dtype": resolved_search_dtype(model, cfg)}
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -326,7 +386,8 @@ def _run(args, out: Path, log, d: Dist, device: torch.device) -> int:
     model = build_fasl_from_args(args, device, checkpoint=args.checkpoint_path if mode_uses_heads(args.mode) else None)
     model.eval()
     cfg = InferenceConfig.from_args(args, out_size=args.map_size or args.image_size)
-    refs = prepare_references(args, model, cfg, log, d)
+    post = map_post(args)
+    refs = prepare_references(args, model, cfg, log, d, post)
     t = refs.thresholds
     if d.is_main:
         write_json(out / "thresholds.json", t.to_dict())
@@ -334,7 +395,8 @@ def _run(args, out: Path, log, d: Dist, device: torch.device) -> int:
              "%.3f%% of an image", d.tag, refs.bank.k, len(paths), t.image, t.image_source, t.pixel, t.pixel_source,
              100 * t.min_region_fraction)
     mine = shard(paths, d, args.batch_size)
-    records = score_images(args, model, cfg, refs, [paths[i] for i in mine], [names[i] for i in mine], out, log)
+    records = score_images(args, model, cfg, refs, [paths[i] for i in mine], [names[i] for i in mine], out, log,
+                           post)
     if d.enabled:
         log.info("%sscored images %d-%d", d.tag, mine.start, mine.stop - 1)
     gathered = gather_to_main(records, d)

@@ -9,9 +9,9 @@ import torch
 def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None, image_size: int,
                device: torch.device | str = "cpu", input_bn: bool = True, precision: str = "auto",
                checkpoint: str | None = None, quick_gelu: bool = False, shared_nam: bool = True,
-               nam_residual: bool = False):
+               nam_residual: bool = False, neighbourhood: int = 1, fd_residual: bool = False):
     """Backbone + heads on ``device``: untrained (layout from ``input_bn`` / ``shared_nam`` /
-    ``nam_residual``), or
+    ``nam_residual`` / ``fd_residual``), or
     loaded from ``checkpoint``, whose own config decides the head layout (e.g. a
     ``--no_input_bn`` run's, or the per-block NAMs of older checkpoints)."""
     from models.asl import HeadLayout
@@ -19,11 +19,12 @@ def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None,
     from models.fasl import FASL, normalize_config, read_checkpoint
 
     backbone = build_backbone(model, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
-                              precision=precision, quick_gelu=quick_gelu)
+                              precision=precision, quick_gelu=quick_gelu, neighbourhood=neighbourhood)
     if checkpoint is not None:
         layout = HeadLayout.from_config(backbone.widths, normalize_config(read_checkpoint(checkpoint)["config"]))
     else:
-        layout = HeadLayout(tuple(backbone.widths), input_bn=input_bn, shared_nam=shared_nam, nam_residual=nam_residual)
+        layout = HeadLayout(tuple(backbone.widths), input_bn=input_bn, shared_nam=shared_nam, nam_residual=nam_residual,
+                            fd_residual=fd_residual)
     fasl = FASL(backbone, layout)
     if checkpoint is not None:
         fasl.load_checkpoint(checkpoint)
@@ -33,4 +34,5 @@ def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None,
 def build_fasl_from_args(args, device: torch.device | str, checkpoint: str | None = None, **layout):
     """``build_fasl`` from the backbone flags of models/flags.py ``add_backbone_args`` (every program)."""
     return build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
-                      precision=args.precision, checkpoint=checkpoint, quick_gelu=args.quick_gelu, **layout)
+                      precision=args.precision, checkpoint=checkpoint, quick_gelu=args.quick_gelu,
+                      neighbourhood=getattr(args, "neighbourhood", 1), **layout)

@@ -120,6 +120,31 @@ def _check_blocks(blocks: Sequence[int], depth: int, model: str, what: str) -> t
     return blocks
 
 
+def check_neighbourhood(size: int) -> int:
+    """``--neighbourhood``: 1 (off) or an odd window side >= 3."""
+    size = int(size)
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"neighbourhood must be 1 (off) or an odd size >= 3, got {size}")
+    return size
+
+
+def local_average(tokens: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
+    """Each patch's features averaged with its ``size`` x ``size`` neighbourhood on the grid.
+
+    tokens: (b, N, W) on ``grid`` (N = gh * gw). Returns (b, N, W). Only the patches inside the
+    grid are averaged (no zero padding), so a border patch is the mean of its valid neighbours.
+    This makes the features *locally aware* as PatchCore's are: a patch is compared with its
+    context (a part missing or moved next to it shows), and single-patch noise is damped.
+    """
+    b, n, w = tokens.shape
+    gh, gw = grid
+    if n != gh * gw:
+        raise ValueError(f"tokens hold {n} patches, the grid {grid} has {gh * gw}")
+    x = tokens.transpose(1, 2).reshape(b, w, gh, gw)
+    x = F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
+    return x.reshape(b, w, n).transpose(1, 2)
+
+
 class Backbone(nn.Module):
     """A frozen encoder read at chosen 1-based blocks (transformer blocks or CNN stages).
 
@@ -141,7 +166,8 @@ class Backbone(nn.Module):
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.precision = precision
 
-    def _finish_init(self, image_size: int) -> None:
+    def _finish_init(self, image_size: int, neighbourhood: int = 1) -> None:
+        self.neighbourhood = check_neighbourhood(neighbourhood)
         if image_size % self.patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
         self.image_size = int(image_size)
@@ -177,6 +203,7 @@ class Backbone(nn.Module):
             "image_size": self.image_size,
             "pretrained": self.pretrained,
             "activation": self.activation,
+            "neighbourhood": self.neighbourhood,
         }
 
     def _encode(self, images: torch.Tensor, with_embedding: bool, grid: tuple[int, int]):
@@ -207,6 +234,8 @@ class Backbone(nn.Module):
         with self._at_grid(grid), torch.autocast(images.device.type, dtype=feat_dtype, enabled=use_amp):
             for start in range(0, B, chunk):
                 toks, emb = self._encode(images[start:start + chunk], with_embedding, grid)
+                if self.neighbourhood > 1:
+                    toks = [local_average(t.float(), grid, self.neighbourhood) for t in toks]
                 tokens_parts.append([F.normalize(t.float(), dim=-1).to(feat_dtype) for t in toks])  # each [b, N, W_l]
                 if with_embedding:
                     emb_parts.append(F.normalize(emb.float(), dim=-1).to(feat_dtype))
@@ -276,7 +305,7 @@ class ClipBackbone(Backbone):
 
     def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = "openai",
                  blocks: Sequence[int] | None = None, image_size: int = 518, device: torch.device | str = "cpu",
-                 precision: str = "auto", quick_gelu: bool = False):
+                 precision: str = "auto", quick_gelu: bool = False, neighbourhood: int = 1):
         import open_clip
 
         super().__init__(precision)
@@ -327,7 +356,7 @@ class ClipBackbone(Backbone):
         self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
-        self._finish_init(image_size)
+        self._finish_init(image_size, neighbourhood)
 
     def grid_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1 + gh * gw, W) positional embedding for ``grid``, derived from the native one (cached)."""
@@ -412,7 +441,8 @@ class TimmBackbone(Backbone):
     """
 
     def __init__(self, model: str, pretrained: str | None = None, blocks: Sequence[int] | None = None,
-                 image_size: int = 224, device: torch.device | str = "cpu", precision: str = "auto"):
+                 image_size: int = 224, device: torch.device | str = "cpu", precision: str = "auto",
+                 neighbourhood: int = 1):
         import timm
 
         super().__init__(precision)
@@ -460,7 +490,7 @@ class TimmBackbone(Backbone):
             chosen = [info[b - 1] for b in self.blocks]
             self.widths = tuple(int(f["num_chs"]) for f in chosen)
             self.patch_size = int(min(f["reduction"] for f in chosen))
-        self._finish_init(image_size)
+        self._finish_init(image_size, neighbourhood)
 
     def _encode(self, images, with_embedding, grid):
         indices = [b - 1 for b in self.blocks]
@@ -480,14 +510,15 @@ class TimmBackbone(Backbone):
 
 def build_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = "openai", blocks: Sequence[int] | None = None,
                    image_size: int = 518, device: torch.device | str = "cpu", precision: str = "auto",
-                   quick_gelu: bool = False) -> Backbone:
+                   quick_gelu: bool = False, neighbourhood: int = 1) -> Backbone:
     """``--model`` -> a Backbone: ``timm:<name>`` builds a :class:`TimmBackbone`, anything else an
-    open_clip :class:`ClipBackbone`. ``quick_gelu`` applies to open_clip ViTs only."""
+    open_clip :class:`ClipBackbone`. ``quick_gelu`` applies to open_clip ViTs only; ``neighbourhood``
+    (odd, 1 = off) averages each patch with its neighbours before normalisation (``local_average``)."""
     if model.startswith(TIMM_PREFIX):
         if quick_gelu:
             raise ValueError("--quick_gelu applies to open_clip models; a timm model brings its own activation")
         name = model[len(TIMM_PREFIX):]
         return TimmBackbone(name, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
-                            precision=precision)
+                            precision=precision, neighbourhood=neighbourhood)
     return ClipBackbone(model, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
-                        precision=precision, quick_gelu=quick_gelu)
+                        precision=precision, quick_gelu=quick_gelu, neighbourhood=neighbourhood)

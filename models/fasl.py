@@ -157,8 +157,8 @@ class CheckpointMismatch(ValueError):
 
 
 # what a checkpoint's backbone and heads must agree on (image_size may differ: the heads see features)
-BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation")
-HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual")
+BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation", "neighbourhood")
+HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual", "fd_residual")
 
 
 def normalize_config(config: dict) -> dict:
@@ -167,6 +167,7 @@ def normalize_config(config: dict) -> dict:
     biased Linears)."""
     config = dict(config)
     config.setdefault("family", "open_clip")
+    config.setdefault("neighbourhood", 1)  # files from before --neighbourhood: plain patches
     if config["family"] == "open_clip":
         config.setdefault("activation", "gelu")
     if "widths" not in config and "width" in config:

@@ -19,6 +19,7 @@ import torch
 
 from models.fasl import FASL, InferenceConfig
 from models.memory import MemoryBank
+from models.postprocess import MapPost
 from models.thresholds import Thresholds
 from utils.misc import atomic_torch_save
 
@@ -26,9 +27,12 @@ REFS_FORMAT = "fasl-refs-v2"
 READABLE_FORMATS = ("fasl-refs-v1", REFS_FORMAT)  # v1 stacked the blocks' tokens into one tensor
 
 
-def scoring_settings(cfg: InferenceConfig) -> dict:
-    """The settings that change the scores, hence the thresholds (unused ones left out)."""
+def scoring_settings(cfg: InferenceConfig, post: MapPost | None = None) -> dict:
+    """The settings that change the scores, hence the thresholds (unused ones left out; the map
+    post-processing only where it is not the identity, so older files still match)."""
     s = {"mode": cfg.mode, "winmode": cfg.winmode, "align": cfg.align, "out_size": cfg.out_size}
+    if post is not None and not post.is_identity:
+        s["post"] = post.to_dict()
     if cfg.uses_heads:
         s["use_nam"] = cfg.use_nam
     if cfg.uses_windows:
@@ -71,7 +75,7 @@ class SavedReferences:
     thresholds: Thresholds
     refs: list[str]
 
-    def save(self, path: str | Path, model: FASL, cfg: InferenceConfig) -> Path:
+    def save(self, path: str | Path, model: FASL, cfg: InferenceConfig, post: MapPost | None = None) -> Path:
         """Write the bank as plain tensors and the rest as primitives (atomically)."""
         bank = self.bank
         windows = bank.windows is not None and bank.window_memory.is_filled
@@ -79,7 +83,7 @@ class SavedReferences:
             "format": REFS_FORMAT,
             "config": model.config(),
             "inference": asdict(cfg),
-            "scoring": scoring_settings(cfg),
+            "scoring": scoring_settings(cfg, post),
             "heads_digest": heads_digest(model) if cfg.uses_heads else None,
             "thresholds": self.thresholds.to_dict(),
             "global_tokens": [t.cpu() for t in bank.global_memory.tokens],  # L x [k, N, W_l]
@@ -93,7 +97,7 @@ class SavedReferences:
 
     @classmethod
     def load(cls, path: str | Path, model: FASL, cfg: InferenceConfig, fpr: float | None = None,
-             check_scoring: bool = True) -> "SavedReferences":
+             check_scoring: bool = True, post: MapPost | None = None) -> "SavedReferences":
         """Read a file written by ``save`` and rebuild its bank on the model's device.
 
         Refused (see the module docstring) when it does not fit ``model`` and ``cfg``;
@@ -109,7 +113,7 @@ class SavedReferences:
             raise ValueError(f"cannot read {path} as a FASL references file: {err}") from err
         if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
             raise ValueError(f"{path} is not a FASL references file (format {REFS_FORMAT})")
-        check_fit(state, path, model, cfg, fpr, check_scoring)
+        check_fit(state, path, model, cfg, fpr, check_scoring, post)
 
         windows = model.windows_for(cfg)
         tokens = _blocks(state["global_tokens"])
@@ -127,7 +131,7 @@ class SavedReferences:
 
 
 def check_fit(state: dict, path: Path, model: FASL, cfg: InferenceConfig, fpr: float | None,
-              check_scoring: bool) -> None:
+              check_scoring: bool, post: MapPost | None = None) -> None:
     """The one compatibility check of a references file against a run (see the module docstring)."""
     source = f"references file {path}"
     model.check_config(state["config"], source=source, same_image_size=True, heads=cfg.uses_heads)
@@ -139,7 +143,7 @@ def check_fit(state: dict, path: Path, model: FASL, cfg: InferenceConfig, fpr: f
                          f"{asked}; use matching flags or rebuild it with --refs")
     if not check_scoring:
         return
-    stored, now = state["scoring"], scoring_settings(cfg)
+    stored, now = state["scoring"], scoring_settings(cfg, post)
     diffs = [f"{k}: file {stored.get(k)!r}, now {now.get(k)!r}"
              for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
     if cfg.uses_heads and not diffs and state.get("heads_digest") != heads_digest(model):

@@ -31,6 +31,7 @@ import torch
 
 from models.fasl import FASL, InferenceConfig
 from models.memory import MemoryBank
+from models.postprocess import MapPost
 from utils.metrics import label_regions
 
 N_AUGMENTATIONS = 8
@@ -95,25 +96,28 @@ class NormalScores:
 
 @torch.no_grad()
 def score_references(
-    model: FASL, references: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig, views: torch.Tensor | None = None
+    model: FASL, references: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig, views: torch.Tensor | None = None,
+    post: MapPost | None = None,
 ) -> NormalScores:
     """Normal scores of the k references.
 
     references: (k, 3, S, S) normalised; bank: their memory (all k, as built by build_memory).
     views: (8, 3, S, S) normalised augmented copies of the single reference, needed when k = 1.
+    post: the map post-processing the inspected images get (models/postprocess.py).
     """
+    post = post or MapPost()
     k = references.shape[0]
     if k >= 2:
         scores, maps = [], []
         for i in range(k):
             others = subset_bank(bank, [j for j in range(k) if j != i])
-            pred = model.predict(references[i:i + 1], others, cfg)
+            pred = post.apply(model.predict(references[i:i + 1], others, cfg))
             scores.append(pred.image_score.float().cpu())
             maps.append(pred.score_map.float().cpu())
         return NormalScores(torch.cat(scores), torch.cat(maps), "leave-one-out")
     if views is None:
         raise ValueError("one reference: its augmented views are needed to estimate normal scores")
-    pred = model.predict(views, bank, cfg)
+    pred = post.apply(model.predict(views, bank, cfg))
     return NormalScores(pred.image_score.float().cpu(), pred.score_map.float().cpu(), "augmented-self")
 
 

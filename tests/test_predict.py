@@ -117,7 +117,7 @@ def test_outputs_for_every_image_at_original_size(data, tmp_path):
             assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h
             assert m[y:y + bh, x:x + bw].any() and r["max_score"] > thr["pixel"]
         # CSV and JSON agree, exactly
-        assert row["path"] == rec["path"] and row["status"] == rec["status"] == "ok"
+        assert row["path"] == rec["path"] and row["read_status"] == rec["read_status"] == "scored"
         assert float(row["score"]) == rec["score"]
         assert row["verdict"] == rec["verdict"] == ("defect" if rec["score"] > thr["image"] else "ok")
         assert int(row["n_regions"]) == len(rec["regions"]) and int(row["defect_area"]) == rec["defect_area"]
@@ -223,13 +223,14 @@ def test_unreadable_image_is_reported_and_skipped(data, tmp_path, capsys):
     assert rc != 0
     assert "broken.png" in capsys.readouterr().err
     rows = read_csv(out / "predictions.csv")
-    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert [r["read_status"] for r in rows] == ["scored", "failed", "scored"]
     assert "broken.png" in rows[1]["error"] and rows[1]["score"] == ""
     pred = read_json(out / "predictions.json")
     assert pred["failed"] == [str(broken)]
-    for p in (data["good"][0], data["defects"][0]):
-        assert (out / f"{p.stem}_overlay.png").is_file() and (out / f"{p.stem}_mask.png").is_file()
-    assert not (out / "broken_overlay.png").exists()
+    names = predict.output_names([data["good"][0], broken, data["defects"][0]])
+    for name in (names[0], names[2]):
+        assert (out / f"{name}_overlay.png").is_file() and (out / f"{name}_mask.png").is_file()
+    assert not list(out.glob("*broken*_overlay.png"))
 
 
 def test_unreadable_reference_is_an_error(data, tmp_path):
@@ -268,8 +269,13 @@ def test_duplicate_stems_and_input_selection(tmp_path):
     # folders recursively, sorted; other files and hidden ones left out
     assert list_images([str(tmp_path / "b")], "--images") == [c, b, d]
     assert list_images([str(tmp_path / "*" / "*.png"), str(a)], "--images") == [a]  # glob is case-sensitive
-    assert predict.output_names([a, b, c, a.parent / "PART.jpg"]) == ["a__part", "b__part", "other", "a__PART_2"]
-    assert predict.output_names([Path("x/p.png"), Path("x/p.jpg")]) == ["x__p", "x__p_2"]
+    # one rule: the path below the deepest folder holding every input, folders joined by "__"
+    assert predict.output_names([a, b, c, a.parent / "PART.jpg"]) == ["a__part", "b__part", "b__other", "a__PART_2"]
+    assert predict.output_names([Path("x/p.png"), Path("x/p.jpg")]) == ["p", "p_2"]
+    assert predict.output_names([c, d]) == ["other", "sub__deep"]
+    t = tmp_path / "test"  # the case: a name never depends on whether another input shares the stem
+    assert predict.output_names([t / "good" / "000.png", t / "good" / "003.png", t / "crack" / "000.png"]) == \
+        ["good__000", "good__003", "crack__000"]
     with pytest.raises(FileNotFoundError, match=r"--images: pattern '.*\*\.bmp' selects no image"):
         list_images([str(tmp_path / "*.bmp")], "--images")
     (tmp_path / "empty").mkdir()
