@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "a few pixels (default: %(default)s)")
     g.add_argument("--nam_residual", action="store_true",
                    help="the NAM adds a correction to the log-probabilities and starts as the identity")
+    g.add_argument("--fd_residual", action="store_true",
+                   help="the heads learn a correction to FD (their anomalous logit starts as a calibrated FD, the "
+                        "correction at zero), so what is trained is FD + heads")
     g.add_argument("--class_batches", action="store_true",
                    help="every training batch holds one class only, so the heads' BatchNorms never mix classes")
     p.add_argument("--seed", type=int, default=111, help="seed for references, shuffling and augmentation (default: %(default)s)")
@@ -244,7 +247,7 @@ def _train(args, run) -> Path:
     data = resolve_training_data(args)
 
     model = build_fasl_from_args(args, device, input_bn=not args.no_input_bn, shared_nam=not args.per_block_nam,
-                                 nam_residual=args.nam_residual)
+                                 nam_residual=args.nam_residual, fd_residual=args.fd_residual)
     bb = model.backbone
     dataset = build_training_set(args, data, bb.mean, bb.std)
     refs, ref_root = data.refs, data.root

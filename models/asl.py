@@ -19,10 +19,17 @@ class ASLHead(nn.Module):
     BatchNorm1d(W) (optional) -> [Linear -> BN -> ReLU] x 3 (512, 128, 32) -> Linear(32, 2).
     hidden_bias: give the Linears in front of a BatchNorm a bias. The reference has none (the BN
     that follows cancels a bias in training); checkpoints written before this was recorded have one.
+    fd_residual: the head learns a correction to FD instead of a score of its own (not the
+    reference's): the anomalous logit gets ``scale * BN(fd) + shift`` added, with
+    ``fd = 1 - cos = |d|^2 / 2`` recovered from the deviation of unit-length features, and the
+    last Linear starts at zero, so an untrained head scores ``sigmoid(scale * BN(fd) + shift)``,
+    a monotone function of the block's FD.
     """
 
+    FD_INIT = (1.0, -2.0)  # scale, shift: a patch at the mean FD starts at p = 0.12, one 4 std above at 0.88
+
     def __init__(self, width: int, input_bn: bool = True, hidden: tuple[int, ...] = HIDDEN,
-                 hidden_bias: bool = False):
+                 hidden_bias: bool = False, fd_residual: bool = False):
         super().__init__()
         layers: list[nn.Module] = [nn.BatchNorm1d(width)] if input_bn else []
         dims = (width, *hidden)
@@ -30,10 +37,30 @@ class ASLHead(nn.Module):
             layers += [nn.Linear(d_in, d_out, bias=hidden_bias), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
         layers.append(nn.Linear(dims[-1], 2))
         self.mlp = nn.Sequential(*layers)
+        self.fd_residual = fd_residual
+        if fd_residual:
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
+            self.fd_norm = nn.BatchNorm1d(1, affine=False)
+            self.fd_affine = nn.Parameter(torch.tensor(self.FD_INIT))
+
+    def residual_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(rows, W) deviations -> (rows, 2) logits added to the MLP's (FD's share), or None
+        without ``fd_residual``. Uses the FD BatchNorm's batch statistics in training and its
+        running ones in eval mode, as every BatchNorm of the head."""
+        if not self.fd_residual:
+            return None
+        fd = 0.5 * x.float().square().sum(dim=-1, keepdim=True)  # [rows, 1]
+        anomalous = self.fd_affine[0] * self.fd_norm(fd) + self.fd_affine[1]
+        return torch.cat([torch.zeros_like(anomalous), anomalous], dim=-1)  # [rows, 2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         *lead, W = x.shape
-        logits = self.mlp(x.reshape(-1, W))  # [rows, 2]
+        rows = x.reshape(-1, W)
+        logits = self.mlp(rows)  # [rows, 2]
+        extra = self.residual_logits(rows)
+        if extra is not None:
+            logits = logits + extra
         return logits.softmax(dim=-1).reshape(*lead, 2)
 
     @torch.no_grad()
@@ -79,13 +106,17 @@ class ASLHead(nn.Module):
         return [(w.contiguous(), b.contiguous()) for w, b in layers]
 
     @staticmethod
-    def apply_folded(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
-        """(rows, W) deviations through ``folded()`` layers -> (rows, 2) probabilities."""
+    def apply_folded(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
+                     extra: torch.Tensor | None = None) -> torch.Tensor:
+        """(rows, W) deviations through ``folded()`` layers -> (rows, 2) probabilities.
+        extra: (rows, 2) logits added before the softmax (``residual_logits``)."""
         last = len(layers) - 1
         for i, (w, b) in enumerate(layers):
             x = torch.addmm(b, x, w.t())
             if i < last:
                 x.relu_()
+        if extra is not None:
+            x = x + extra
         return x.softmax(dim=-1)
 
 
@@ -168,7 +199,8 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
-            self.running_var.mul_(1 - m).add_(m * var.detach() * n / max(float(n) - 1, 1.0))
+            # unbiased, as BN tracks it; n - 1 stays on the device (no host sync per step)
+            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1.0))
         out = (x - mean) * torch.rsqrt(var + self.eps)
         return out * self.weight + self.bias if self.affine else out
 
@@ -204,6 +236,7 @@ class HeadLayout:
         False: one NAM per block (checkpoints written before the layout was recorded).
     hidden_bias: see :class:`ASLHead`.
     nam_residual: the NAM starts as the identity (see :class:`NAM`); not the reference's.
+    fd_residual: the heads learn a correction to FD (see :class:`ASLHead`); not the reference's.
     """
 
     widths: tuple[int, ...]
@@ -211,10 +244,11 @@ class HeadLayout:
     shared_nam: bool = True
     hidden_bias: bool = False
     nam_residual: bool = False
+    fd_residual: bool = False
 
     def to_config(self) -> dict:
         return {"input_bn": self.input_bn, "nam": "shared" if self.shared_nam else "per_block",
-                "hidden_bias": self.hidden_bias, "nam_residual": self.nam_residual}
+                "hidden_bias": self.hidden_bias, "nam_residual": self.nam_residual, "fd_residual": self.fd_residual}
 
     @classmethod
     def from_config(cls, widths, config: dict) -> "HeadLayout":
@@ -224,7 +258,8 @@ class HeadLayout:
         if nam not in ("shared", "per_block"):
             raise ValueError(f"unknown NAM layout {nam!r} in checkpoint config")
         return cls(tuple(int(w) for w in widths), bool(config.get("input_bn", True)), nam == "shared",
-                   bool(config.get("hidden_bias", True)), bool(config.get("nam_residual", False)))
+                   bool(config.get("hidden_bias", True)), bool(config.get("nam_residual", False)),
+                   bool(config.get("fd_residual", False)))
 
 
 class ScoreHeads(nn.Module):
@@ -233,7 +268,8 @@ class ScoreHeads(nn.Module):
     def __init__(self, layout: HeadLayout):
         super().__init__()
         self.layout = layout
-        self.heads = nn.ModuleList(ASLHead(w, layout.input_bn, hidden_bias=layout.hidden_bias) for w in layout.widths)
+        self.heads = nn.ModuleList(ASLHead(w, layout.input_bn, hidden_bias=layout.hidden_bias,
+                                           fd_residual=layout.fd_residual) for w in layout.widths)
         if layout.shared_nam:
             self.nam = NAM(residual=layout.nam_residual)
         else:
@@ -278,7 +314,7 @@ class ScoreHeads(nn.Module):
             for start in range(0, Q * n, chunk_rows):
                 rows = slice(start, start + chunk_rows)
                 dev = gathered_deviation(flat_q[rows], flat_ref, flat_idx[rows])  # [c, W]
-                probs[rows] = head.apply_folded(layers, dev)
+                probs[rows] = head.apply_folded(layers, dev, head.residual_logits(dev))
             out.append(probs.reshape(Q, n, 2).permute(0, 2, 1).reshape(Q, 2, *grid))
         return out
 
