@@ -1,0 +1,214 @@
+"""The decision benchmark (bench/decisions.py): its arithmetic checked by hand, its runs equal to
+predict.py's; and the pieces it measures: map post-processing (models/postprocess.py) and locally
+aware patches (models/backbone.py local_average)."""
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import decisions  # noqa: E402
+import predict  # noqa: E402
+from data.kshot import sample_kshot  # noqa: E402
+from data.mvtec import build_mvtec_meta  # noqa: E402
+from models import build_fasl  # noqa: E402
+from models.backbone import check_neighbourhood, local_average  # noqa: E402
+from models.fasl import CheckpointMismatch, Prediction  # noqa: E402
+from models.postprocess import MapPost, gaussian_blur, gaussian_kernel, top_mean  # noqa: E402
+
+TINY = ["--model", "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112",
+        "--features_list", "1", "2", "3", "4", "--device", "cpu"]
+
+
+# ----------------------------------------------------------------------------- arithmetic by hand
+
+def test_mask_quality_by_hand():
+    gt = np.zeros((6, 6), bool)
+    gt[0:2, 0:2] = True  # region A: 4 px
+    gt[4:6, 4:6] = True  # region B: 4 px
+    pred = np.zeros((6, 6), bool)
+    pred[0:2, 0:3] = True  # 6 px, 4 of them on A
+    q = decisions.mask_quality(pred, gt)
+    assert q["iou"] == pytest.approx(4 / 10)  # |P & G| = 4, |P | G| = 6 + 4
+    assert q["f1"] == pytest.approx(2 * 4 / (6 + 8))
+    assert (q["regions"], q["regions_hit"]) == (2, 1)
+    assert decisions.mask_quality(gt, gt)["iou"] == 1.0
+    assert decisions.mask_quality(np.zeros_like(gt), gt) == {"iou": 0.0, "f1": 0.0, "regions": 2, "regions_hit": 0}
+    assert math.isnan(decisions.mask_quality(pred, np.zeros_like(gt))["iou"])
+    with pytest.raises(ValueError, match="shapes differ"):
+        decisions.mask_quality(pred, gt[:5])
+
+
+def test_decision_metrics_by_hand():
+    labels = [0, 0, 1, 1, 1]
+    scores = [0.1, 0.6, 0.7, 0.2, 0.9]
+    verdicts = ["ok", "defect", "defect", "ok", "defect"]
+    masks = [None, None,
+             {"iou": 0.5, "f1": 0.6, "regions": 1, "regions_hit": 1},
+             {"iou": 0.0, "f1": 0.0, "regions": 2, "regions_hit": 0},  # missed: nothing written
+             {"iou": 0.3, "f1": 0.4, "regions": 2, "regions_hit": 1}]
+    m = decisions.decision_metrics(labels, scores, verdicts, masks)
+    assert (m["caught"], m["false_alarms"], m["n_good"], m["n_defective"]) == (2, 1, 2, 3)
+    assert m["tpr"] == pytest.approx(2 / 3) and m["fpr"] == pytest.approx(1 / 2)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # pairs (defective, good) ordered right: 0.7 > both, 0.9 > both, 0.2 > 0.1 only -> 5 of 6
+    assert m["image_auroc"] == pytest.approx(5 / 6)
+    assert m["iou_caught"] == pytest.approx((0.5 + 0.3) / 2) and m["f1_caught"] == pytest.approx(0.5)
+    assert m["iou_all"] == pytest.approx((0.5 + 0.0 + 0.3) / 3)
+    assert m["regions_hit"] == pytest.approx(2 / 5)
+    none_caught = decisions.decision_metrics(labels, scores, ["ok"] * 5, masks)
+    assert none_caught["tpr"] == 0 and math.isnan(none_caught["iou_caught"]) and none_caught["iou_all"] == 0
+
+
+def test_summary_means_over_classes_and_seeds():
+    def run(c, seed, tpr):
+        return {"variant": "v", "class": c, "k": 1, "seed": seed,
+                "metrics": {m: tpr if m == "tpr" else math.nan for m in decisions.SUMMARY}}
+
+    runs = [run("a", 0, 1.0), run("a", 1, 0.5), run("b", 0, 0.0), run("b", 1, 0.5)]
+    s = decisions.summarise(runs, ["v"], [1], ["a", "b"])["v|1"]
+    assert s["classes"]["a"]["tpr"] == pytest.approx((0.75, 0.25))
+    assert s["mean"]["tpr"][0] == pytest.approx(0.5)  # mean of the class means
+    assert s["mean"]["tpr"][1] == pytest.approx(0.0)  # both seeds' class means are 0.5
+    assert math.isnan(s["mean"]["fpr"][0])
+    assert "never fewer" in decisions.tables({"v|1": s}, ["v"], [1], ["a", "b"])
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+def test_gaussian_blur_equals_a_brute_force_convolution():
+    rng = np.random.default_rng(0)
+    maps = rng.random((2, 9, 11)).astype(np.float32)
+    sigma = 1.3
+    k = gaussian_kernel(sigma).numpy()
+    r = len(k) // 2
+    assert k.sum() == pytest.approx(1.0) and r == math.ceil(4 * sigma)
+    padded = np.pad(maps, ((0, 0), (r, r), (r, r)), mode="reflect")
+    want = np.zeros_like(maps)
+    for i in range(9):
+        for j in range(11):
+            want[:, i, j] = (padded[:, i:i + 2 * r + 1, j:j + 2 * r + 1] * np.outer(k, k)).sum(axis=(1, 2))
+    got = gaussian_blur(torch.from_numpy(maps), sigma).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert gaussian_blur(torch.from_numpy(maps), 0.0) is not None
+    np.testing.assert_array_equal(gaussian_blur(torch.from_numpy(maps), 0.0).numpy(), maps)
+    tiny = gaussian_blur(torch.ones(1, 3, 3), 4.0)  # kernel wider than the map: clipped, constant stays constant
+    np.testing.assert_allclose(tiny.numpy(), 1.0, rtol=1e-6)
+
+
+def test_map_post_scores():
+    maps = torch.zeros(2, 10, 10)
+    maps[0, 2, 3] = 5.0
+    maps[1, :, :5] = 1.0
+    pred = Prediction(maps, torch.tensor([7.0, 8.0]))
+    assert MapPost().apply(pred) is pred  # the reference code's score and map, untouched
+    assert MapPost(image_score="max").apply(pred).image_score.tolist() == [5.0, 1.0]
+    top = MapPost(image_score="top", top_fraction=0.02).apply(pred).image_score  # 2 pixels of 100
+    assert top.tolist() == pytest.approx([2.5, 1.0])
+    assert top_mean(maps, 1.0).tolist() == pytest.approx([0.05, 0.5])
+    smooth = MapPost(smooth_sigma=1.0, image_score="max").apply(pred)
+    assert smooth.image_score[0] < 5.0 and smooth.score_map.shape == maps.shape
+    for bad in ({"image_score": "mean"}, {"smooth_sigma": -1.0}, {"top_fraction": 0.0}):
+        with pytest.raises(ValueError):
+            MapPost(**bad)
+
+
+def test_local_average_equals_a_brute_force_neighbourhood_mean():
+    rng = np.random.default_rng(1)
+    gh, gw, w = 4, 5, 3
+    x = rng.random((2, gh * gw, w)).astype(np.float32)
+    want = np.zeros_like(x)
+    grid = x.reshape(2, gh, gw, w)
+    for i in range(gh):
+        for j in range(gw):
+            nb = grid[:, max(0, i - 1):i + 2, max(0, j - 1):j + 2]  # only patches inside the grid
+            want[:, i * gw + j] = nb.mean(axis=(1, 2))
+    got = local_average(torch.from_numpy(x), (gh, gw), 3).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="odd"):
+        check_neighbourhood(2)
+    with pytest.raises(ValueError, match="patches"):
+        local_average(torch.from_numpy(x), (3, 5), 3)
+
+
+def test_neighbourhood_is_part_of_the_backbone_config():
+    plain = build_fasl("fasl-tiny-vit", None, [1, 2, 3, 4], 112)
+    aware = build_fasl("fasl-tiny-vit", None, [1, 2, 3, 4], 112, neighbourhood=3)
+    assert plain.config()["neighbourhood"] == 1 and aware.config()["neighbourhood"] == 3
+    images = torch.randn(1, 3, 112, 112)
+    a, b = plain.backbone(images), aware.backbone(images)
+    assert not torch.allclose(a.tokens[0], b.tokens[0])
+    assert torch.allclose(b.tokens[0].norm(dim=-1), torch.ones(1, b.tokens[0].shape[1]), atol=1e-5)
+    with pytest.raises(CheckpointMismatch, match="neighbourhood"):
+        plain.check_config(aware.config(), heads=False)
+    old = {k: v for k, v in plain.config().items() if k != "neighbourhood"}  # a file from before the flag
+    plain.check_config(old, heads=False)
+
+
+# ----------------------------------------------------------------------------- the benchmark itself
+
+@pytest.fixture(scope="module")
+def mvtec(tmp_path_factory):
+    from data import synthetic
+
+    return synthetic.generate(tmp_path_factory.mktemp("dec") / "mvtec", "mvtec", seed=3, classes=2, n_train=4,
+                              n_test=6, size=112)
+
+
+def test_benchmark_runs_predicts_own_path(mvtec, tmp_path):
+    """Every image's score and verdict in the benchmark equal predict.py's with the same references."""
+    out = tmp_path / "bench"
+    flags = "--smooth_sigma 1 --image_score top"
+    result = decisions.main(["--data_root", str(mvtec), "--weights", "none", "--model", "fasl-tiny-vit",
+                             "--image_size", "112", "--k_shot", "1", "2", "--seeds", "0", "1",
+                             "--predict_args", "--features_list 1 2 3 4 --device cpu --mode fd",
+                             "--variant", "plain:", "--variant", f"post: {flags}", "--out", str(out)])
+    meta = build_mvtec_meta(mvtec)
+    classes = sorted(meta["test"])
+    assert len(result["runs"]) == 2 * len(classes) * 2 * 2
+    for name in ("decisions.json", "decisions.md", "decisions_plain.png", "decisions_post.png"):
+        assert (out / name).is_file()
+    assert json.loads((out / "decisions.json").read_text())["format"] == decisions.DECISIONS_FORMAT
+    cls = classes[1]
+    run = next(r for r in result["runs"] if r["variant"] == "post" and r["class"] == cls and r["k"] == 2
+               and r["seed"] == 1)
+    refs = [str(mvtec / p) for p in sample_kshot(meta, cls, 2, 1)]
+    assert run["references"] == refs
+    images = [str(mvtec / s["img_path"]) for s in meta["test"][cls]]
+    rc = predict.main(["--refs", *refs, "--images", *images, "--out", str(tmp_path / "pred"), *TINY, "--mode", "fd",
+                       *flags.split()])
+    assert rc == 0
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [rec["path"] for rec in run["images"]]
+    assert [float(r["score"]) for r in rows] == pytest.approx([rec["score"] for rec in run["images"]], abs=1e-6)
+    assert [r["verdict"] for r in rows] == [rec["verdict"] for rec in run["images"]]
+    assert [int(r["defect_area"]) for r in rows] == [rec["defect_area"] for rec in run["images"]]
+    thr = json.loads((tmp_path / "pred" / "thresholds.json").read_text())
+    assert thr["image"] == pytest.approx(run["metrics"]["image_threshold"])
+    # the arithmetic of the run from its own images
+    labels = [rec["label"] for rec in run["images"]]
+    called = [rec["verdict"] == "defect" for rec in run["images"]]
+    assert run["metrics"]["caught"] == sum(c and l for c, l in zip(called, labels))
+    assert run["metrics"]["false_alarms"] == sum(c and not l for c, l in zip(called, labels))
+
+
+def test_benchmark_refuses_bad_input_before_work(mvtec, tmp_path):
+    base = ["--weights", "none", "--model", "fasl-tiny-vit", "--image_size", "112", "--out", str(tmp_path / "o")]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        decisions.main(["--data_root", str(tmp_path / "nowhere"), *base])
+    with pytest.raises(ValueError, match="fewer than k = 50"):
+        decisions.main(["--data_root", str(mvtec), *base, "--k_shot", "50"])
+    with pytest.raises(ValueError, match="not in"):
+        decisions.main(["--data_root", str(mvtec), *base, "--classes", "nosuch"])
+    with pytest.raises(ValueError, match="predict.py refuses"):
+        decisions.main(["--data_root", str(mvtec), *base, "--variant", "bad: --fpr 2"])
+    assert not (tmp_path / "o").exists()
