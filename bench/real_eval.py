@@ -13,12 +13,17 @@ For each test class c of a dataset in MVTec layout (two or more classes, with a 
 * each of these with the global map only (``nan``) and with LFE windows (``mul``).
 
 Heads are trained once per (test class, source, NAM, training seed) and cached under --workdir
-(a rerun with the same settings reuses them); every training seed's heads are scored with every
-reference seed. Every metric of every run is
-written to --out as JSON, and summary tables (mean over seeds and k, per class and overall; the
-difference to FD) are printed and written as markdown.
+(a rerun with the same settings reuses them; ``--nam_runs shared`` trains one NAM run per source
+and seed and scores it with and without its NAM); every training seed's heads are scored with every
+reference seed. The encoded test images are cached under --workdir too, so a rerun or another k
+encodes nothing. Every metric of every run is written to --out as JSON; summary tables (mean
+over seeds and k, per class and overall; the difference to FD), the difference to FD as mean ±
+standard deviation over training seeds (per class, overall, per k) and a picture of it
+(``delta_<winmode>.png``) are printed and written. ``--label`` names a run's training recipe and
+``--combine`` tabulates several runs' results.json together.
 
     python bench/real_eval.py --data_root /tmp/real --weights ../shared/weights/tf_efficientnet_lite0.pth
+    python bench/real_eval.py --combine out_a/results.json out_b/results.json --out both
 
 The test images are encoded once per class and window setting, and every (k, seed, method) is
 scored from those features (``FASL.encode`` / ``FASL.score``), so the whole table costs little
@@ -51,9 +56,10 @@ from data.meta import load_meta  # noqa: E402
 from models import build_fasl  # noqa: E402
 from models.asl import HeadLayout  # noqa: E402
 from models.backbone import PRECISIONS  # noqa: E402
-from models.fasl import FASL, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
+from models.backbone import BackboneOutput  # noqa: E402
+from models.fasl import FASL, Encoded, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
 from utils.metrics import class_metrics, transductive_scores  # noqa: E402
-from utils.misc import resolve_device, write_json  # noqa: E402
+from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
 
 SOURCES = ("masks", "synth_other", "synth_own", "synth_all")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
@@ -61,8 +67,8 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_root", required=True, help="dataset in MVTec layout with meta.json, two classes or more")
-    p.add_argument("--weights", required=True, help="pretrained weights of --model (a local file)")
+    p.add_argument("--data_root", help="dataset in MVTec layout with meta.json, two classes or more (required)")
+    p.add_argument("--weights", help="pretrained weights of --model, a local file (required)")
     p.add_argument("--model", default="timm:tf_efficientnet_lite0", help="(default: %(default)s)")
     p.add_argument("--image_size", type=int, default=224, help="(default: %(default)s)")
     p.add_argument("--features_list", type=int, nargs="+", default=None,
@@ -72,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES[:3]),
                    help="training sources (default: masks synth_other synth_own)")
+    p.add_argument("--nam_runs", choices=("separate", "shared"), default="separate",
+                   help="separate: the NAM-less modes from --no-nam runs, the NAM modes from --nam runs (two runs "
+                        "per source and seed); shared: every mode from one --nam run, scored without and with its "
+                        "NAM (half the training) (default: %(default)s)")
     p.add_argument("--winmodes", nargs="+", choices=("nan", "mul"), default=["nan", "mul"], help="(default: nan mul)")
     p.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
     p.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
@@ -96,9 +106,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="encoder precision of training and scoring; fp32, as the README's tables were measured "
                         "('auto' would pick bf16 on a CPU with AMX) (default: %(default)s)")
-    p.add_argument("--workdir", default="bench_out/real_eval/work", help="trained heads (default: %(default)s)")
+    p.add_argument("--label", default="",
+                   help="a name for this run's training recipe, added to every learned method's name "
+                        "(e.g. 'merged [masks|residual]'), so runs of several recipes can be --combine'd")
+    p.add_argument("--combine", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="no scoring: the tables and the picture of the records of these results.json files "
+                        "together (FD taken from the first); --data_root and --weights are then not needed")
+    p.add_argument("--workdir", default="bench_out/real_eval/work",
+                   help="trained heads and encoded test features, reused by reruns (default: %(default)s)")
     p.add_argument("--out", default="bench_out/real_eval", help="results.json and tables.md (default: %(default)s)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.combine and not (args.data_root and args.weights):
+        p.error("--data_root and --weights are required (unless --combine)")
+    return args
 
 
 # ----------------------------------------------------------------------------- training
@@ -156,6 +176,37 @@ class HeadsCache:
         return self.models[ckpt]
 
 
+def _features_state(f: BackboneOutput | None) -> dict | None:
+    return None if f is None else {"tokens": [t.cpu() for t in f.tokens], "embedding": f.embedding, "grid": list(f.grid)}
+
+
+def _features_from(state: dict | None, device) -> BackboneOutput | None:
+    if state is None:
+        return None
+    emb = state["embedding"]
+    return BackboneOutput([t.to(device) for t in state["tokens"]], None if emb is None else emb.to(device),
+                          tuple(state["grid"]))
+
+
+def encoded_test_images(args, base: FASL, cls: str, data, cfg: InferenceConfig) -> list[Encoded]:
+    """The test images of ``cls`` encoded in chunks of 8 for ``cfg``'s winmode, from --workdir when
+    an earlier run with the same backbone, images and window layout stored them (a rerun, or
+    another k, then encodes nothing)."""
+    bb = base.backbone
+    key = hashlib.sha256(json.dumps([bb.config(), args.precision, args.data_root, cls, data.paths, cfg.winmode,
+                                     cfg.win_size, cfg.win_stride], default=str).encode()).hexdigest()[:16]
+    path = Path(args.workdir) / "features" / f"{cls}-{cfg.winmode}-{key}.pt"
+    windows = base.windows_for(cfg)
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return [Encoded(c["batch"], _features_from(c["features"], base.device),
+                        _features_from(c["window_features"], base.device), windows) for c in state]
+    encoded = [base.encode(data.images[i:i + 8], cfg) for i in range(0, len(data.paths), 8)]
+    atomic_torch_save([{"batch": e.batch, "features": _features_state(e.features),
+                        "window_features": _features_state(e.window_features)} for e in encoded], path)
+    return encoded
+
+
 def score_chunks(model: FASL, encoded: list, bank, cfg: InferenceConfig, alignments: list[dict]) -> Prediction:
     parts = [model.score(e, bank, cfg, a) for e, a in zip(encoded, alignments)]
     return Prediction(torch.cat([p.score_map.float().cpu() for p in parts]),
@@ -163,11 +214,13 @@ def score_chunks(model: FASL, encoded: list, bank, cfg: InferenceConfig, alignme
 
 
 def methods(args, nam_runs=(False, True)) -> list[tuple[str, str | None, bool]]:
-    """(name, training source or None, NAM) of every scoring method measured."""
+    """(name, training source or None, NAM) of every scoring method measured; ``--label`` names the
+    recipe after the source: ``merged [masks|residual]``."""
     out = [("fd", None, False)]
     for source, nam in product(args.sources, nam_runs):
-        out.append((f"{'asl+nam' if nam else 'asl'} [{source}]", source, nam))
-        out.append((f"merged{'+nam' if nam else ''} [{source}]", source, nam))
+        tag = f"{source}|{args.label}" if args.label else source
+        out.append((f"{'asl+nam' if nam else 'asl'} [{tag}]", source, nam))
+        out.append((f"merged{'+nam' if nam else ''} [{tag}]", source, nam))
     return out
 
 
@@ -185,15 +238,16 @@ def evaluate(args) -> list[dict]:
     records = []
     all_methods = methods(args)
     for cls in classes:
-        ckpts = {(s, nam, seed): trained_heads(args, meta, cls, s, nam, seed)
+        ckpts = {(s, nam, seed): trained_heads(args, meta, cls, s, nam or args.nam_runs == "shared", seed)
                  for s, nam, seed in product(args.sources, (False, True), args.train_seeds)}
         data = load_test_images(args.data_root, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)
         for winmode in args.winmodes:
             cfg0 = InferenceConfig(winmode=winmode, win_size=args.win_size, win_stride=args.win_stride,
                                    align="exhaustive", search_precision="exact", out_size=args.eval_size)
             t0 = time.time()
-            encoded = [base.encode(data.images[i:i + 8], cfg0) for i in range(0, len(data.paths), 8)]
-            print(f"{cls} {winmode}: encoded {len(data.paths)} images in {time.time() - t0:.1f}s", flush=True)
+            encoded = encoded_test_images(args, base, cls, data, cfg0)
+            print(f"{cls} {winmode}: {len(data.paths)} images encoded (or read) in {time.time() - t0:.1f}s",
+                  flush=True)
             for k, seed in product(args.k_shot, args.seeds):
                 refs = sample_kshot(meta, cls, k, seed)
                 images = load_reference_images(args.data_root, refs, args.image_size, bb.mean, bb.std)
@@ -353,6 +407,148 @@ def summary_tables(records: list[dict]) -> str:
     return "\n".join(out)
 
 
+def seed_deltas(records: list[dict], winmode: str, key: str) -> dict[str, dict[str, list[float]]]:
+    """Δ to FD of every learned method, per training seed: {method: {class or 'mean': [Δ per seed]}}.
+
+    A seed's Δ on a class is its mean over k and reference seeds minus FD's mean over the same runs;
+    its 'mean' is the mean of its classes' Δ. FD has no training seed: its records serve every seed.
+    """
+    rows = [r for r in records if r["winmode"] == winmode and r[key] is not None]
+    classes = sorted({r["class"] for r in rows})
+    fd = {c: _mean([r for r in rows if r["method"] == "fd" and r["class"] == c], key) for c in classes}
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "fd"):
+        mine = [r for r in rows if r["method"] == name]
+        per_class = {c: [] for c in classes}
+        for seed in sorted({r["train_seed"] for r in mine}):
+            for c in classes:
+                per_class[c].append(_mean([r for r in mine if r["class"] == c and r["train_seed"] == seed], key)
+                                    - fd[c])
+        per_class["mean"] = [float(np.mean(v)) for v in zip(*(per_class[c] for c in classes))]
+        out[name] = per_class
+    return out
+
+
+def _spread(values: list[float]) -> str:
+    """mean ± sample standard deviation (ddof 1; no spread for a single value)."""
+    if len(values) < 2:
+        return f"{values[0]:+.4f}"
+    return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def spread_tables(records: list[dict]) -> str:
+    """Markdown: per winmode, every learned method's Δ to FD per class and on the mean over classes
+    as mean ± standard deviation over training seeds, for pixel AUROC and AUPRO; FD's own values;
+    then the same Δ on the mean over classes for each k."""
+    out = []
+    for winmode in sorted({r["winmode"] for r in records}, key=["nan", "mul"].index):
+        rows = [r for r in records if r["winmode"] == winmode]
+        classes = sorted({r["class"] for r in rows})
+        seeds = sorted({r["train_seed"] for r in rows if r["method"] != "fd"})
+        deltas = {key: seed_deltas(rows, winmode, key) for key in ("pixel_auroc", "pixel_aupro")}
+        fd_cells = ["fd (absolute)"]
+        for key in ("pixel_auroc", "pixel_aupro"):
+            fd_rows = [r for r in rows if r["method"] == "fd"]
+            fd_cells += [f"{_mean([r for r in fd_rows if r['class'] == c], key):.4f}" for c in classes]
+            fd_cells.append(f"{np.mean([_mean([r for r in fd_rows if r['class'] == c], key) for c in classes]):.4f}")
+        table = [fd_cells]
+        for name in deltas["pixel_auroc"]:
+            cells = [name]
+            for key in ("pixel_auroc", "pixel_aupro"):
+                cells += [_spread(deltas[key][name][c]) for c in [*classes, "mean"]]
+            table.append(cells)
+        headers = (["method"] + [f"Δ pix AUROC {c}" for c in [*classes, "mean"]]
+                   + [f"Δ AUPRO {c}" for c in [*classes, "mean"]])
+        out.append(f"### winmode {winmode}: Δ to FD, mean ± std over training seeds {seeds} (each seed: mean over "
+                   f"k {sorted({r['k'] for r in rows})} and reference seeds {sorted({r['seed'] for r in rows})}; "
+                   f"'mean': over the {len(classes)} classes)\n")
+        out.append(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+        ks = sorted({r["k"] for r in rows})
+        per_k = []
+        for name in deltas["pixel_auroc"]:
+            cells = [name]
+            for k in ks:
+                mine = [r for r in rows if r["k"] == k]
+                for key in ("pixel_auroc", "pixel_aupro"):
+                    cells.append(_spread(seed_deltas(mine, winmode, key)[name]["mean"]))
+            per_k.append(cells)
+        out.append(f"\n#### winmode {winmode}, Δ to FD per k (mean over classes; ± std over training seeds)\n")
+        out.append(tabulate(per_k, headers=["method"] + [f"k={k} Δ {m}" for k in ks for m in ("pix AUROC", "AUPRO")],
+                            tablefmt="github", disable_numparse=True))
+        out.append("")
+    return "\n".join(out)
+
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: list[str] | None = None) -> Path:
+    """A PNG of every learned method's Δ to FD per class and on the mean (pixel AUROC above, AUPRO
+    below): bars at the mean over training seeds, whiskers ± one standard deviation, a dot per seed."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        font = ImageFont.load_default()
+    panels = [("pixel AUROC", seed_deltas(records, winmode, "pixel_auroc")),
+              ("AUPRO", seed_deltas(records, winmode, "pixel_aupro"))]
+    names = methods_shown or list(panels[0][1])
+    groups = [g for g in next(iter(panels[0][1].values()))] if names else []
+    W, H, left, right, top, panel_h = 1500, 0, 70, 300, 40, 380
+    H = top + len(panels) * (panel_h + 50) + 10
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    # the default font has no Greek letters: "delta" spelled out
+    draw.text((left, 10), f"delta to FD (winmode {winmode}): bars = mean over training seeds, whiskers = ± 1 std, "
+                          f"dots = seeds", fill="black", font=font)
+    plot_w = W - left - right
+    for p, (title, deltas) in enumerate(panels):
+        y0 = top + p * (panel_h + 50) + 20
+        values = [v for n in names for g in groups for v in deltas[n][g]]
+        lo, hi = min(values + [0.0]), max(values + [0.0])
+        pad = 0.08 * max(hi - lo, 1e-3)
+        lo, hi = lo - pad, hi + pad
+
+        def y(v, lo=lo, hi=hi, y0=y0):
+            return y0 + (hi - v) / (hi - lo) * panel_h
+
+        step = 10 ** math.floor(math.log10(max(hi - lo, 1e-6) / 4))
+        step *= 5 if (hi - lo) / step > 20 else (2 if (hi - lo) / step > 8 else 1)
+        t = math.ceil(lo / step) * step
+        while t <= hi:
+            draw.line([(left, y(t)), (left + plot_w, y(t))], fill=(225, 225, 225))
+            draw.text((5, y(t) - 7), f"{round(t, 6) + 0.0:+.3f}", fill="black", font=font)
+            t += step
+        draw.line([(left, y(0)), (left + plot_w, y(0))], fill="black", width=2)
+        draw.text((left, y0 - 18), f"delta {title}", fill="black", font=font)
+        gw = plot_w / max(len(groups), 1)
+        bw = 0.8 * gw / max(len(names), 1)
+        for gi, g in enumerate(groups):
+            draw.text((left + gi * gw + gw / 2 - 3.5 * len(g), y0 + panel_h + 4), g, fill="black", font=font)
+            for mi, n in enumerate(names):
+                v = deltas[n][g]
+                m, sd = float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+                x0 = left + gi * gw + 0.1 * gw + mi * bw
+                colour = PALETTE[mi % len(PALETTE)]
+                draw.rectangle([x0, min(y(m), y(0)), x0 + bw - 2, max(y(m), y(0))], fill=colour)
+                cx = x0 + bw / 2 - 1
+                draw.line([(cx, y(m - sd)), (cx, y(m + sd))], fill="black", width=1)
+                for end in (m - sd, m + sd):
+                    draw.line([(cx - bw / 4, y(end)), (cx + bw / 4, y(end))], fill="black")
+                for s in v:
+                    draw.ellipse([cx - 2, y(s) - 2, cx + 2, y(s) + 2], outline="black", fill="white")
+        if p == 0:
+            for mi, n in enumerate(names):
+                ly = y0 + mi * 18
+                draw.rectangle([W - right + 15, ly, W - right + 27, ly + 12], fill=PALETTE[mi % len(PALETTE)])
+                draw.text((W - right + 33, ly - 1), n, fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
 def agreement_table(rows: list[dict]) -> str:
     groups = list(dict.fromkeys((r["align"], r["search"]) for r in rows))
     table = []
@@ -366,16 +562,40 @@ def agreement_table(rows: list[dict]) -> str:
                     tablefmt="github", disable_numparse=True)
 
 
+def combined_records(paths: list[str]) -> list[dict]:
+    """The records of several results.json files, FD's from the first only; a learned method
+    measured in two of them (two runs without distinct --label) is refused."""
+    records, seen = [], {}
+    for i, path in enumerate(paths):
+        mine = json.loads(Path(path).read_text())["records"]
+        for name in dict.fromkeys(r["method"] for r in mine):
+            if name == "fd":
+                continue
+            if name in seen:
+                raise ValueError(f"{path} and {seen[name]} both measured {name!r}: give each run its own --label")
+            seen[name] = path
+        records += [r for r in mine if r["method"] != "fd" or i == 0]
+    return records
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     t0 = time.time()
-    result = {"settings": vars(args), "records": [] if args.skip_methods else evaluate(args)}
+    if args.combine:
+        records = combined_records(args.combine)
+    else:
+        records = [] if args.skip_methods else evaluate(args)
+    result = {"settings": vars(args), "records": records}
     text = summary_tables(result["records"]) if result["records"] else ""
-    if args.precision_check:
+    if result["records"] and any(r["method"] != "fd" for r in result["records"]):
+        text += "\n" + spread_tables(result["records"])
+        for winmode in dict.fromkeys(r["winmode"] for r in result["records"]):
+            delta_picture(result["records"], winmode, out / f"delta_{winmode}.png")
+    if args.precision_check and not args.combine:
         result["precision"] = precision_check(args)
         text += "\n### encoder precision: bf16 (autocast) against fp32, FD\n\n" + precision_table(result["precision"]) + "\n"
-    if args.agreement:
+    if args.agreement and not args.combine:
         result["agreement"] = agreement(args)
         text += "\n### alignment and search precision against exhaustive fp32 search (FD, winmode mul)\n\n"
         text += agreement_table(result["agreement"]) + "\n"

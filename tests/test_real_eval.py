@@ -75,6 +75,81 @@ def test_trained_heads_are_reused(evaluated, monkeypatch):
     def no_training(*_):
         raise AssertionError("heads retrained although cached")
 
+    def no_encoding(*_, **__):
+        raise AssertionError("test images re-encoded although cached")
+
     monkeypatch.setattr(real_eval.train, "main", no_training)
+    monkeypatch.setattr(real_eval.FASL, "encode", no_encoding)
     again = real_eval.main(argv)
     assert again["records"] == result["records"]
+
+
+@pytest.fixture(scope="module")
+def shared_run(syn_datasets, tmp_path_factory):
+    """Two training seeds, one NAM run per seed scored with and without its NAM, a recipe label."""
+    base = tmp_path_factory.mktemp("real_eval_shared")
+    argv = ["--data_root", str(syn_datasets["mvtec"]), "--weights", "none", *TINY, "--k_shot", "1", "--seeds", "0",
+            "--sources", "synth_all", "--winmodes", "nan", "--train_steps", "2", "--batch_size", "2",
+            "--train_k", "1", "--eval_size", "112", "--train_seeds", "0", "1", "--nam_runs", "shared",
+            "--label", "x", "--workdir", str(base / "work"), "--out", str(base / "out")]
+    return base, real_eval.main(argv)
+
+
+def test_shared_nam_runs_train_once_per_seed_and_label_the_methods(shared_run):
+    base, result = shared_run
+    folders = sorted(f.name for f in (base / "work").iterdir() if f.name != "features")
+    # synth_all trains on every class: one run per seed serves both test classes, all four modes
+    assert len(folders) == 2 and all("-nam-" in f for f in folders), folders
+    methods = {r["method"] for r in result["records"]}
+    assert methods == {"fd"} | {f"{m} [synth_all|x]" for m in ("asl", "merged", "asl+nam", "merged+nam")}
+    assert {r["train_seed"] for r in result["records"] if r["method"] != "fd"} == {0, 1}
+    assert len([r for r in result["records"] if r["method"] == "fd"]) == 2  # one per class, not per seed
+    # asl and asl+nam come from the same checkpoint: NAM changes the map, so they differ
+    a, b = (_record({"records": [r for r in result["records"] if r["train_seed"] == 1]}, "disc", m)
+            for m in ("asl [synth_all|x]", "asl+nam [synth_all|x]"))
+    assert a["pixel_auroc"] != b["pixel_auroc"]
+
+
+def test_spread_tables_and_picture_are_written(shared_run):
+    base, result = shared_run
+    text = (base / "out" / "tables.md").read_text()
+    assert "mean ± std over training seeds [0, 1]" in text and "fd (absolute)" in text
+    from PIL import Image
+
+    with Image.open(base / "out" / "delta_nan.png") as img:
+        assert img.size[0] == 1500 and len(img.convert("L").getcolors(4096) or []) > 10  # drawn, not blank
+
+
+def test_seed_deltas_by_hand():
+    def rec(method, cls, train_seed, k, value):
+        return {"method": method, "class": cls, "train_seed": train_seed, "k": k, "seed": 0, "winmode": "nan",
+                "pixel_auroc": value}
+
+    records = [rec("fd", "a", 0, 1, 0.8), rec("fd", "a", 0, 2, 0.9), rec("fd", "b", 0, 1, 0.5), rec("fd", "b", 0, 2, 0.5),
+               rec("m", "a", 0, 1, 0.9), rec("m", "a", 0, 2, 1.0), rec("m", "a", 1, 1, 0.7), rec("m", "a", 1, 2, 0.8),
+               rec("m", "b", 0, 1, 0.6), rec("m", "b", 0, 2, 0.6), rec("m", "b", 1, 1, 0.5), rec("m", "b", 1, 2, 0.3)]
+    d = real_eval.seed_deltas(records, "nan", "pixel_auroc")["m"]
+    assert d["a"] == pytest.approx([0.1, -0.1]) and d["b"] == pytest.approx([0.1, -0.1])
+    assert d["mean"] == pytest.approx([0.1, -0.1])
+    mean, sd = real_eval._spread(d["mean"]).split(" ± ")
+    assert float(mean) == pytest.approx(0.0) and sd == "0.1414"  # sample std (ddof 1)
+    assert real_eval._spread([0.25]) == "+0.2500"
+
+
+def test_combine_merges_runs_and_refuses_a_method_measured_twice(evaluated, shared_run, tmp_path):
+    _, base_a, result_a = evaluated
+    base_b, result_b = shared_run
+    files = [str(base_a / "out" / "results.json"), str(base_b / "out" / "results.json")]
+    both = real_eval.main(["--combine", *files, "--out", str(tmp_path / "c")])
+    assert {r["method"] for r in both["records"]} == ({r["method"] for r in result_a["records"]}
+                                                       | {r["method"] for r in result_b["records"]})
+    assert [r for r in both["records"] if r["method"] == "fd"] == [r for r in result_a["records"]
+                                                                   if r["method"] == "fd"]
+    assert (tmp_path / "c" / "delta_nan.png").is_file()
+    with pytest.raises(ValueError, match="own --label"):
+        real_eval.main(["--combine", files[0], files[0], "--out", str(tmp_path / "d")])
+
+
+def test_data_root_and_weights_are_required_without_combine():
+    with pytest.raises(SystemExit):
+        real_eval.parse_args(["--weights", "none"])
