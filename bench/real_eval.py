@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=224, help="(default: %(default)s)")
     p.add_argument("--features_list", type=int, nargs="+", default=None,
                    help="blocks / stages (default: the backbone's: stride 8 and 16 stages of a CNN)")
+    p.add_argument("--test_classes", nargs="+", default=None,
+                   help="score these classes only (default: every class); heads are still trained without each")
     p.add_argument("--k_shot", type=int, nargs="+", default=[1, 2, 4], help="shots (default: 1 2 4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reference seeds (default: 0 1 2)")
     p.add_argument("--train_seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
@@ -237,7 +239,10 @@ def evaluate(args) -> list[dict]:
     cache = HeadsCache(base)
     records = []
     all_methods = methods(args)
-    for cls in classes:
+    unknown = sorted(set(args.test_classes or []) - set(classes))
+    if unknown:
+        raise ValueError(f"--test_classes {unknown} are not classes of {args.data_root} ({classes})")
+    for cls in [c for c in classes if c in (args.test_classes or classes)]:
         ckpts = {(s, nam, seed): trained_heads(args, meta, cls, s, nam or args.nam_runs == "shared", seed)
                  for s, nam, seed in product(args.sources, (False, True), args.train_seeds)}
         data = load_test_images(args.data_root, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std)

@@ -153,3 +153,12 @@ def test_combine_merges_runs_and_refuses_a_method_measured_twice(evaluated, shar
 def test_data_root_and_weights_are_required_without_combine():
     with pytest.raises(SystemExit):
         real_eval.parse_args(["--weights", "none"])
+
+
+def test_test_classes_scores_a_subset_with_the_same_numbers(evaluated, tmp_path):
+    argv, _, result = evaluated
+    out = argv.index("--out")
+    sub = real_eval.main([*argv[:out], "--out", str(tmp_path / "sub"), "--test_classes", "disc"])
+    assert sub["records"] == [r for r in result["records"] if r["class"] == "disc"]
+    with pytest.raises(ValueError, match="not classes of"):
+        real_eval.main([*argv[:out], "--out", str(tmp_path / "bad"), "--test_classes", "nope"])
