@@ -108,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="encoder precision of training and scoring; fp32, as the README's tables were measured "
                         "('auto' would pick bf16 on a CPU with AMX) (default: %(default)s)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also score every learned method as one ensemble of its training seeds' heads (the mean of "
+                        "their maps and image scores): method '<name> ens'")
     p.add_argument("--label", default="",
                    help="a name for this run's training recipe, added to every learned method's name "
                         "(e.g. 'merged [masks|residual]'), so runs of several recipes can be --combine'd")
@@ -226,6 +229,19 @@ def methods(args, nam_runs=(False, True)) -> list[tuple[str, str | None, bool]]:
     return out
 
 
+ENSEMBLE_SEED = -1  # the train_seed of an ensemble's records (every seed's heads at once)
+
+
+def metrics_of(args, data, score_map: torch.Tensor, image_score: torch.Tensor) -> dict:
+    """METRICS of one class's maps (N, H, W) and image scores (N,) (transductive unless
+    --no_transductive)."""
+    maps, scores = score_map.numpy(), image_score.numpy()
+    if not args.no_transductive:
+        scores = transductive_scores(scores, maps)
+    m = class_metrics(data.labels, scores, data.masks, maps)
+    return {key: m[key] for key in METRICS}
+
+
 def evaluate(args) -> list[dict]:
     device = resolve_device(args.device)
     meta = load_meta(args.data_root)
@@ -258,19 +274,22 @@ def evaluate(args) -> list[dict]:
                 images = load_reference_images(args.data_root, refs, args.image_size, bb.mean, bb.std)
                 bank = base.build_memory(images, base.windows_for(cfg0))
                 alignments = [{} for _ in encoded]  # one search per chunk, shared by every method
-                for (name, source, nam), train_seed in product(all_methods, args.train_seeds):
-                    if source is None and train_seed != args.train_seeds[0]:
-                        continue  # FD has no training
+                run = {"class": cls, "k": k, "seed": seed, "winmode": winmode}
+                for name, source, nam in all_methods:
                     mode = "fd" if source is None else ("merged" if name.startswith("merged") else "fasl")
                     cfg = InferenceConfig(**{**cfg0.__dict__, "mode": mode, "use_nam": nam})
-                    model = cache.get(None if source is None else ckpts[(source, nam, train_seed)])
-                    pred = score_chunks(model, encoded, bank, cfg, alignments)
-                    maps, scores = pred.score_map.numpy(), pred.image_score.numpy()
-                    if not args.no_transductive:
-                        scores = transductive_scores(scores, maps)
-                    m = class_metrics(data.labels, scores, data.masks, maps)
-                    records.append({"class": cls, "k": k, "seed": seed, "train_seed": train_seed, "winmode": winmode,
-                                    "method": name, **{key: m[key] for key in METRICS}})
+                    preds = []
+                    for train_seed in args.train_seeds[:1] if source is None else args.train_seeds:  # FD: no training
+                        model = cache.get(None if source is None else ckpts[(source, nam, train_seed)])
+                        preds.append(score_chunks(model, encoded, bank, cfg, alignments))
+                        records.append({**run, "train_seed": train_seed, "method": name,
+                                        **metrics_of(args, data, preds[-1].score_map, preds[-1].image_score)})
+                    if args.ensemble and source is not None and len(preds) > 1:
+                        # the training seeds' maps averaged: one ensemble of every seed's heads
+                        mean_map = torch.stack([q.score_map for q in preds]).mean(0)
+                        mean_score = torch.stack([q.image_score for q in preds]).mean(0)
+                        records.append({**run, "train_seed": ENSEMBLE_SEED, "method": f"{name} ens",
+                                        **metrics_of(args, data, mean_map, mean_score)})
             print(f"{cls} {winmode}: scored in {time.time() - t0:.1f}s", flush=True)
     return records
 
@@ -449,7 +468,7 @@ def spread_tables(records: list[dict]) -> str:
     for winmode in sorted({r["winmode"] for r in records}, key=["nan", "mul"].index):
         rows = [r for r in records if r["winmode"] == winmode]
         classes = sorted({r["class"] for r in rows})
-        seeds = sorted({r["train_seed"] for r in rows if r["method"] != "fd"})
+        seeds = sorted({r["train_seed"] for r in rows if r["method"] != "fd"} - {ENSEMBLE_SEED})
         deltas = {key: seed_deltas(rows, winmode, key) for key in ("pixel_auroc", "pixel_aupro")}
         fd_cells = ["fd (absolute)"]
         for key in ("pixel_auroc", "pixel_aupro"):

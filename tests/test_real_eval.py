@@ -162,3 +162,21 @@ def test_test_classes_scores_a_subset_with_the_same_numbers(evaluated, tmp_path)
     assert sub["records"] == [r for r in result["records"] if r["class"] == "disc"]
     with pytest.raises(ValueError, match="not classes of"):
         real_eval.main([*argv[:out], "--out", str(tmp_path / "bad"), "--test_classes", "nope"])
+
+
+def test_ensemble_of_identical_heads_equals_the_single_heads(shared_run, syn_datasets, tmp_path):
+    """--ensemble averages the training seeds' maps: two copies of seed 0's heads score as seed 0."""
+    base, result = shared_run
+    argv = ["--data_root", str(syn_datasets["mvtec"]), "--weights", "none", *TINY, "--k_shot", "1", "--seeds", "0",
+            "--sources", "synth_all", "--winmodes", "nan", "--train_steps", "2", "--batch_size", "2",
+            "--train_k", "1", "--eval_size", "112", "--train_seeds", "0", "0", "--nam_runs", "shared",
+            "--label", "x", "--workdir", str(base / "work"), "--out", str(tmp_path / "ens"), "--ensemble"]
+    ens = real_eval.main(argv)
+    for cls in ("disc", "weave"):
+        for name in ("asl [synth_all|x]", "merged+nam [synth_all|x]"):
+            (single,) = [r for r in result["records"] if r["class"] == cls and r["method"] == name
+                         and r["train_seed"] == 0]
+            (mean,) = [r for r in ens["records"] if r["class"] == cls and r["method"] == f"{name} ens"]
+            assert mean["train_seed"] == real_eval.ENSEMBLE_SEED
+            for key in real_eval.METRICS:
+                assert mean[key] == pytest.approx(single[key], abs=1e-9), (cls, name, key)
