@@ -18,8 +18,9 @@ Outputs in --out, per image (NAME = file stem, made unique when two inputs share
 NAME_overlay.png (heat map, colour scale centred on the pixel threshold, white outline around the
 defect mask) and NAME_mask.png (0/255, original size); for the run: predictions.csv (one row per
 image), predictions.json (the same plus every region, the thresholds and the settings),
-thresholds.json and predict.log. A file that cannot be read is reported and skipped; the exit
-status is then 1.
+thresholds.json, predict.log and report.html (every image's overlay, score, verdict and regions,
+sorted by score, the threshold marked; open it in any browser). A file that cannot be read, or an
+image smaller than the model's patch grid, is reported and skipped; the exit status is then 1.
 
 Thresholds (see models/thresholds.py): every reference is scored against the others
 (leave-one-out; with one reference, 8 augmented copies of it against itself). The image threshold
@@ -53,8 +54,10 @@ from models.references import SavedReferences
 from models.thresholds import Thresholds, augmented_views, score_references
 from utils.cli import run_cli
 from utils.distributed import Dist, broadcast_from_main, gather_to_main, init_distributed, shard, shutdown
-from utils.misc import close_log_file, get_logger, resolve_device, seed_everything, write_json
+from utils.misc import (check_output_folder, close_log_file, fatal_errors_logged, get_logger, resolve_device,
+                        seed_everything, write_json)
 from utils.regions import Regions, find_regions, resize_map
+from utils.report import write_report
 from utils.visualize import heatmap_overlay, mask_outline, normalize_map, save_png
 
 PREDICTIONS_FORMAT = "fasl-predictions-v1"
@@ -350,6 +353,12 @@ def write_outputs(args, out: Path, model: FASL, cfg: InferenceConfig, refs: Save
     write_json(out / "predictions.json", {"format": PREDICTIONS_FORMAT, "thresholds": thresholds,
                                           "settings": settings, "images": records,
                                           "failed": [r["path"] for r in failed]})
+    write_report(out, records, thresholds, {
+        "references": f"{refs.bank.k} image(s)" + (f" from {args.load_refs}" if args.load_refs else ""),
+        "model": f"{args.model} ({args.pretrained}), {args.image_size} px, --mode {args.mode}, --winmode {args.winmode}",
+        "decision": (f"--fpr {refs.thresholds.fpr}" if refs.thresholds.fpr is not None else "thresholds given by hand")
+                    + f", --image_score {args.image_score}, --smooth_sigma {args.smooth_sigma}",
+    })
     n_defect = sum(r.get("verdict") == "defect" for r in records)
     log.info("%d image(s): %d defect, %d ok, %d failed; results in %s", len(records), n_defect,
              len(records) - n_defect - len(failed), len(failed), out)
@@ -365,13 +374,13 @@ def write_outputs(args, out: Path, model: FASL, cfg: InferenceConfig, refs: Save
 def main(argv=None) -> int:
     """Run predict.py; returns the exit status (1 when some image could not be read)."""
     args = parse_args(argv)
+    out = check_output_folder(args.out, "--out")  # before anything is built or written
     d, device = init_distributed(resolve_device(args.device))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     log_path = out / ("predict.log" if d.is_main else f"predict.rank{d.rank}.log")
-    log = get_logger("fasl.predict", log_path)
+    log = get_logger("fasl.predict", log_path)  # the file appears with its first record
     try:
-        return _run(args, out, log, d, device)
+        with fatal_errors_logged(log):
+            return _run(args, out, log, d, device)
     finally:  # this run's log file only: a later run in the same process writes elsewhere
         close_log_file(log, log_path)
         shutdown(d)
@@ -389,6 +398,7 @@ def _run(args, out: Path, log, d: Dist, device: torch.device) -> int:
     post = map_post(args)
     refs = prepare_references(args, model, cfg, log, d, post)
     t = refs.thresholds
+    out.mkdir(parents=True, exist_ok=True)  # the inputs have passed every check
     if d.is_main:
         write_json(out / "thresholds.json", t.to_dict())
     log.info("%s%d reference(s), %d image(s); image threshold %.4f (%s), pixel threshold %.4f (%s), smallest region "

@@ -368,3 +368,68 @@ def test_find_regions_and_resize_map():
     s[:, 0] = 1
     big = resize_map(s, (30, 80))
     assert big.shape == (30, 80) and big[:, :10].mean() > 0.5 and big[:, 40:].max() == 0
+
+
+# ----------------------------------------------------------------------------- report.html, unusable images
+
+def split_threshold(data, tmp_path):
+    """An image threshold with scored images of data/imgs on both sides."""
+    first = tmp_path / "first"
+    assert run(["--refs", str(data["root"] / "refs"), "--images", str(data["root"] / "imgs"), "--out", str(first),
+                "--mode", "fd"]) == 0
+    s = sorted(r["score"] for r in read_json(first / "predictions.json")["images"])
+    return (s[2] + s[3]) / 2
+
+
+def test_report_html_sorted_with_threshold_and_failures(data, tmp_path):
+    tiny = write(tmp_path / "in" / "dot.png", np.full((1, 1, 3), 128, np.uint8))  # smaller than the 8x8 grid
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(b"not a png")
+    cut = split_threshold(data, tmp_path)
+    out = tmp_path / "out"
+    rc = run(["--refs", str(data["root"] / "refs"), "--images", str(data["root"] / "imgs"), str(tiny), str(broken),
+              "--out", str(out), "--mode", "fd", "--image_threshold", str(cut), "--pixel_threshold", "0.3"])
+    assert rc == 1  # two files could not be scored
+    pred = read_json(out / "predictions.json")
+    by_path = {r["path"]: r for r in pred["images"]}
+    assert by_path[str(tiny)]["read_status"] == "failed" and "smaller than the model's" in by_path[str(tiny)]["error"]
+    assert "verdict" not in by_path[str(tiny)]
+    page = (out / "report.html").read_text()
+    scored = sorted((r for r in pred["images"] if r["read_status"] == "scored"), key=lambda r: -r["score"])
+    positions = [page.index(f'alt="overlay of {r["name"]}"') for r in scored]
+    assert positions == sorted(positions)  # highest score first
+    line = page.index('class="threshold"')
+    n_above = sum(r["score"] > cut for r in scored)
+    assert 0 < n_above < len(scored)  # the marker has images on both sides here
+    assert all(p < line for p in positions[:n_above]) and all(p > line for p in positions[n_above:])
+    failed_box = page[page.index('class="failed"'):page.index('class="grid"')]
+    assert "dot.png" in failed_box and "broken.png" in failed_box and "smaller than" in failed_box
+    # self-contained: every link is a file beside the page, nothing is fetched from anywhere
+    import re
+    links = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert links and all("/" not in link and ":" not in link for link in links)
+    assert all((out / link).is_file() for link in links)
+
+
+def _browser():
+    import shutil
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless browser installed (Debian: apt-get install chromium)")
+def test_report_renders_in_a_headless_browser(data, tmp_path):
+    import subprocess
+    out = tmp_path / "out"
+    assert run(["--refs", str(data["root"] / "refs"), "--images", str(data["root"] / "imgs"), "--out", str(out),
+                "--mode", "fd", "--image_threshold", str(split_threshold(data, tmp_path)),
+                "--pixel_threshold", "0.3"]) == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1100,900", (out / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (900, 1100)
+    red = ((pixels[..., 0] > 170) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)).sum()  # defect badges, line
+    green = ((pixels[..., 1] > 100) & (pixels[..., 0] < 80) & (pixels[..., 2] < 80)).sum()  # ok badges
+    dark = (pixels.sum(-1) < 60).sum()  # the overlays' black frames and the text
+    assert red > 50 and green > 50 and dark > 1000
