@@ -51,7 +51,7 @@ from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_
 from models.flags import add_backbone_args, add_hidden_alias, add_inference_args
 from models.postprocess import IMAGE_SCORES, MapPost
 from models.references import SavedReferences
-from models.thresholds import Thresholds, augmented_views, score_references
+from models.thresholds import BANK_AUGMENTS, Thresholds, augmented_views, bank_copies, score_references, view_kinds
 from utils.cli import run_cli
 from utils.distributed import Dist, broadcast_from_main, gather_to_main, init_distributed, shard, shutdown
 from utils.misc import (check_output_folder, close_log_file, fatal_errors_logged, get_logger, resolve_device,
@@ -63,6 +63,7 @@ from utils.visualize import heatmap_overlay, mask_outline, normalize_map, save_p
 PREDICTIONS_FORMAT = "fasl-predictions-v1"
 DEFAULT_FPR = 0.01
 DEFAULT_POST = MapPost()
+DEFAULT_AUGMENT = "none"
 CSV_FIELDS = ("path", "name", "read_status", "score", "verdict", "n_regions", "defect_area", "width", "height",
               "overlay", "mask", "error")
 
@@ -98,6 +99,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: %(default)s)")
     g.add_argument("--top_fraction", type=float, default=DEFAULT_POST.top_fraction,
                    help="share of the map's pixels averaged by --image_score top (default: %(default)s)")
+    g.add_argument("--augment_refs", choices=BANK_AUGMENTS, default=DEFAULT_AUGMENT,
+                   help="also keep flipped / rotated copies of every reference in the memory, for parts that come "
+                        "flipped or rotated: 'flips' (horizontal, vertical), 'rot90' (90, 180, 270 degrees), 'all' "
+                        "(the 8 of them), 'none' (default: %(default)s)")
     g.add_argument("--image_threshold", type=float, default=None, help="override the fitted image threshold")
     g.add_argument("--pixel_threshold", type=float, default=None, help="override the fitted pixel threshold")
     g.add_argument("--min_region_area", type=int, default=None,
@@ -168,8 +173,19 @@ def output_names(paths: list[Path]) -> list[str]:
 
 # ----------------------------------------------------------------------------- load
 
-def load_reference_tensors(paths: list[Path], model: FASL) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Good images -> (k, 3, S, S) normalised and, when k = 1, its (8, 3, S, S) augmented views.
+class ReferenceImages(NamedTuple):
+    """The references as the bank and the threshold fit need them (all normalised):
+    originals (k, 3, S, S); bank (k * A, 3, S, S), A copies per reference (--augment_refs);
+    views (V, 3, S, S), the single reference's augmented views when k = 1, else None."""
+
+    originals: torch.Tensor
+    bank: torch.Tensor
+    copies: int
+    views: torch.Tensor | None
+
+
+def load_reference_tensors(paths: list[Path], model: FASL, augment: str = "none") -> ReferenceImages:
+    """Good images -> the references, their bank copies and, when k = 1, their augmented views.
 
     Any unreadable reference is an error: the thresholds depend on all of them.
     """
@@ -177,14 +193,21 @@ def load_reference_tensors(paths: list[Path], model: FASL) -> tuple[torch.Tensor
     raw = []
     for path in paths:
         try:
-            raw.append(image_to_unit_tensor(load_image(path), bb.image_size))  # [3, S, S] in [0, 1]
+            img = load_image(path)
         except ImageReadError as err:
             raise ImageReadError(f"reference image unusable ({err}); every reference is needed") from err
+        problem = image_problem((img.height, img.width), model)
+        if problem is not None:
+            raise ValueError(f"reference image {path} unusable: {problem}")
+        raw.append(image_to_unit_tensor(img, bb.image_size))  # [3, S, S] in [0, 1]
     raw = torch.stack(raw)  # [k, 3, S, S]
+    copies = torch.cat([bank_copies(r, augment) for r in raw])  # [k*A, 3, S, S]
     views = None
     if len(paths) == 1:
-        views = normalize_tensor(augmented_views(raw[0], shift=max(1, bb.patch_size // 2)), bb.mean, bb.std)
-    return normalize_tensor(raw, bb.mean, bb.std), views
+        views = augmented_views(raw[0], shift=max(1, bb.patch_size // 2))[view_kinds(augment)]
+        views = normalize_tensor(views, bb.mean, bb.std)
+    norm = lambda x: normalize_tensor(x, bb.mean, bb.std)  # noqa: E731
+    return ReferenceImages(norm(raw), norm(copies), copies.shape[0] // raw.shape[0], views)
 
 
 def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist, post: MapPost) -> SavedReferences:
@@ -193,15 +216,15 @@ def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist, po
     both_given = args.image_threshold is not None and args.pixel_threshold is not None
     if args.load_refs:
         refs = SavedReferences.load(args.load_refs, model, cfg, args.fpr, check_scoring=not both_given, post=post)
-        log.info("loaded %d references' memory and thresholds from %s", refs.bank.k, args.load_refs)
+        log.info("loaded %d references' memory and thresholds from %s", len(refs.refs), args.load_refs)
     else:
         paths = list_images(args.refs, "--refs")
-        images, views = load_reference_tensors(paths, model)
-        bank = model.build_memory(images, model.windows_for(cfg), window_batch=cfg.window_batch)
+        ref = load_reference_tensors(paths, model, args.augment_refs)
+        bank = model.build_memory(ref.bank, model.windows_for(cfg), window_batch=cfg.window_batch)
         if both_given:
             thresholds = Thresholds.by_hand(args.image_threshold, args.pixel_threshold)
         else:
-            normal = score_references(model, images, bank, cfg, views, post=post)
+            normal = score_references(model, ref.originals, bank, cfg, ref.views, post=post, copies=ref.copies)
             thresholds = Thresholds.fitted(normal, args.fpr or DEFAULT_FPR)
             log.info("normal image scores (%s): %s", normal.method,
                      ", ".join(f"{s:.4f}" for s in thresholds.fit.image_scores))
@@ -354,7 +377,7 @@ def write_outputs(args, out: Path, model: FASL, cfg: InferenceConfig, refs: Save
                                           "settings": settings, "images": records,
                                           "failed": [r["path"] for r in failed]})
     write_report(out, records, thresholds, {
-        "references": f"{refs.bank.k} image(s)" + (f" from {args.load_refs}" if args.load_refs else ""),
+        "references": f"{len(refs.refs)} image(s)" + (f" from {args.load_refs}" if args.load_refs else ""),
         "model": f"{args.model} ({args.pretrained}), {args.image_size} px, --mode {args.mode}, --winmode {args.winmode}",
         "decision": (f"--fpr {refs.thresholds.fpr}" if refs.thresholds.fpr is not None else "thresholds given by hand")
                     + f", --image_score {args.image_score}, --smooth_sigma {args.smooth_sigma}",
@@ -402,7 +425,7 @@ def _run(args, out: Path, log, d: Dist, device: torch.device) -> int:
     if d.is_main:
         write_json(out / "thresholds.json", t.to_dict())
     log.info("%s%d reference(s), %d image(s); image threshold %.4f (%s), pixel threshold %.4f (%s), smallest region "
-             "%.3f%% of an image", d.tag, refs.bank.k, len(paths), t.image, t.image_source, t.pixel, t.pixel_source,
+             "%.3f%% of an image", d.tag, len(refs.refs), len(paths), t.image, t.image_source, t.pixel, t.pixel_source,
              100 * t.min_region_fraction)
     mine = shard(paths, d, args.batch_size)
     records = score_images(args, model, cfg, refs, [paths[i] for i in mine], [names[i] for i in mine], out, log,

@@ -65,6 +65,31 @@ def augmented_views(image: torch.Tensor, shift: int) -> torch.Tensor:
     return torch.stack(views)  # [8, 3, H, W]
 
 
+BANK_AUGMENTS = ("none", "flips", "rot90", "all")
+
+
+def bank_copies(image: torch.Tensor, kind: str) -> torch.Tensor:
+    """The copies of one reference a memory bank holds under ``--augment_refs kind``.
+
+    image: (3, S, S). Returns (A, 3, S, S), the image itself first: ``none`` (A = 1), ``flips``
+    (+ horizontal and vertical flip, A = 3), ``rot90`` (+ 90, 180, 270 degree rotations, A = 4),
+    ``all`` (the 8 flips and rotations of the square, A = 8). A part that comes rotated or flipped
+    then finds its patches in the bank in its own orientation.
+    """
+    if kind not in BANK_AUGMENTS:
+        raise ValueError(f"augment_refs must be one of {BANK_AUGMENTS}, got {kind!r}")
+    rot = [torch.rot90(image, r, dims=(-2, -1)) for r in range(4)]
+    copies = {"none": rot[:1], "flips": [image, image.flip(-1), image.flip(-2)], "rot90": rot,
+              "all": rot + [r.flip(-1) for r in rot]}[kind]
+    return torch.stack(copies)
+
+
+def view_kinds(kind: str) -> list[int]:
+    """Which of ``augmented_views``' 8 views still differ from every bank copy under ``kind``:
+    the flips are dropped where the bank holds flipped copies (they would match themselves)."""
+    return list(range(2, N_AUGMENTATIONS)) if kind in ("flips", "all") else list(range(N_AUGMENTATIONS))
+
+
 def subset_bank(bank: MemoryBank, keep: list[int]) -> MemoryBank:
     """The memory of references ``keep`` only, sliced from a bank of all k (no re-encoding).
 
@@ -97,20 +122,23 @@ class NormalScores:
 @torch.no_grad()
 def score_references(
     model: FASL, references: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig, views: torch.Tensor | None = None,
-    post: MapPost | None = None,
+    post: MapPost | None = None, copies: int = 1,
 ) -> NormalScores:
     """Normal scores of the k references.
 
-    references: (k, 3, S, S) normalised; bank: their memory (all k, as built by build_memory).
-    views: (8, 3, S, S) normalised augmented copies of the single reference, needed when k = 1.
+    references: (k, 3, S, S) normalised; bank: their memory (as built by build_memory), ``copies``
+    entries per reference, reference-major (``bank_copies``; 1 = the references themselves).
+    views: (V, 3, S, S) normalised augmented copies of the single reference, needed when k = 1.
     post: the map post-processing the inspected images get (models/postprocess.py).
     """
     post = post or MapPost()
     k = references.shape[0]
+    if bank.k != k * copies:
+        raise ValueError(f"the bank holds {bank.k} entries, not {k} references x {copies} copies")
     if k >= 2:
         scores, maps = [], []
         for i in range(k):
-            others = subset_bank(bank, [j for j in range(k) if j != i])
+            others = subset_bank(bank, [j * copies + a for j in range(k) if j != i for a in range(copies)])
             pred = post.apply(model.predict(references[i:i + 1], others, cfg))
             scores.append(pred.image_score.float().cpu())
             maps.append(pred.score_map.float().cpu())

@@ -212,3 +212,56 @@ def test_benchmark_refuses_bad_input_before_work(mvtec, tmp_path):
     with pytest.raises(ValueError, match="predict.py refuses"):
         decisions.main(["--data_root", str(mvtec), *base, "--variant", "bad: --fpr 2"])
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- reference augmentation
+
+def test_bank_copies_and_views():
+    from models.thresholds import bank_copies, view_kinds
+
+    img = torch.arange(27, dtype=torch.float32).reshape(3, 3, 3)  # no symmetry: every copy differs
+    for kind, n in (("none", 1), ("flips", 3), ("rot90", 4), ("all", 8)):
+        c = bank_copies(img, kind)
+        assert c.shape == (n, 3, 3, 3) and torch.equal(c[0], img)
+        assert len({tuple(x.flatten().tolist()) for x in c}) == n  # all distinct
+    assert torch.equal(bank_copies(img, "rot90")[2], img.flip(-1).flip(-2))
+    assert view_kinds("none") == list(range(8)) and view_kinds("all") == list(range(2, 8))
+    with pytest.raises(ValueError, match="augment_refs"):
+        bank_copies(img, "rot45")
+
+
+def test_leave_one_out_drops_every_copy_of_the_left_out_reference():
+    from models.fasl import InferenceConfig
+    from models.thresholds import bank_copies, score_references
+
+    model = build_fasl("fasl-tiny-vit", None, [1, 2, 3, 4], 112)
+    cfg = InferenceConfig(mode="fd", align="exhaustive", out_size=28)
+    refs = torch.randn(3, 3, 112, 112)
+    copies = torch.cat([bank_copies(r, "rot90") for r in refs])
+    bank = model.build_memory(copies)
+    normal = score_references(model, refs, bank, cfg, copies=4)
+    for i in range(3):
+        others = model.build_memory(torch.cat([bank_copies(refs[j], "rot90") for j in range(3) if j != i]))
+        want = model.predict(refs[i:i + 1], others, cfg)
+        torch.testing.assert_close(normal.image_score[i:i + 1], want.image_score.float())
+    with pytest.raises(ValueError, match="copies"):
+        score_references(model, refs, bank, cfg, copies=1)
+
+
+def test_predict_with_rotated_references(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    part = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    (tmp_path / "refs").mkdir()
+    Image.fromarray(part).save(tmp_path / "refs" / "r.png")
+    Image.fromarray(np.rot90(part).copy()).save(tmp_path / "rot.png")
+    scores = {}
+    for kind in ("none", "rot90"):
+        out = tmp_path / kind
+        assert predict.main(["--refs", str(tmp_path / "refs"), "--images", str(tmp_path / "rot.png"), "--out",
+                             str(out), *TINY, "--mode", "fd", "--align", "exhaustive", "--augment_refs", kind]) == 0
+        scores[kind] = json.loads((out / "predictions.json").read_text())["images"][0]["score"]
+        thr = json.loads((out / "thresholds.json").read_text())
+        assert len(thr["fit"]["image_scores"]) == 8  # rotations keep the flip views (they differ from every copy)
+    assert scores["rot90"] < 1e-3 < scores["none"]  # the rotated part is in the bank as it is
