@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${DEMO_OUT:-results/demo}
 EPOCHS=${EPOCHS:-8}
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(command -v python >/dev/null 2>&1 && echo python || echo python3)}  # python3 where there is no python
 TINY=(--model fasl-tiny-vit --pretrained none --image_size 224 --features_list 1 2 3 4 --device cpu --seed 7)
 
 echo "== 1/4 generating synthetic datasets under $OUT/data"

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 import time
 from pathlib import Path
 
@@ -35,14 +37,14 @@ from tqdm import tqdm
 from data.dataset import load_test_images, select_classes
 from data.images import load_image, resize_image
 from data.kshot import choose_references, load_reference_images, save_kshot
-from data.meta import load_meta
+from data.meta import check_files, load_meta, split_files
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
-from models.flags import add_backbone_args, add_hidden_alias, add_inference_args
+from models.flags import add_backbone_args, add_hidden_alias, add_inference_args, check_model_flags
 from utils.cli import run_cli
-from utils.distributed import gather_to_main, plan_units, shutdown
+from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
 from utils.metrics import CLASS_KEYS, class_metrics, format_table, transductive_scores, write_results
-from utils.misc import atomic_write_text, start_run, write_json
+from utils.misc import atomic_write_text, check_output_folder, fatal_errors_logged, start_run, write_json
 from utils.visualize import class_range, save_png, triptych
 
 
@@ -72,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save_maps", action="store_true", help="write each image's score map and mask as .npy under maps/")
     p.add_argument("--save_vis", action="store_true",
                    help="write image | ground truth | heat map | colour bar PNGs under vis/")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="each class's results are written as it finishes (classes/<class>.json in the run's folder); "
+                        "a rerun skips the classes done with the same settings and ends with the results.json an "
+                        "uninterrupted run writes (default: on; --no-resume computes every class again)")
     p.add_argument("--check_args", action="store_true",
                    help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
     args = p.parse_args(argv)
@@ -87,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--refs_file fixes the references of one run: give one --k_shot and one seed with it")
     if args.batch_size < 1:
         p.error("--batch_size must be >= 1")
+    if args.eval_size < 1:
+        p.error("--eval_size must be >= 1")
+    check_model_flags(p, args, windows=True)
     return args
 
 
@@ -106,6 +115,59 @@ class Runs:
     def folder(self, key) -> Path:
         k, s = key
         return self.root / f"{k}shot" / f"seed{s}" if self.sweep else self.root
+
+
+# flags that choose what is run or written, not the numbers of a class (those are in its record)
+_NOT_CLASS_SETTINGS = ("save_path", "check_args", "resume", "classes", "k_shot", "seeds", "seed", "sweep",
+                       "refs_file", "save_maps", "save_vis", "batch_size", "device")
+
+
+def file_digest(path) -> str | None:
+    """sha256 of a file's bytes (None for no file): a checkpoint retrained in place is another one."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ClassRecords:
+    """Each class's metrics, written as the class finishes (``<run folder>/classes/<class>.json``)
+    with everything its numbers depend on, so a rerun can skip the classes already done."""
+
+    def __init__(self, args, meta: dict, runs: Runs, model, cfg: InferenceConfig, device_type: str):
+        common = {k: v for k, v in vars(args).items() if k not in _NOT_CLASS_SETTINGS}
+        common.update(checkpoint_sha256=file_digest(args.checkpoint_path) if mode_uses_heads(args.mode) else None,
+                      device_type=device_type, encoder_dtype=str(model.bank_dtype).replace("torch.", ""),
+                      search_dtype=resolved_search_dtype(model, cfg))
+        self.common, self.meta, self.runs = common, meta, runs
+
+    def path(self, key, cls: str) -> Path:
+        return self.runs.folder(key) / "classes" / f"{cls.replace('/', '__')}.json"
+
+    def settings(self, key, cls: str) -> dict:
+        k, seed = key
+        doc = {**self.common, "k_shot": k, "seed": seed, "references": self.runs.refs[key][cls],
+               "test_images": [[s["img_path"], s["mask_path"]] for s in self.meta["test"][cls]]}
+        return json.loads(json.dumps(doc, sort_keys=True, default=str))  # as it reads back from the file
+
+    def write(self, key, cls: str, metrics: dict) -> None:
+        write_json(self.path(key, cls), {"settings": self.settings(key, cls), "metrics": metrics,
+                                         "order": list(metrics)})  # the JSON's keys are sorted
+
+    def done(self, key, cls: str) -> dict | None:
+        """The metrics of an earlier run of ``cls`` with the same settings, or None."""
+        path = self.path(key, cls)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("settings") != self.settings(key, cls):
+            return None
+        metrics = doc.get("metrics") or {}
+        return {k: metrics[k] for k in doc.get("order", metrics) if k in metrics} or None
 
 
 def score_unit(model, cfg, args, meta, unit, runs: Runs, log, tag: str) -> dict:
@@ -130,9 +192,9 @@ def score_unit(model, cfg, args, meta, unit, runs: Runs, log, tag: str) -> dict:
     return {"masks": data.masks, "runs": scored}
 
 
-def finish_class(args, meta, cls: str, pieces: dict, runs: Runs, log) -> dict:
+def finish_class(args, meta, cls: str, pieces: dict, runs: Runs, log, records: ClassRecords | None = None) -> dict:
     """Rank 0: a class's pieces ({start: score_unit's result}) joined in meta.json order -> its
-    metrics per run, its outputs written."""
+    metrics per run, its outputs and (``records``) its record written."""
     samples = meta["test"][cls]
     labels = np.array([s["anomaly"] for s in samples], dtype=np.int64)
     paths = [s["img_path"] for s in samples]
@@ -150,6 +212,8 @@ def finish_class(args, meta, cls: str, pieces: dict, runs: Runs, log) -> dict:
         metrics["n_images"] = len(samples)
         metrics["n_anomalous"] = int(labels.sum())
         save_outputs(args, runs.folder(key), cls, paths, maps, masks, scores)
+        if records is not None:
+            records.write(key, cls, metrics)
         results[key] = metrics
         log.info("%s: %d images (%d anomalous)%s%s", cls, len(samples), int(labels.sum()),
                  f", k={key[0]}, seed {key[1]}" if runs.sweep else "",
@@ -195,10 +259,18 @@ def write_sweep(root: Path, results: dict, runs: Runs, classes: list[str]) -> di
                 mean = float(np.mean(vals)) if vals else None
                 std = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else None)
                 stats[key] = {"mean": mean, "std": std, "n": len(vals)}
+                if cls == "mean":  # how many classes the mean covers (the others have n/a), fewest over seeds
+                    stats[key]["classes"] = min((sum(results[(k, s)][c][key] is not None for c in classes)
+                                                 for s in seeds), default=0)
             per[cls] = stats
-            rows_md.append([f"{k}", cls] + ["n/a" if stats[m]["mean"] is None else
-                                            f"{100 * stats[m]['mean']:.1f} ± {100 * stats[m]['std']:.1f}"
-                                            for m in CLASS_KEYS])
+
+            def cell(st):
+                if st["mean"] is None:
+                    return "n/a"
+                some = f" ({st['classes']}/{len(classes)})" if st.get("classes", len(classes)) < len(classes) else ""
+                return f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f}{some}"
+
+            rows_md.append([f"{k}", cls] + [cell(stats[m]) for m in CLASS_KEYS])
             rows_csv.append([k, cls] + [v for m in CLASS_KEYS for v in
                                         ("" if stats[m]["mean"] is None else f"{stats[m]['mean']:.6f}",
                                          "" if stats[m]["std"] is None else f"{stats[m]['std']:.6f}")])
@@ -222,9 +294,11 @@ def main(argv=None) -> dict:
     cfg = InferenceConfig.from_args(args, out_size=args.eval_size)  # refuses bad scoring values
     if args.check_args:
         return {}
+    check_output_folder(args.save_path, "--save_path")
     run = start_run(args, "test")
     try:
-        return _evaluate(args, cfg, run)
+        with fatal_errors_logged(run.log):
+            return _evaluate(args, cfg, run)
     finally:
         shutdown(run.dist)
 
@@ -236,10 +310,27 @@ def _evaluate(args, cfg: InferenceConfig, run) -> dict:
     empty = [c for c in classes if not meta["test"][c]]
     if empty:
         raise ValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
+    runs = Runs(args, meta, classes)
+    # every image, mask and reference the run reads, before the model is built
+    check_files(args.data_path, [*split_files(meta, "test", classes),
+                                 *(p for refs in runs.refs.values() for c in classes for p in refs[c])],
+                f"{args.data_path}/meta.json")
     model = build_fasl_from_args(args, run.device,
                                  checkpoint=args.checkpoint_path if mode_uses_heads(args.mode) else None)
     model.eval()
-    runs = Runs(args, meta, classes)
+    records = ClassRecords(args, meta, runs, model, cfg, run.device.type)
+    results: dict = {key: {} for key in runs.keys}
+    if args.resume and d.is_main:
+        for c in classes:
+            earlier = {key: records.done(key, c) for key in runs.keys}
+            if all(m is not None for m in earlier.values()):
+                for key, metrics in earlier.items():
+                    results[key][c] = metrics
+    done = broadcast_from_main(sorted({c for per in results.values() for c in per}), d)
+    todo = [c for c in classes if c not in done]
+    if done:
+        log.info("%d class(es) already done with these settings, their results reused (%s; --no-resume computes "
+                 "them again): %s", len(done), "classes/<class>.json", ", ".join(c for c in classes if c in done))
     if d.is_main:
         for key in runs.keys:
             save_kshot(runs.folder(key) / "references.json", runs.refs[key],
@@ -248,14 +339,13 @@ def _evaluate(args, cfg: InferenceConfig, run) -> dict:
     log.info("%stesting %s (%s): %d classes, k=%s, seeds %s, mode %s, winmode %s, align %s", d.tag, args.data_path,
              args.dataset, len(classes), args.k_shot, args.seeds, args.mode, args.winmode, args.align)
 
-    plan = plan_units({c: len(meta["test"][c]) for c in classes}, d.world_size, args.batch_size)
+    plan = plan_units({c: len(meta["test"][c]) for c in todo}, d.world_size, args.batch_size)
     mine = plan[d.rank]
     owners = {}  # class -> starts of its pieces, across all processes
     for units in plan:
         for u in units:
             owners.setdefault(u.cls, set()).add(u.start)
     pending: dict = {}
-    results: dict = {key: {} for key in runs.keys}
     rounds = max(len(units) for units in plan)
     for i in tqdm(range(rounds), desc="classes" if not d.enabled else f"rank {d.rank}", dynamic_ncols=True):
         piece = None
@@ -271,7 +361,7 @@ def _evaluate(args, cfg: InferenceConfig, run) -> dict:
             cls, start, scored = got
             pending.setdefault(cls, {})[start] = scored
             if set(pending[cls]) == owners[cls]:  # every piece of the class is in
-                for key, metrics in finish_class(args, meta, cls, pending.pop(cls), runs, log).items():
+                for key, metrics in finish_class(args, meta, cls, pending.pop(cls), runs, log, records).items():
                     results[key][cls] = metrics
     if not d.is_main:
         return {}

@@ -35,16 +35,16 @@ from data.anomaly_synthesis import SynthesisConfig, parse_kinds
 from data.dataset import AnomalyDataset, class_batches, select_classes
 from data.images import list_images
 from data.kshot import choose_references, draw_references, load_kshot, load_reference_images, save_kshot
-from data.meta import load_meta
+from data.meta import check_files, load_meta, split_files
 from data.synthetic_train import SynthesizedAnomalyDataset, relative_to_common_root
 from models import build_fasl_from_args
 from models.asl import ScoreMaps, global_batch_norm
 from models.fasl import read_checkpoint, upsample
-from models.flags import add_align_arg, add_backbone_args, add_hidden_alias
+from models.flags import add_align_arg, add_backbone_args, add_hidden_alias, check_model_flags
 from utils.losses import dice_loss, focal_loss
 from utils.cli import run_cli
 from utils.distributed import Dist, barrier, broadcast_from_main, reduce_sum, shutdown
-from utils.misc import atomic_torch_save, start_run, write_json
+from utils.misc import atomic_torch_save, check_output_folder, fatal_errors_logged, start_run, write_json
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
 ANOMALY_SOURCES = ("masks", "synthetic")
@@ -128,6 +128,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--train_data_path is required (or --anomaly_source synthetic with --train_images)")
     if args.dice_smooth < 0:
         p.error(f"--dice_smooth must be >= 0, got {args.dice_smooth}")
+    for name in ("epoch", "batch_size", "k_shot"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.learning_rate > 0:
+        p.error(f"--learning_rate must be > 0, got {args.learning_rate}")
+    check_model_flags(p, args)
     for name in ("clean_rate", "aug_rate", "crop_rate", "crop_small_rate"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
@@ -142,12 +148,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def segmentation_loss(maps: ScoreMaps, masks: torch.Tensor, dice_smooth: float = 1.0) -> torch.Tensor:
     """Focal + dice over every block's raw and (when present) NAM maps, summed as the reference
-    does. masks: (B, 1, S, S) of 0/1, S square."""
+    does. masks: (B, 1, S, S) of 0/1, S square, checked by the caller (``check_masks``, once per
+    batch on the CPU side): nothing here waits for the device."""
     loss = masks.new_zeros(())
     for probs in [*maps.raw, *(maps.refined or [])]:
         up = upsample(probs, masks.shape[-1])  # [B, 2, S, S]
-        loss = loss + focal_loss(up, masks) + dice_loss(up[:, 1], masks[:, 0], smooth=dice_smooth)
+        loss = loss + focal_loss(up, masks, check_target=False) + dice_loss(up[:, 1], masks[:, 0], smooth=dice_smooth)
     return loss
+
+
+def check_masks(masks: torch.Tensor) -> None:
+    """A batch's masks (B, 1, S, S) hold 0/1 only: checked once per batch, before they go to the device."""
+    if masks.numel() and not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError("training masks must hold 0/1 only (binarise soft masks first)")
 
 
 def _folder_references(args, paths: list[str]) -> list[str]:
@@ -182,6 +195,10 @@ def resolve_training_data(args) -> TrainingData:
     meta = load_meta(root)
     classes = select_classes(meta, "test" if args.anomaly_source == "masks" else "train", args.classes)
     refs = choose_references(meta, classes, args.k_shot, args.seed, args.refs_file, at_most=True)
+    # every file the run reads, before it starts: the training images (and masks) and the references
+    needed = split_files(meta, "test", classes) if args.anomaly_source == "masks" else \
+        split_files(meta, "train", classes, with_masks=False)
+    check_files(root, [*needed, *(p for c in classes for p in refs[c])], f"{root}/meta.json")
     return TrainingData(root, classes, refs, meta, None)
 
 
@@ -235,9 +252,11 @@ def main(argv=None) -> Path | None:
     args = parse_args(argv)
     if args.check_args:
         return None
+    check_output_folder(args.save_path, "--save_path")
     run = start_run(args, "train")
     try:
-        return _train(args, run)
+        with fatal_errors_logged(run.log):
+            return _train(args, run)
     finally:
         shutdown(run.dist)
 
@@ -254,8 +273,6 @@ def _train(args, run) -> Path:
     info = {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot}
     if args.train_images:  # a folder has no meta.json: say what the paths are relative to
         info["root"] = str(ref_root)
-    if d.is_main:
-        save_kshot(save_path / "references.json", {c: refs[c] for c in dataset.classes}, info)
     log.info("%straining on %s (%s, anomaly source %s): %d images, %d classes, k=%d, model %s, NAM %s", d.tag,
              ref_root, args.dataset, args.anomaly_source, len(dataset), len(dataset.classes), args.k_shot,
              bb.model_name, "on" if args.nam else "off")
@@ -267,15 +284,8 @@ def _train(args, run) -> Path:
         log.info("synthetic defects %s, %d of %d images clean per epoch", args.synth_kinds,
                  int(dataset.clean.sum()), len(dataset))
 
-    banks = {}
-    for c in tqdm(dataset.classes, desc="memory banks", leave=False):
-        banks[c] = model.build_memory(load_reference_images(ref_root, refs[c], args.image_size, bb.mean, bb.std))
-
-    if d.enabled:  # data parallel: every BatchNorm normalises over all the processes' rows
-        global_batch_norm(model.heads)
-    optimizer = torch.optim.Adam(model.heads.parameters(), lr=args.learning_rate, betas=(0.5, 0.999))
-    start_epoch, path = 0, save_path
-    if args.resume:
+    resumed, resumed_path = None, None
+    if args.resume:  # checked before the banks are built: a mismatch costs nothing
         # rank 0 decides and its checkpoint reaches every process (whose disk may not hold it)
         found = broadcast_from_main(last_checkpoint(save_path) if d.is_main else None, d)
         if found is None:
@@ -286,13 +296,27 @@ def _train(args, run) -> Path:
             stored = state.get("run", {})
             diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {v!r}" for k, v in run_settings(args).items()
                      if stored.get(k) != v]
+            if state["config"].get("image_size") != args.image_size:  # the heads saw features at that size
+                diffs.append(f"image_size: checkpoint {state['config'].get('image_size')!r}, now {args.image_size!r}")
             if diffs:
                 raise ValueError(f"--resume: {found[1]} belongs to a run with other settings ({'; '.join(diffs)}); "
                                  f"use another --save_path or the same settings")
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, path = int(state["epoch"]), found[1]
-            log.info("resumed from %s (epoch %d)", found[1], start_epoch)
-    if d.is_main:
+            resumed, resumed_path = state, found[1]
+
+    banks = {}
+    for c in tqdm(dataset.classes, desc="memory banks", leave=False):
+        banks[c] = model.build_memory(load_reference_images(ref_root, refs[c], args.image_size, bb.mean, bb.std))
+
+    if d.enabled:  # data parallel: every BatchNorm normalises over all the processes' rows
+        global_batch_norm(model.heads)
+    optimizer = torch.optim.Adam(model.heads.parameters(), lr=args.learning_rate, betas=(0.5, 0.999))
+    start_epoch, path = 0, save_path
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        start_epoch, path = int(resumed["epoch"]), resumed_path
+        log.info("resumed from %s (epoch %d)", resumed_path, start_epoch)
+    if d.is_main:  # written once every check has passed
+        save_kshot(save_path / "references.json", {c: refs[c] for c in dataset.classes}, info)
         write_json(save_path / "train_args.json", vars(args))
     source_info = {"anomaly_source": args.anomaly_source}  # primitives only: weights_only loading
     if args.anomaly_source == "synthetic":
@@ -314,6 +338,7 @@ def _train(args, run) -> Path:
             mine = local_part(batch, d)
             if mine:
                 items = default_collate([dataset[i] for i in mine])
+                check_masks(items.mask)  # on the CPU, once per batch
                 images, masks, names = items.image.to(device), items.mask.to(device), items.cls_name
             else:
                 S = args.image_size

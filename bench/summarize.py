@@ -77,5 +77,19 @@ def main(folder: str = "bench_out") -> str:
     return table
 
 
+def parse_args(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", nargs="?", default="bench_out",
+                   help="the folder bench/run_targets.sh wrote its JSON files to (default: %(default)s)")
+    args = p.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        p.error(f"{args.folder} is not a folder of bench/run_targets.sh results")
+    if not any(Path(args.folder).glob("*.json")):
+        p.error(f"{args.folder} holds no .json results (run bench/run_targets.sh first)")
+    return args
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main(parse_args(sys.argv[1:]).folder)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils.cli import InputError
+
 # CLIP's own normalisation (open_clip OPENAI_DATASET_MEAN / STD).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -23,7 +25,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 Box = tuple  # (x0, y0, x1, y1) integer pixel box, x1/y1 exclusive
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(InputError, RuntimeError):
     """An image or mask file is missing, corrupt or unreadable; the message names the file."""
 
 

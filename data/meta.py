@@ -128,6 +128,36 @@ def _validate_sample(sample, where: str, cls: str) -> None:
                         f"got {sample['mask_path']!r}")
 
 
+def missing_files(root: str | Path, paths) -> list[str]:
+    """The paths (relative to ``root``, as meta.json lists them) that are not files, in order."""
+    root = Path(root)
+    return [p for p in dict.fromkeys(paths) if not (root / p).is_file()]
+
+
+def check_files(root: str | Path, paths, what: str = "meta.json", show: int = 5) -> None:
+    """Raise FileNotFoundError naming the first ``show`` missing files and their count, so a
+    run finds every missing image and mask before it starts instead of class by class.
+
+    paths: relative to ``root``; what: where they are listed, for the message.
+    """
+    missing = missing_files(root, paths)
+    if missing:
+        more = f" and {len(missing) - show} more" if len(missing) > show else ""
+        raise FileNotFoundError(f"{len(missing)} file(s) listed in {what} are missing under {root}: "
+                                f"{', '.join(missing[:show])}{more}")
+
+
+def split_files(meta: dict, split: str, classes, with_masks: bool = True) -> list[str]:
+    """Every image (and, ``with_masks``, mask) file of ``classes`` in ``split``, relative to the root."""
+    out = []
+    for cls in classes:
+        for s in meta[split][cls]:
+            out.append(s["img_path"])
+            if with_masks and s["mask_path"]:
+                out.append(s["mask_path"])
+    return out
+
+
 def write_meta_and_report(root: str | Path, meta: dict) -> Path:
     """Write ``root/meta.json`` and print one line per class (train / test / anomalous counts)."""
     path = write_meta(root, meta)

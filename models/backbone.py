@@ -22,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
+import urllib.error
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils.cli import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TINY_MODEL = "fasl-tiny-vit"  # random-weight test/demo config, models/configs/fasl-tiny-vit.json
@@ -106,6 +111,18 @@ def quarter_blocks(depth: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(depth * q / 4)) for q in (1, 2, 3, 4)}))
 
 
+def unreadable_file_reason(err: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` could not read a file, in a few words (torch's own
+    message runs to several lines and ends by suggesting ``weights_only=False``, which would run
+    whatever code the file holds)."""
+    text = str(err)
+    if "Unsupported global" in text or "GLOBAL" in text:
+        return "it holds pickled Python objects besides tensors; save the state dict alone"
+    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+        return "the file is truncated or damaged"
+    return "its bytes are not a torch or safetensors file"
+
+
 def _pretrained_arg(pretrained: str | None) -> str | None:
     if pretrained is None or str(pretrained).lower() in ("", "none", "random"):
         return None
@@ -178,6 +195,22 @@ class Backbone(nn.Module):
     # The backbone never trains: keep dropout/BN-free eval behaviour under model.train().
     def train(self, mode: bool = True) -> "Backbone":
         return super().train(False)
+
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` moves the weights and re-decides what depends on the device: the
+        encoder dtype (``--precision auto`` is fp16 on CUDA) and the cached positional embeddings
+        (rebuilt where the weights now are). The weights stay float32 (autocast runs the encoder
+        in ``feature_dtype``): a dtype cast (``.half()``, ``.to(torch.float16)``) is refused."""
+        super()._apply(fn, recurse)
+        if getattr(self, "feature_dtype", None) is None:  # still being built
+            return self
+        cast = sorted({str(p.dtype) for p in self.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+        if cast:
+            raise ValueError(f"the backbone's weights must stay float32 (got {', '.join(cast)}); choose the compute "
+                             f"dtype with --precision (fp16 / bf16 run the encoder under autocast)")
+        self.__dict__.get("_pos_cache", {}).clear()
+        self.feature_dtype = encoder_dtype(self.precision, self.device)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -268,6 +301,48 @@ def resolve_model_name(model: str) -> str:
     return model
 
 
+DOWNLOAD_PROBE_TIMEOUT = 10  # seconds: one try, not the hub client's five retries with back-off
+
+
+def require_downloadable(model_name: str, tag: str) -> None:
+    """Fail at once, in one line, when open_clip would have to download the ``tag`` weights of
+    ``model_name`` and cannot reach where they live (offline, no proxy): the hub client would
+    retry for about a minute and end without a hint. Weights already in the local cache, and a
+    reachable server, pass."""
+    from open_clip import pretrained as oc
+
+    cfg = oc.get_pretrained_cfg(model_name, tag)
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    if hub and oc.has_hf_hub():
+        import huggingface_hub
+
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, n), str) for n in names):
+            return
+        server = os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
+        offline = str(os.environ.get("HF_HUB_OFFLINE", "")).lower() in ("1", "true", "yes", "on")
+    elif url:
+        if (Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)).is_file():
+            return
+        server, offline = url, False
+    else:
+        return
+    hint = ("pass --pretrained FILE (a local copy of the weights), or a timm: model with a weights file "
+            "(--model timm:NAME --pretrained FILE.safetensors)")
+    if offline:
+        raise InputError(f"the {tag!r} weights of {model_name} are not in the local cache and HF_HUB_OFFLINE is set; "
+                         f"{hint}")
+    try:
+        urllib.request.urlopen(urllib.request.Request(server, method="HEAD"), timeout=DOWNLOAD_PROBE_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return  # the server answered: the download itself reports what it finds
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise InputError(f"cannot download the {tag!r} weights of {model_name}: {server} is unreachable ({reason}); "
+                         f"{hint}") from None
+
+
 def resize_grid_embedding(pos: torch.Tensor, old_grid: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
     """A ViT positional embedding for another patch grid, as open_clip resizes one on load.
 
@@ -319,6 +394,8 @@ class ClipBackbone(Backbone):
                     f"pretrained weights file not found: {pretrained!r} is neither a file nor an open_clip tag of "
                     f"{self.model_name} (tags: {', '.join(tags) or 'none'})"
                 )
+        if pretrained is not None and not Path(pretrained).is_file():
+            require_downloadable(self.model_name, pretrained)
         root_logger = logging.getLogger()
         level = root_logger.level
         if pretrained is None:
@@ -336,6 +413,14 @@ class ClipBackbone(Backbone):
                     force_quick_gelu=quick_gelu,
                     quick_gelu=quick_gelu,
                 )
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+            if pretrained is None or not Path(pretrained).is_file():
+                raise
+            if "state_dict" in str(err):  # a readable file of other weights
+                raise ValueError(f"--pretrained {pretrained} does not fit {self.model_name}: "
+                                 f"{str(err).strip().splitlines()[0]}") from None
+            raise ValueError(f"--pretrained {pretrained} is not a state dict of {self.model_name}: "
+                             f"{unreadable_file_reason(err)}") from None
         finally:
             root_logger.setLevel(level)
         self.visual = clip.visual
@@ -401,7 +486,7 @@ def _load_state_dict_file(path: Path) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"cannot read {path} as a state dict: {err}") from err
+            raise ValueError(f"{path} is not a state dict: {unreadable_file_reason(err)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -507,6 +592,35 @@ class TimmBackbone(Backbone):
 
 
 # ----------------------------------------------------------------------------- factory
+
+def backbone_geometry(model: str, blocks: Sequence[int] | None = None) -> tuple[int, int] | None:
+    """(patch size, depth) of ``--model`` without building it or reading weights, so the flags
+    can be checked before any work starts: an open_clip ViT from its config, a timm model built
+    on the meta device (no memory, no weights). ``blocks``: a CNN's chosen stages (its patch size
+    is the finest one's stride). None when the model cannot be described this way (the build
+    itself then checks)."""
+    if model.startswith(TIMM_PREFIX):
+        import timm
+
+        name = model[len(TIMM_PREFIX):]
+        if not timm.is_model(name):
+            raise ValueError(f"unknown timm model {name!r} (timm {timm.__version__}; see timm.list_models())")
+        with torch.device("meta"):
+            net = timm.create_model(name, pretrained=False)
+        if hasattr(net, "patch_embed") and hasattr(net, "blocks"):
+            return int(net.patch_embed.patch_size[0]), len(net.blocks)
+        info = list(net.feature_info) if not hasattr(net.feature_info, "info") else list(net.feature_info.info)
+        chosen = [info[b - 1] for b in blocks if 1 <= b <= len(info)] if blocks else \
+            [f for f in info if f["reduction"] in CNN_DEFAULT_STRIDES]
+        return (int(min(f["reduction"] for f in chosen)) if chosen else None), len(info)
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    vision = (open_clip.get_model_config(resolve_model_name(model)) or {}).get("vision_cfg", {})
+    if not isinstance(vision.get("layers"), int) or "patch_size" not in vision:
+        return None  # not a ViT: the build refuses it
+    return int(vision["patch_size"]), int(vision["layers"])
+
 
 def build_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = "openai", blocks: Sequence[int] | None = None,
                    image_size: int = 518, device: torch.device | str = "cpu", precision: str = "auto",

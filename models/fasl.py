@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.asl import HeadLayout, ScoreHeads, ScoreMaps
-from models.backbone import Backbone, BackboneOutput
+from models.backbone import Backbone, BackboneOutput, unreadable_file_reason
 from models.fd import deviation, fd_scores
 from models.hardware import cpu_has_amx
 from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
@@ -185,7 +185,7 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a truncated file, or one holding pickled objects
-        raise CheckpointMismatch(f"{path} cannot be read as a FASL checkpoint: {err}") from err
+        raise CheckpointMismatch(f"{path} cannot be read as a FASL checkpoint: {unreadable_file_reason(err)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "config" not in state:
         raise CheckpointMismatch(f"{path} is not a FASL checkpoint (format {CHECKPOINT_FORMAT})")
     return state

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from models.backbone import DEFAULT_MODEL, PRECISIONS
+from models.backbone import DEFAULT_MODEL, PRECISIONS, backbone_geometry
 from models.fasl import SCORE_MODES, SEARCH_PRECISIONS, WINMODES
 from models.memory import ALIGN_MODES
 
@@ -83,6 +83,33 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "f
     g.add_argument("--window_batch", type=int, default=256,
                    help="windows encoded per backbone call (default: %(default)s)")
     add_align_arg(g, align_default)
+
+
+def check_model_flags(p: argparse.ArgumentParser, args: argparse.Namespace, windows: bool = False) -> None:
+    """Refuse, through ``p.error``, the backbone and window values that cannot work, before any
+    data is read or model built: an image size the patch size does not divide, blocks the model
+    does not have, LFE windows larger than the patch grid (``windows``: the program scores with
+    ``--winmode``)."""
+    try:
+        geometry = backbone_geometry(args.model, args.features_list)
+    except (ValueError, FileNotFoundError) as err:
+        p.error(f"--model {args.model}: {err}")
+    if args.image_size < 1:
+        p.error(f"--image_size must be >= 1, got {args.image_size}")
+    if geometry is None:
+        return
+    patch, depth = geometry
+    if patch is not None and args.image_size % patch:
+        p.error(f"--image_size {args.image_size} is not a multiple of the patch size {patch} of {args.model} "
+                f"(e.g. {max(patch, args.image_size // patch * patch)} or {(args.image_size // patch + 1) * patch})")
+    bad = [b for b in args.features_list or () if not 1 <= b <= depth]
+    if bad:
+        p.error(f"--features_list {bad} outside {args.model}'s blocks 1..{depth}")
+    if windows and patch is not None and getattr(args, "winmode", "nan") != "nan":
+        grid = args.image_size // patch
+        if args.win_size > grid:
+            p.error(f"--win_size {args.win_size} is larger than the patch grid: --image_size {args.image_size} / patch "
+                    f"{patch} = {grid} patches a side (at most {grid})")
 
 
 def add_hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:

@@ -118,7 +118,8 @@ def exact_best(query: torch.Tensor, rows: torch.Tensor, candidates: torch.Tensor
 class Alignment:
     """Result of aligning L blocks of queries against a memory.
 
-    similarity: L x (Q, n) cosine similarity to the aligned reference patch.
+    similarity: L x (Q, n) cosine similarity to the aligned reference patch, float32 (for a
+        half-precision bank the chosen pair's dot product is recomputed in float32).
     index: L x (Q, n) flat index of that patch in the memory's (R * m) patches of the block.
     aligned: L x (Q, n, W) the aligned reference features (None when not gathered).
     """
@@ -254,7 +255,10 @@ class PatchMemory(nn.Module):
             flat_bank = rows.reshape(R * m, W)
             if search_rows is not rows:  # approximate shortlist: the exact similarities decide
                 s, i = exact_best(query, flat_bank, i)
-                s = s.to(dtype)
+            elif dtype != torch.float32:
+                # a half-precision bank (fp16 on CUDA): its matmul rounds s near 1 to steps of ~5e-4,
+                # which would tie FD = 1 - s between many pixels; the pick is re-scored in float32
+                s, _ = exact_best(query, flat_bank, i.unsqueeze(-1))
             sims.append(s)
             idxs.append(i)
             if gather:

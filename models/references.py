@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from models.fasl import FASL, InferenceConfig
+from models.backbone import unreadable_file_reason
+from models.fasl import FASL, InferenceConfig, resolved_search_dtype
 from models.memory import MemoryBank
 from models.postprocess import MapPost
 from models.thresholds import Thresholds
@@ -51,6 +53,37 @@ def heads_digest(model: FASL) -> str:
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def precision_record(model: FASL, cfg: InferenceConfig) -> dict:
+    """The dtypes the bank was encoded, stored and searched in: a bank encoded in fp32 on a CPU and
+    reused under fp16 on CUDA (or bf16 on an AMX CPU) scores differently from a fresh one."""
+    return {"encoder": str(model.backbone.feature_dtype).replace("torch.", ""),
+            "bank": str(model.bank_dtype).replace("torch.", ""),
+            "search": resolved_search_dtype(model, cfg),
+            "window_search": resolved_search_dtype(model, cfg, windows=True) if cfg.uses_windows else None}
+
+
+def check_precision(state: dict, source: str, model: FASL, cfg: InferenceConfig, check_scoring: bool) -> None:
+    """A file's encoder and bank dtypes must be the run's while its fitted thresholds are used
+    (the normal scores they were set on would differ); otherwise, and for the search dtype (it
+    changes a pick only between near-ties), a difference warns."""
+    stored, now = state.get("precision"), precision_record(model, cfg)
+    if stored is None:
+        warnings.warn(f"{source} was written before the encoder and bank dtypes were recorded; it is used under "
+                      f"encoder {now['encoder']}, bank {now['bank']}: rebuild it with --refs if it was made "
+                      f"with another --precision or on another device", stacklevel=3)
+        return
+    encoded = [f"{k}: file {stored.get(k)}, now {now[k]}" for k in ("encoder", "bank") if stored.get(k) != now[k]]
+    if encoded and check_scoring:
+        raise ValueError(f"{source} was encoded under other dtypes ({'; '.join(encoded)}: another --precision or "
+                         f"device), so its thresholds do not fit this run's scores; use the same --precision and "
+                         f"device, rebuild it with --refs, or give both --image_threshold and --pixel_threshold")
+    searched = [f"{k}: file {stored.get(k)}, now {now[k]}" for k in ("search", "window_search")
+                if stored.get(k) is not None and now[k] is not None and stored.get(k) != now[k]]
+    if encoded or searched:
+        warnings.warn(f"{source} differs from this run in precision ({'; '.join(encoded + searched)}); scores may "
+                      f"differ slightly from those of a bank built here", stacklevel=3)
 
 
 def _window_layout(cfg: InferenceConfig) -> dict | None:
@@ -92,6 +125,7 @@ class SavedReferences:
             "window_embedding": bank.window_memory.embedding.cpu() if windows else None,
             "window": {"size": bank.windows.size, "stride": bank.windows.stride} if windows else None,
             "refs": [str(r) for r in self.refs],
+            "precision": precision_record(model, cfg),
         }
         return atomic_torch_save(state, path)
 
@@ -110,7 +144,7 @@ class SavedReferences:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors of every kind: the file is not ours or is damaged
-            raise ValueError(f"cannot read {path} as a FASL references file: {err}") from err
+            raise ValueError(f"cannot read {path} as a FASL references file: {unreadable_file_reason(err)}") from None
         if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
             raise ValueError(f"{path} is not a FASL references file (format {REFS_FORMAT})")
         check_fit(state, path, model, cfg, fpr, check_scoring, post)
@@ -141,6 +175,7 @@ def check_fit(state: dict, path: Path, model: FASL, cfg: InferenceConfig, fpr: f
         asked = "no windows" if not cfg.uses_windows else f"windows of size {cfg.win_size}, stride {cfg.win_stride}"
         raise ValueError(f"{source} holds {have}, but --winmode {cfg.winmode} --win_size/--win_stride ask for "
                          f"{asked}; use matching flags or rebuild it with --refs")
+    check_precision(state, source, model, cfg, check_scoring)
     if not check_scoring:
         return
     stored, now = state["scoring"], scoring_settings(cfg, post)

@@ -27,7 +27,7 @@ environment (defaults: the reference code's recipe): MVTEC_ROOT (./datasets/mvte
       with a mean +- std summary in \$RESULTS_ROOT/<test set>/<model_name>/sweep.md)
     EXTRA_TEST_ARGS (extra flags for test_few_shot.py, e.g. '--save_vis')
   NPROC (1; N: every program runs in N processes on this machine through torchrun)
-  RESULTS_ROOT (results) CKPT_ROOT (checkpoints) PYTHON (python)"
+  RESULTS_ROOT (results) CKPT_ROOT (checkpoints) PYTHON (python, or python3 where there is no python)"
 
 fasl_die() { echo "error: $*" >&2; echo >&2; echo "$FASL_USAGE" >&2; exit 2; }
 
@@ -67,7 +67,7 @@ fasl_parse_args() {
     SEARCH_PRECISION=${SEARCH_PRECISION:-auto}
     RESULTS_ROOT=${RESULTS_ROOT:-results}
     CKPT_ROOT=${CKPT_ROOT:-checkpoints}
-    PYTHON=${PYTHON:-python}
+    PYTHON=${PYTHON:-$(command -v python >/dev/null 2>&1 && echo python || echo python3)}
     EXTRA_TEST_ARGS=${EXTRA_TEST_ARGS:-}
     EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}
     NPROC=${NPROC:-1}
@@ -98,15 +98,40 @@ fasl_run() {
     fi
 }
 
-# fasl_check_flags: let the programs refuse bad values (winmode, ALIGN, SEARCH_PRECISION, ...) with
-# their own message before any training starts; the choices are stated in Python only
+# fasl_explain PROGRAM: a program's error line (stdin) in the script's words: every flag the script
+# sets from a positional argument or an environment variable is named as the user gave it
+fasl_explain() {
+    local k_name="kshots (argument 9)"
+    [ "$1" = train.py ] && k_name=TRAIN_K
+    sed -E -e 's/^[A-Za-z_]+\.py: error: //' -e 's/^argument //' \
+        -e 's/--(no-)?nam\b/useNAM (argument 3)/g' -e 's/--winmode\b/winmode (argument 4)/g' \
+        -e 's/(--)?win_size\b/win-size (argument 5)/g' -e 's/(--)?win_stride\b/win-stride (argument 6)/g' \
+        -e 's/(--)?win_weight\b/win-weight (argument 7)/g' -e 's/--device\b/device (argument 2)/g' \
+        -e 's/--seed\b/seed (argument 8)/g' -e "s/--k_shot\\b/$k_name/g" \
+        -e 's/--model\b/MODEL/g' -e 's/--pretrained\b/PRETRAINED/g' -e 's/--image_size\b/IMAGE_SIZE/g' \
+        -e 's/--features_list\b/BLOCKS/g' -e 's/--align\b/ALIGN/g' -e 's/--search_precision\b/SEARCH_PRECISION/g' \
+        -e 's/--batch_size\b/BATCH_SIZE/g' -e 's/--aug_rate\b/AUG_RATE_MVTEC/g' -e 's/--crop_rate\b/CROP_RATE_VISA/g' \
+        -e 's/--crop_small_rate\b/CROP_SMALL_RATE/g' -e 's/--epoch\b/EPOCHS_MVTEC or EPOCHS_VISA/g'
+}
+
+# fasl_check_flags: let the programs refuse bad values (winmode, a window larger than the patch grid,
+# ALIGN, SEARCH_PRECISION, ...) before any dataset is read or training starts; the choices are stated in
+# Python only. Their error is shown in the script's words, with the script's usage.
 fasl_check_flags() {
+    local err line prog ks
+    IFS=, read -r -a ks <<< "$KSHOTS"
     # shellcheck disable=SC2086
-    "$PYTHON" train.py --train_data_path "$MVTEC_ROOT" --save_path "$CKPT_ROOT" "${COMMON_ARGS[@]}" \
-        --k_shot "$TRAIN_K" --batch_size "$BATCH_SIZE" --aug_rate "$AUG_RATE_MVTEC" --crop_rate "$CROP_RATE_VISA" \
-        --crop_small_rate "$CROP_SMALL_RATE" $NAM_FLAG --check_args $EXTRA_TRAIN_ARGS || exit 2
-    "$PYTHON" test_few_shot.py --data_path "$VISA_ROOT" --save_path "$RESULTS_ROOT" --checkpoint_path none \
-        "${COMMON_ARGS[@]}" "${TEST_ARGS[@]}" --check_args || exit 2
+    if ! err=$("$PYTHON" scripts/check_flags.py --train_data_path "$MVTEC_ROOT" --save_path "$CKPT_ROOT" \
+            "${COMMON_ARGS[@]}" --k_shot "$TRAIN_K" --epoch "$EPOCHS_MVTEC" --batch_size "$BATCH_SIZE" \
+            --aug_rate "$AUG_RATE_MVTEC" --crop_rate "$CROP_RATE_VISA" --crop_small_rate "$CROP_SMALL_RATE" \
+            $NAM_FLAG $EXTRA_TRAIN_ARGS \
+            --then --data_path "$VISA_ROOT" --save_path "$RESULTS_ROOT" --checkpoint_path none \
+            "${COMMON_ARGS[@]}" --k_shot "${ks[@]}" "${TEST_ARGS[@]}" 2>&1 >/dev/null); then
+        line=$(printf '%s\n' "$err" | grep -E '^[A-Za-z_]+\.py: error: ' | tail -n 1)
+        [ -n "$line" ] || fasl_die "$err"
+        prog=${line%%:*}
+        fasl_die "$(printf '%s\n' "$line" | fasl_explain "$prog")"
+    fi
 }
 
 # fasl_require_meta NAME ROOT BUILDER: stop with the command that builds a missing meta.json
@@ -169,8 +194,8 @@ fasl_setup() {
     # never writes; here a test epoch must be one the training run writes
     [ "$TEST_EPOCH_VISA" -le "$EPOCHS_MVTEC" ] || fasl_die "TEST_EPOCH_VISA=$TEST_EPOCH_VISA is after the last epoch of the MVTec-trained heads (EPOCHS_MVTEC=$EPOCHS_MVTEC)"
     [ "$TEST_EPOCH_MVTEC" -le "$EPOCHS_VISA" ] || fasl_die "TEST_EPOCH_MVTEC=$TEST_EPOCH_MVTEC is after the last epoch of the VisA-trained heads (EPOCHS_VISA=$EPOCHS_VISA)"
+    fasl_check_flags  # every value first: a bad one is named before the datasets are looked at
     fasl_require_meta mvtec "$MVTEC_ROOT" data/mvtec.py
     fasl_require_meta visa "$VISA_ROOT" data/visa.py
-    fasl_check_flags
     IFS=, read -r -a K_LIST <<< "$KSHOTS"
 }

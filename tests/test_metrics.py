@@ -266,6 +266,25 @@ def test_mean_metrics_ignores_none_and_counts():
     assert "note" not in mean
 
 
+def test_mean_rows_sum_counts_and_say_over_how_many_classes(tmp_path):
+    """The mean of a metric two of three classes have says 2/3; image counts are summed, not
+    averaged into floats (issue 20)."""
+    results = {"a": {"image_auroc": 0.5, "pixel_aupro": 0.2, "n_images": 3, "n_anomalous": 1},
+               "b": {"image_auroc": 1.0, "pixel_aupro": None, "n_images": 4, "n_anomalous": 2},
+               "c": {"image_auroc": 0.75, "pixel_aupro": 0.4, "n_images": 5, "n_anomalous": 0}}
+    mean = mean_metrics(results.values())
+    assert mean["n_images"] == 12 and mean["n_anomalous"] == 3 and isinstance(mean["n_images"], int)
+    assert mean["n_classes"] == 3 and mean["counts"] == {"image_auroc": 3, "pixel_aupro": 2}
+    assert mean["pixel_aupro"] == pytest.approx(0.3)
+    cells = [c.strip() for c in format_table(results, ["image_auroc", "pixel_aupro"]).splitlines()[-1].split("|")]
+    assert cells[1:4] == ["mean", "75.0", "30.0 (2/3)"]
+    files = write_results(tmp_path, results)
+    rows = list(csv.reader(files.csv.open()))
+    assert rows[0] == ["class", "image_auroc", "pixel_aupro", "n_images", "n_anomalous", "note"]
+    assert rows[-1] == ["mean", "0.750000", "0.300000", "12", "3", "pixel_aupro over 2/3 classes"]
+    assert json.loads(files.json.read_text())["mean"]["n_images"] == 12
+
+
 def test_format_table():
     results = {"bottle": {"image_auroc": 0.9876, "pixel_aupro": None},
                "cable": {"image_auroc": 0.5, "pixel_aupro": 0.25}}
@@ -293,6 +312,6 @@ def test_write_results(tmp_path):
     rows = list(csv.reader(files.csv.open()))
     assert rows[0] == ["class", "image_auroc", "pixel_aupro", "note"]
     assert rows[1] == ["bottle", "0.750000", "", "pixel: something"]
-    assert rows[-1] == ["mean", "0.875000", "0.500000", ""]
+    assert rows[-1] == ["mean", "0.875000", "0.500000", "pixel_aupro over 1/2 classes"]
     with pytest.raises(ValueError, match="use None"):
         write_results(tmp_path / "bad", {"x": {"auroc": math.nan}})

@@ -93,10 +93,15 @@ def test_zero_sizes_and_kshots_are_refused(script, position, value, tmp_path):
 
 
 @pytest.mark.parametrize("script, args, env, message", [
-    ("trainAndTest.sh", with_arg(3, "max"), {}, "argument --winmode: invalid choice: 'max'"),
-    ("test_few_shot.sh", GOOD, {"SEARCH_PRECISION": "fp8"}, "argument --search_precision: invalid choice: 'fp8'"),
-    ("trainAndTest.sh", GOOD, {"ALIGN": "nearest"}, "argument --align: invalid choice: 'nearest'"),
-    ("test_few_shot.sh", with_arg(5, "9"), {}, "win_stride must lie in [1, win_size=4], got 9"),
+    ("trainAndTest.sh", with_arg(3, "max"), {}, "error: winmode (argument 4): invalid choice: 'max'"),
+    ("test_few_shot.sh", GOOD, {"SEARCH_PRECISION": "fp8"}, "error: SEARCH_PRECISION: invalid choice: 'fp8'"),
+    ("trainAndTest.sh", GOOD, {"ALIGN": "nearest"}, "error: ALIGN: invalid choice: 'nearest'"),
+    ("test_few_shot.sh", with_arg(5, "9"), {}, "error: win-stride (argument 6) must lie in [1, win-size (argument 5)=4], got 9"),
+    # issue 20: a window larger than the patch grid (518 / 14 = 37) is refused before the training
+    ("trainAndTest.sh", with_arg(4, "99"), {}, "error: win-size (argument 5) 99 is larger than the patch grid: "
+                                               "IMAGE_SIZE 518 / patch 14 = 37 patches a side"),
+    ("trainAndTest.sh", GOOD, {"IMAGE_SIZE": "500"}, "error: IMAGE_SIZE 500 is not a multiple of the patch size 14"),
+    ("trainAndTest.sh", GOOD, {"BATCH_SIZE": "0"}, "error: BATCH_SIZE must be >= 1, got 0"),
 ])
 def test_bad_values_are_refused_by_the_programs_before_anything_runs(script, args, env, message, syn_datasets,
                                                                     tmp_path):
@@ -107,18 +112,35 @@ def test_bad_values_are_refused_by_the_programs_before_anything_runs(script, arg
     res = run_script(script, args, env)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr
+    # in the script's words, with the script's usage, not the program's 20-line one
+    assert f"usage: bash {script}" in res.stderr and "usage: train.py" not in res.stderr
+    assert "usage: test_few_shot.py" not in res.stderr
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_bad_value_is_named_before_the_datasets_are_looked_at(tmp_path):
+    """issue 20: 'badmode' with no dataset in place is reported as the bad winmode it is, not as a
+    missing dataset."""
+    res = run_script("trainAndTest.sh", with_arg(3, "badmode"), {"MVTEC_ROOT": str(tmp_path / "none")})
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[0] == ("error: winmode (argument 4): invalid choice: 'badmode' "
+                                          "(choose from 'nan', 'mul', 'onlywin')")
+    assert "dataset not found" not in res.stderr
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("device, use_nam", [("cpu", "1"), ("cuda", "0"), ("0", "true"), ("cuda:1", "false"),
                                               ("12", "yes"), ("cpu", "no")])
 def test_good_arguments_pass_parsing(script, device, use_nam, tmp_path):
-    # parsing accepts them, so the run stops at the next check: the missing dataset (exit 1)
+    # parsing accepts them, so the run stops at the next check: the missing dataset (exit 1); the
+    # programs' own check of the flags is a stub here (the tests above run the real one)
     missing = tmp_path / "no_such_dataset"
     args = with_arg(1, device)
     args[2] = use_nam
-    res = run_script(script, args, {"MVTEC_ROOT": str(missing)})
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    res = run_script(script, args, {"MVTEC_ROOT": str(missing), "PYTHON": str(stub), "STUB_LOG": str(tmp_path / "log")})
     assert res.returncode == 1
     assert f"mvtec dataset not found at '{missing}'" in res.stderr
     assert "usage:" not in res.stderr
@@ -169,7 +191,7 @@ def stub_env(tmp_path, syn_datasets) -> tuple[dict, Path]:
 
 
 def read_calls(log: Path) -> list[list[str]]:
-    """The recorded command lines, without the scripts' up-front flag checks (--check_args)."""
+    """The recorded command lines, without the scripts' up-front flag check (scripts/check_flags.py)."""
     calls, current = [], []
     for line in log.read_text().splitlines():
         if line == "--END--":
@@ -177,7 +199,7 @@ def read_calls(log: Path) -> list[list[str]]:
             current = []
         else:
             current.append(line)
-    return [c for c in calls if "--check_args" not in c]
+    return [c for c in calls if "--check_args" not in c and "scripts/check_flags.py" not in c]
 
 
 def flag(call: list[str], name: str, n: int = 1):

@@ -10,6 +10,7 @@ without this module.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
+
+from utils.cli import DeviceError
 
 # rank 0 computes metrics and writes pictures while the others wait at the next gather
 TIMEOUT = timedelta(hours=6)
@@ -61,7 +64,7 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise RuntimeError(f"local rank {local} has no GPU: only {torch.cuda.device_count()} visible; "
+            raise DeviceError(f"local rank {local} has no GPU: only {torch.cuda.device_count()} visible; "
                                f"start at most that many processes per machine (--nproc_per_node)")
         if device.index not in (None, local):
             warnings.warn(f"--device {device} under torchrun: each process takes the GPU of its local rank "
@@ -69,10 +72,18 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
+        extra = {}
+        if device.type == "cuda" and _takes_device_id():
+            extra["device_id"] = device  # binds the NCCL communicator to this GPU at once (newer torch)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT, **extra)
         _objects_group = dist.new_group(backend="gloo", timeout=TIMEOUT) if device.type == "cuda" else None
     return Dist(rank, world, local), device
+
+
+def _takes_device_id() -> bool:
+    """Whether this torch's ``init_process_group`` has the ``device_id`` argument (it binds NCCL to
+    one GPU; older versions bind it lazily on the first collective, which works the same)."""
+    return "device_id" in inspect.signature(dist.init_process_group).parameters
 
 
 def gather_to_main(obj: Any, d: Dist) -> list[Any] | None:

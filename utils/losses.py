@@ -6,7 +6,7 @@ import torch
 
 
 def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-               eps: float = 1e-6) -> torch.Tensor:
+               eps: float = 1e-6, check_target: bool = True) -> torch.Tensor:
     """Multi-class focal loss on probabilities, averaged over all pixels.
 
     loss = mean over pixels of ``-(1 - p_t)^gamma * log(p_t)``, where ``p_t`` is the
@@ -18,6 +18,9 @@ def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
         target: (B, 1, H, W) or (B, H, W) class indices; for C = 2 a 0/1 mask.
         gamma: focusing parameter, >= 0.
         eps: lower clamp of ``p_t``.
+        check_target: check that ``target`` holds class indices in ``[0, C)``; that reads the
+            values back from the device (a host sync), so a training loop that calls this for many
+            maps of one batch checks the batch once itself and passes False.
 
     Returns:
         scalar tensor.
@@ -32,10 +35,11 @@ def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     index = target.long()
-    if target.is_floating_point() and not torch.equal(index.to(target.dtype), target):
-        raise ValueError("target must hold integer class indices (binarise soft masks first)")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= c):
-        raise ValueError(f"target values must lie in [0, {c - 1}]")
+    if check_target:
+        if target.is_floating_point() and not torch.equal(index.to(target.dtype), target):
+            raise ValueError("target must hold integer class indices (binarise soft masks first)")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= c):
+            raise ValueError(f"target values must lie in [0, {c - 1}]")
     p_t = probs.gather(1, index).clamp(min=eps, max=1.0)  # (B, 1, H, W)
     loss = -torch.pow(1.0 - p_t, gamma) * torch.log(p_t)
     return loss.mean()

@@ -253,27 +253,45 @@ def _is_metric_value(v: Any) -> bool:
     return v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool))
 
 
+COUNT_KEYS = ("n_images", "n_anomalous")  # counts, summed over classes (an average of counts means nothing)
+
+
 def mean_metrics(metrics: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Average each numeric key over a list of metric dicts, ignoring ``None`` values.
+    """Average each numeric key over a list of metric dicts, ignoring ``None`` values; the counts
+    of :data:`COUNT_KEYS` are summed instead.
 
     Returns:
-        ``{key: mean or None, ..., "counts": {key: number of dicts used}}``; non-numeric
-        entries (notes, nested dicts) are skipped. Key order follows first appearance.
+        ``{key: mean or None, ..., "counts": {key: number of dicts used}, "n_classes": N}``;
+        a metric some classes lack (``None``) is the mean over ``counts[key]`` of the N classes.
+        Non-numeric entries (notes, nested dicts) are skipped. Key order follows first appearance.
     """
     sums: Dict[str, float] = {}
     counts: Dict[str, int] = {}
+    n_classes = 0
     for m in metrics:
+        n_classes += 1
         for key, value in m.items():
             if not _is_metric_value(value):
                 continue
-            sums.setdefault(key, 0.0)
+            sums.setdefault(key, 0 if key in COUNT_KEYS else 0.0)
             counts.setdefault(key, 0)
             if value is not None:
-                sums[key] += float(value)
+                sums[key] += int(value) if key in COUNT_KEYS else float(value)
                 counts[key] += 1
-    out: Dict[str, Any] = {k: (sums[k] / counts[k] if counts[k] else None) for k in sums}
-    out["counts"] = counts
+    out: Dict[str, Any] = {k: (sums[k] if k in COUNT_KEYS else sums[k] / counts[k] if counts[k] else None)
+                           for k in sums}
+    out["counts"] = {k: v for k, v in counts.items() if k not in COUNT_KEYS}
+    out["n_classes"] = n_classes
     return out
+
+
+def partial_note(mean: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """'image_auroc over 3/4 classes; ...' for the metrics of ``keys`` that some classes lack
+    (empty when every class has every one)."""
+    n = mean.get("n_classes", 0)
+    parts = [f"{k} over {mean['counts'][k]}/{n} classes" for k in keys
+             if k in mean.get("counts", {}) and mean["counts"][k] < n]
+    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -284,7 +302,8 @@ def _percent(value: Any) -> str:
 
 def format_table(results: Mapping[str, Mapping[str, Any]],
                  keys: Sequence[str] = CLASS_KEYS) -> str:
-    """Per-class table (percentages, 1 decimal, ``n/a`` for None) with a final ``mean`` row.
+    """Per-class table (percentages, 1 decimal, ``n/a`` for None) with a final ``mean`` row; a
+    mean over only some of the classes (the others have ``n/a``) shows ``(n/N)`` after it.
 
     Args:
         results: ``{class_name: metrics dict}``.
@@ -292,7 +311,13 @@ def format_table(results: Mapping[str, Mapping[str, Any]],
     """
     rows = [[cls] + [_percent(m.get(k)) for k in keys] for cls, m in results.items()]
     mean = mean_metrics(results.values())
-    rows.append(["mean"] + [_percent(mean.get(k)) for k in keys])
+    n, counts = mean["n_classes"], mean["counts"]
+
+    def cell(k):  # a mean over fewer than all classes says over how many
+        value = _percent(mean.get(k))
+        return f"{value} ({counts[k]}/{n})" if mean.get(k) is not None and counts.get(k, n) < n else value
+
+    rows.append(["mean"] + [cell(k) for k in keys])
     return tabulate(rows, headers=["class", *keys], tablefmt="github", disable_numparse=True,
                     colalign=("left",) + ("right",) * len(keys))
 
@@ -318,19 +343,22 @@ def write_results(out_dir: os.PathLike | str, results: Mapping[str, Mapping[str,
     results.json: ``{"per_class": {cls: metrics}, "mean": mean_metrics(...), "extra": extra}``
     with floats as numbers (fractions in [0, 1]) and None as null.
     results.csv: one row per class and a final ``mean`` row; numeric columns in order of first
-    appearance, raw fractions with 6 decimals, empty cell for None, and a ``note`` column.
+    appearance, raw fractions with 6 decimals (counts as integers, summed in the mean row), empty
+    cell for None, and a ``note`` column (the mean row's names the metrics some classes lack).
     """
     out_dir = Path(out_dir)
     per_class = {str(cls): _clean(m) for cls, m in results.items()}
     mean = mean_metrics(per_class.values())
     json_path = write_json(out_dir / "results.json",
                            {"per_class": per_class, "mean": mean, "extra": dict(extra or {})})
-    keys: List[str] = [k for k in mean if k != "counts"]
+    keys: List[str] = [k for k in mean if k not in ("counts", "n_classes")]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["class", *keys, "note"])
-    for cls, m in [*per_class.items(), ("mean", mean)]:
-        cells = ["" if m.get(k) is None else f"{float(m[k]):.6f}" for k in keys]
+    mean_row = {**mean, "note": partial_note(mean, keys)}
+    for cls, m in [*per_class.items(), ("mean", mean_row)]:
+        cells = ["" if m.get(k) is None else str(int(m[k])) if k in COUNT_KEYS else f"{float(m[k]):.6f}"
+                 for k in keys]
         writer.writerow([cls, *cells, m.get("note", "") if isinstance(m.get("note"), str) else ""])
     csv_path = atomic_write_text(out_dir / "results.csv", buf.getvalue())
     return ResultFiles(json_path, csv_path)

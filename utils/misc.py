@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -9,11 +10,14 @@ import random
 import re
 import sys
 import tempfile
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Union
 
 import numpy as np
 import torch
+
+from utils.cli import DeviceError
 
 if TYPE_CHECKING:
     from utils.distributed import Dist
@@ -31,7 +35,7 @@ def resolve_device(arg: Union[str, int, torch.device]) -> torch.device:
 
     Raises:
         ValueError: the string is none of the above.
-        RuntimeError: CUDA is requested but unavailable, or the index is out of range.
+        DeviceError (a RuntimeError): CUDA is requested but unavailable, or the index is out of range.
     """
     if isinstance(arg, torch.device):
         arg = str(arg)
@@ -48,12 +52,12 @@ def resolve_device(arg: Union[str, int, torch.device]) -> torch.device:
             raise ValueError(f"invalid device {arg!r}: use 'cpu', 'cuda', 'cuda:N' or N")
         index = int(match.group(1)) if match.group(1) is not None else 0
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceError(
             f"device {arg!r} requested but CUDA is not available on this machine; "
             "use --device cpu")
     count = torch.cuda.device_count()
     if index >= count:
-        raise RuntimeError(
+        raise DeviceError(
             f"device {arg!r} requested but only {count} CUDA device(s) are visible "
             f"(valid indices 0..{count - 1})")
     return torch.device("cuda", index)
@@ -162,6 +166,18 @@ class _Below(logging.Filter):
         return record.levelno < self.level
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A log file (appended to) that is created, with its folder, by the first record written to
+    it: a run that stops on an input error before logging anything leaves no empty log behind."""
+
+    def __init__(self, path: str):
+        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def get_logger(name: str, log_file: PathLike | None = None,
                level: int = logging.INFO) -> logging.Logger:
     """Logger writing ``HH:MM:SS LEVEL name: message``: information to stdout, warnings and
@@ -194,8 +210,7 @@ def get_logger(name: str, log_file: PathLike | None = None,
                 h.close()
         if not any(isinstance(h, logging.FileHandler) and h.baseFilename == log_path
                    for h in logger.handlers):
-            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+            handler = _LazyFileHandler(log_path)
             handler.setFormatter(formatter)
             handler._fasl_handler = True
             logger.addHandler(handler)
@@ -216,6 +231,46 @@ def close_log_file(logger: logging.Logger, log_file: PathLike) -> None:
                 handler.close()
 
 
+def log_to_files(logger: logging.Logger, level: int, message: str, started_only: bool = False) -> None:
+    """Write ``message`` to ``logger``'s log files only (the streams get it elsewhere);
+    ``started_only``: only to the files already written to (none is created for it)."""
+    record = logger.makeRecord(logger.name, level, "(fatal)", 0, message, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler) and not (started_only and handler.stream is None):
+            handler.handle(record)
+
+
+@contextlib.contextmanager
+def fatal_errors_logged(logger: logging.Logger) -> Iterator[None]:
+    """An error that ends the run is written into the run's log file as well (stderr gets it from
+    ``utils.cli.run_cli``): its one line for an input error, the traceback for anything else. A
+    run refused before it logged anything has no log file, and gets none."""
+    from utils.cli import is_input_error
+
+    try:
+        yield
+    except Exception as err:
+        if is_input_error(err):
+            log_to_files(logger, logging.ERROR, f"error: {err}", started_only=True)
+        else:
+            trace = "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip()
+            log_to_files(logger, logging.ERROR, "error:\n" + trace, started_only=True)
+        raise
+
+
+def check_output_folder(path: PathLike, flag: str) -> Path:
+    """Refuse an output folder that cannot be one (an existing file, or a folder below a file),
+    before anything is computed or written."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = f"{p} is an existing file" if p == path else f"{p}, a folder above it, is a file"
+                raise FileExistsError(f"{flag} {path}: {what}; give a folder")
+            break
+    return path
+
+
 class Run(NamedTuple):
     save_path: Path
     log: logging.Logger
@@ -224,16 +279,16 @@ class Run(NamedTuple):
 
 
 def start_run(args, name: str) -> Run:
-    """Common start of train/test runs: resolve ``args.device``, join the process group under
-    torchrun (utils/distributed.py), create ``args.save_path``, log to ``<name>.log`` in it
-    (``<name>.rank<r>.log`` for the other processes of a torchrun) and seed everything from
-    ``args.seed``."""
+    """Common start of train/test runs: check ``args.save_path`` can be a folder, resolve
+    ``args.device``, join the process group under torchrun (utils/distributed.py), log to
+    ``<name>.log`` in the save path (``<name>.rank<r>.log`` for the other processes of a torchrun;
+    the folder and the file appear with the first record, so a run refused before it logs anything
+    leaves nothing behind) and seed everything from ``args.seed``."""
     from utils.distributed import init_distributed
 
+    save_path = check_output_folder(args.save_path, "--save_path")
     device = resolve_device(args.device)
     dist_info, device = init_distributed(device)
-    save_path = Path(args.save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
     log_name = name if dist_info.is_main else f"{name}.rank{dist_info.rank}"
     log = get_logger(f"fasl.{name}", save_path / f"{log_name}.log")
     seed_everything(args.seed)

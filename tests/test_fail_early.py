@@ -1,0 +1,460 @@
+"""Issue 20: fail early (every value and file checked before work starts), lose nothing (per-class
+results and resume, no stray outputs, the fatal error in the log), one-line errors only for the
+project's own input errors, and the CUDA precision path exercised on the CPU."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import test_few_shot
+import train
+from data.images import ImageReadError
+from data.meta import load_meta
+from models import build_fasl
+from models import backbone as backbone_mod
+from models.asl import GlobalBatchNorm1d, ScoreMaps
+from models.backbone import build_backbone
+from models.fasl import CheckpointMismatch, InferenceConfig, read_checkpoint
+from models.memory import PatchMemory
+from models.references import SavedReferences
+from models.thresholds import Thresholds
+from utils.cli import run_cli
+from utils.misc import resolve_device
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--model", "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112", "--features_list", "1", "2", "3",
+        "4", "--device", "cpu"]
+FD_TEST = ["--mode", "fd", "--k_shot", "1", "--seed", "3", "--eval_size", "32", "--batch_size", "4", *TINY]
+
+
+def _exit(fn) -> str:
+    with pytest.raises(SystemExit) as stop:
+        run_cli(fn, "prog.py")
+    return stop.value.code
+
+
+def _raise(err):
+    def main():
+        raise err
+    return main
+
+
+# ----------------------------------------------------------------------------- which errors get one line
+
+def test_own_input_errors_get_one_line_and_everything_else_its_traceback(capsys):
+    assert _exit(_raise(ValueError("bad\nvalue"))) == "prog.py: error: bad value (FASL_DEBUG=1 shows the traceback)"
+    assert "file not found: x.png" in _exit(_raise(ImageReadError("file not found: x.png")))
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _exit(lambda: resolve_device("cuda"))
+    # a RuntimeError of the project's own, a shape bug inside torch, a ValueError inside a library
+    with pytest.raises(RuntimeError, match="internal"):
+        run_cli(_raise(RuntimeError("internal")), "prog.py")
+    with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+        run_cli(lambda: torch.cat([torch.zeros(2, 3), torch.zeros(2, 4)], dim=0), "prog.py")
+    with pytest.raises(ValueError, match="same shape"):
+        run_cli(lambda: np.stack([np.zeros(2), np.zeros(3)]), "prog.py")
+
+
+def test_out_of_memory_keeps_its_traceback_and_says_what_lowers_memory(capsys):
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name, as CUDA raises it
+        pass
+
+    message = _exit(_raise(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")))
+    assert message.startswith("prog.py: error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)")
+    assert "--batch_size" in message and "--window_batch" in message
+    assert "Traceback" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- checked before work starts
+
+def test_flags_that_cannot_work_are_refused_by_check_args(capsys):
+    with pytest.raises(SystemExit):
+        test_few_shot.main(["--data_path", "x", "--save_path", "y", *FD_TEST, "--winmode", "mul", "--win_size", "9",
+                            "--check_args"])
+    assert "--win_size 9 is larger than the patch grid: --image_size 112 / patch 14 = 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--train_data_path", "x", "--save_path", "y", *TINY, "--image_size", "100", "--check_args"])
+    assert "--image_size 100 is not a multiple of the patch size 14" in capsys.readouterr().err
+    for flag in ("--epoch", "--batch_size"):
+        with pytest.raises(SystemExit):
+            train.main(["--train_data_path", "x", "--save_path", "y", *TINY, flag, "0", "--check_args"])
+        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--train_data_path", "x", "--save_path", "y", *TINY, "--features_list", "1", "9", "--check_args"])
+    assert "--features_list [9] outside fasl-tiny-vit's blocks 1..4" in capsys.readouterr().err
+
+
+def _dataset_with_missing_files(src: Path, dst: Path) -> list[str]:
+    """A copy of ``src`` whose meta.json lists 7 files that are gone: the masks of the last class
+    and images of both."""
+    shutil.copytree(src, dst)
+    meta = load_meta(dst)
+    last = sorted(meta["test"])[-1]
+    gone = [s["mask_path"] for s in meta["test"][last] if s["mask_path"]][:3]
+    gone += [s["img_path"] for c in sorted(meta["test"]) for s in meta["test"][c]][:4]
+    for p in gone:
+        (dst / p).unlink()
+    return gone
+
+
+@pytest.mark.parametrize("program", ["train", "test"])
+def test_every_missing_file_is_named_before_anything_runs(program, syn_datasets, tmp_path):
+    data = tmp_path / "data"
+    gone = _dataset_with_missing_files(syn_datasets["mvtec"], data)
+    out = tmp_path / "out"
+    if program == "train":
+        run = lambda: train.main(["--train_data_path", str(data), "--save_path", str(out), "--epoch", "1",  # noqa: E731
+                                  "--k_shot", "1", *TINY])
+    else:
+        run = lambda: test_few_shot.main(["--data_path", str(data), "--save_path", str(out), *FD_TEST])  # noqa: E731
+    with pytest.raises(FileNotFoundError, match=r"7 file\(s\) listed in .*meta.json are missing under") as exc:
+        run()
+    listed = str(exc.value).split(": ", 1)[1]
+    assert listed.endswith(" and 2 more") and sum(p in listed for p in gone) == 5
+    assert not out.exists(), "a refused run must leave no output folder (no empty log, no references.json)"
+
+
+@pytest.mark.parametrize("program", ["train", "test", "predict"])
+def test_an_output_folder_that_is_a_file_is_refused_first(program, syn_datasets, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    good = sorted((syn_datasets["mvtec"]).rglob("*.png"))[0]
+    if program == "train":
+        run = lambda: train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(taken), *TINY])  # noqa: E731
+    elif program == "test":
+        run = lambda: test_few_shot.main(["--data_path", str(syn_datasets["mvtec"]), "--save_path", str(taken),  # noqa: E731
+                                          *FD_TEST])
+    else:
+        import predict
+
+        run = lambda: predict.main(["--refs", str(good), "--images", str(good), "--out", str(taken), *TINY])  # noqa: E731
+    with pytest.raises(FileExistsError, match=re.escape(f"{taken}: {taken} is an existing file; give a folder")):
+        run()
+    assert taken.read_text() == "mine"
+
+
+def test_predict_refused_on_its_inputs_leaves_no_output_folder(tmp_path):
+    import predict
+
+    out = tmp_path / "out"
+    with pytest.raises((FileNotFoundError, ValueError)):
+        predict.main(["--refs", str(tmp_path / "none"), "--images", str(tmp_path / "none"), "--out", str(out),
+                      "--mode", "fd", *TINY])
+    assert not out.exists()
+
+
+def test_an_error_during_the_run_is_written_into_its_log(syn_datasets, tiny_backbone_args, train_args, tmp_path):
+    argv = ["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "run"),
+            *train_args, *tiny_backbone_args]
+    train.main([*argv, "--epoch", "1"])
+    with pytest.raises(ValueError, match="--resume: .*other settings"):
+        train.main([*argv, "--epoch", "2", "--resume", "--learning_rate", "0.01"])
+    last = (tmp_path / "run" / "train.log").read_text().strip().splitlines()[-1]
+    assert "ERROR" in last and "error: --resume:" in last and "learning_rate: checkpoint 0.001, now 0.01" in last
+
+
+def test_resume_with_another_image_size_is_refused(syn_datasets, tiny_backbone_args, train_args, tmp_path):
+    argv = ["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "run"),
+            *train_args, *tiny_backbone_args]
+    train.main([*argv, "--epoch", "1"])
+    with pytest.raises(ValueError, match=r"--resume: .*image_size: checkpoint 112, now 84"):
+        train.main([*argv, "--epoch", "2", "--resume", "--image_size", "84"])
+    assert not (tmp_path / "run" / "epoch_2.pth").exists()
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+def _comparable(doc: dict) -> dict:
+    """results.json without what names the folder it was written to."""
+    extra = dict(doc["extra"])
+    extra["args"] = {k: v for k, v in extra["args"].items() if k != "save_path"}
+    extra.pop("references")
+    return {"per_class": doc["per_class"], "mean": doc["mean"], "extra": extra}
+
+
+def test_a_killed_evaluation_resumes_and_ends_as_an_uninterrupted_one(syn_datasets, tmp_path, monkeypatch):
+    data = syn_datasets["visa"]
+    classes = sorted(load_meta(data)["test"])
+    argv = ["--data_path", str(data), "--dataset", "visa", *FD_TEST, "--winmode", "mul", "--win_size", "4"]
+    test_few_shot.main([*argv, "--save_path", str(tmp_path / "straight")])
+
+    # a run that is killed (SIGKILL) once its first class is written
+    killed = tmp_path / "killed"
+    code = ("import sys, time, test_few_shot as t\n"
+            "finish = t.finish_class\n"
+            "def stall(*a, **k):\n"
+            "    out = finish(*a, **k)\n"
+            "    print('CLASS DONE', flush=True)\n"
+            "    time.sleep(120)\n"
+            "    return out\n"
+            "t.finish_class = stall\n"
+            "t.main(sys.argv[1:])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv, "--save_path", str(killed)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert any(line.strip() == "CLASS DONE" for line in proc.stdout), "the run ended before its first class"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (killed / "classes" / f"{classes[0]}.json").is_file()
+    assert not (killed / "classes" / f"{classes[1]}.json").exists() and not (killed / "results.json").exists()
+
+    scored = []
+    score_unit = test_few_shot.score_unit
+    monkeypatch.setattr(test_few_shot, "score_unit", lambda *a, **k: scored.append(a[4].cls) or score_unit(*a, **k))
+    test_few_shot.main([*argv, "--save_path", str(killed)])  # the same command again
+    assert scored == classes[1:], "only the class the killed run had not finished is scored again"
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+    resumed = json.loads((killed / "results.json").read_text())
+    assert _comparable(resumed) == _comparable(straight)
+    assert (killed / "results.csv").read_text() == (tmp_path / "straight" / "results.csv").read_text()
+
+    # other settings, or --no-resume, compute every class again
+    scored.clear()
+    test_few_shot.main([*argv, "--save_path", str(killed), "--eval_size", "48"])
+    assert scored == classes
+    scored.clear()
+    test_few_shot.main([*argv, "--save_path", str(killed), "--eval_size", "48", "--no-resume"])
+    assert scored == classes
+
+
+def test_a_class_that_fails_keeps_the_classes_before_it_and_logs_why(syn_datasets, tmp_path):
+    data = tmp_path / "visa"
+    shutil.copytree(syn_datasets["visa"], data)
+    meta = load_meta(data)
+    classes = sorted(meta["test"])
+    (data / meta["test"][classes[1]][0]["img_path"]).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    with pytest.raises(ImageReadError):
+        test_few_shot.main(["--data_path", str(data), "--save_path", str(out), *FD_TEST])
+    assert (out / "classes" / f"{classes[0]}.json").is_file()
+    assert "error: cannot read image" in (out / "test.log").read_text()
+
+
+# ----------------------------------------------------------------------------- ready for CUDA
+
+def test_moving_a_built_backbone_redecides_its_dtype_and_its_cached_embeddings(monkeypatch):
+    bb = build_backbone("fasl-tiny-vit", pretrained=None, blocks=[1, 2, 3, 4], image_size=112, precision="auto")
+    assert bb.feature_dtype == torch.float32
+    before = bb.grid_embedding((4, 4))
+    asked = []
+    monkeypatch.setattr(backbone_mod, "encoder_dtype",
+                        lambda precision, device: asked.append(torch.device(device).type) or torch.float16)
+    bb.to("meta")  # as .to("cuda") would: the device changes after the build
+    assert asked == ["meta"] and bb.feature_dtype == torch.float16
+    after = bb.grid_embedding((4, 4))
+    assert after.device.type == "meta" and after.shape == before.shape
+    with pytest.raises(ValueError, match="weights must stay float32"):
+        bb.half()
+
+
+def test_a_half_precision_bank_scores_its_pick_in_float32():
+    """FD = 1 - s from an fp16 bank: the search may run in fp16, the similarity of the chosen pair
+    is its float32 dot product (brute force below), not fp16's steps of ~5e-4 near 1."""
+    g = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(3, 40, 32, generator=g), dim=-1)
+    query = F.normalize(bank[:2] + 0.02 * torch.randn(2, 40, 32, generator=g), dim=-1)  # s close to 1
+    memory = PatchMemory().fill([bank.half()], None)
+    got = memory.align([query.half()], mode="exhaustive", gather=False)
+    sim, idx = got.similarity[0], got.index[0]
+    assert sim.dtype == torch.float32
+    flat = bank.half().reshape(-1, 32).float()
+    brute = torch.einsum("qnw,qnw->qn", query.half().float(), flat[idx])
+    assert torch.allclose(sim, brute, rtol=0, atol=1e-6)
+    best = (query.half().float().reshape(-1, 32) @ flat.t()).max(dim=1).values.reshape(2, 40)
+    assert (sim >= best - 2e-3).all()  # the pick is the best up to fp16 near-ties
+    assert len(torch.unique(1 - sim)) == sim.numel()  # no ties from fp16 rounding
+
+
+def test_the_cuda_precision_policy_runs_end_to_end_on_the_cpu(syn_datasets, mvtec_ckpt, tmp_path):
+    """fp16 encoder and banks, the search in the bank's dtype ('exact'), as CUDA runs them under
+    --precision auto: training, a bank, every scoring mode, and the maps agree with fp32."""
+    path = train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "t"),
+                       "--epoch", "1", "--k_shot", "1", "--batch_size", "6", *TINY, "--precision", "fp16"])
+    assert torch.isfinite(torch.stack([v.float().sum() for v in read_checkpoint(path)["heads"].values()])).all()
+    kw = dict(model="fasl-tiny-vit", pretrained=None, blocks=[1, 2, 3, 4], image_size=112, checkpoint=str(mvtec_ckpt))
+    half, full = build_fasl(**kw, precision="fp16").eval(), build_fasl(**kw, precision="fp32").eval()
+    full.backbone.load_state_dict(half.backbone.state_dict())  # the same random weights
+    meta = load_meta(syn_datasets["visa"])
+    cls = sorted(meta["test"])[0]
+    from data.kshot import load_reference_images
+
+    refs = load_reference_images(syn_datasets["visa"], [meta["train"][cls][0]["img_path"]], 112)
+    images = load_reference_images(syn_datasets["visa"], [s["img_path"] for s in meta["test"][cls][:3]], 112)
+    for mode in ("fd", "fasl", "merged"):
+        cfg = InferenceConfig(mode=mode, winmode="mul", win_size=4, win_stride=2, align="exhaustive",
+                              search_precision="exact", out_size=32)
+        banks = {m: m.build_memory(refs, m.windows_for(cfg)) for m in (half, full)}
+        assert banks[half].global_memory.dtype == torch.float16 and banks[half].window_memory.dtype == torch.float16
+        a, b = half.predict(images, banks[half], cfg), full.predict(images, banks[full], cfg)
+        assert torch.isfinite(a.score_map).all() and torch.isfinite(a.image_score).all()
+        assert (a.score_map - b.score_map).abs().max() < 0.02, mode
+        assert (a.image_score - b.image_score).abs().max() < 0.02, mode
+
+
+def test_the_loss_of_a_training_step_waits_for_no_host_sync(monkeypatch):
+    """The 2L loss terms of a batch read nothing back from the device (the masks are checked once,
+    on the CPU, before they are moved); a host sync counted here is one per term on a GPU."""
+    syncs = []
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name: syncs.append(_n) or _o(self, *a))
+    equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda *a: syncs.append("equal") or equal(*a))
+    g = torch.Generator().manual_seed(0)
+    grids = [torch.rand(2, 2, 4, 4, generator=g).softmax(1) for _ in range(8)]
+    masks = (torch.rand(2, 1, 16, 16, generator=g) > 0.7).float()
+    loss = train.segmentation_loss(ScoreMaps(grids[:4], grids[4:]), masks)
+    assert syncs == [] and loss.ndim == 0
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="0/1 only"):
+        train.check_masks(masks * 0.5)
+
+
+def test_data_parallel_batch_norm_waits_for_no_host_sync(monkeypatch):
+    """GlobalBatchNorm1d over two processes holding the same rows (the sums over processes faked
+    as twice one's): no host sync, and the statistics of one BatchNorm over both copies."""
+    import torch.distributed as dist
+
+    from models import asl
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(asl._SumOverProcesses, "apply", lambda t: 2 * t)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    ours, plain = GlobalBatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    syncs = []
+    for name in ("item", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name: syncs.append(_n) or _o(self, *a))
+    out = ours(x)
+    assert syncs == []
+    monkeypatch.undo()
+    ref = plain(torch.cat([x, x]))
+    assert torch.allclose(out, ref[:5], atol=1e-6)
+    assert torch.allclose(ours.running_var, plain.running_var, atol=1e-6)
+    assert torch.allclose(ours.running_mean, plain.running_mean, atol=1e-6)
+
+
+def test_process_group_gets_device_id_only_where_torch_has_it(monkeypatch):
+    from utils import distributed
+
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend=None, timeout=None: None)
+    assert not distributed._takes_device_id()
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend=None, timeout=None, device_id=None: None)
+    assert distributed._takes_device_id()
+
+
+def test_references_files_record_their_dtypes_and_refuse_others(syn_datasets, tmp_path):
+    meta = load_meta(syn_datasets["visa"])
+    cls = sorted(meta["test"])[0]
+    from data.kshot import load_reference_images
+
+    refs = load_reference_images(syn_datasets["visa"], [meta["train"][cls][0]["img_path"]], 112)
+    kw = dict(model="fasl-tiny-vit", pretrained=None, blocks=[1, 2, 3, 4], image_size=112)
+    cfg = InferenceConfig(mode="fd", search_precision="exact")
+    fp32 = build_fasl(**kw, precision="fp32")
+    saved = SavedReferences(fp32.build_memory(refs), Thresholds.by_hand(0.5, 0.5), ["a.png"])
+    saved.save(tmp_path / "r.pt", fp32, cfg)
+    assert torch.load(tmp_path / "r.pt", weights_only=True)["precision"] == {
+        "encoder": "float32", "bank": "float32", "search": "float32", "window_search": None}
+    fp16 = build_fasl(**kw, precision="fp16")
+    with pytest.raises(ValueError, match=r"encoded under other dtypes \(encoder: file float32, now float16; bank: "
+                                         r"file float32, now float16"):
+        SavedReferences.load(tmp_path / "r.pt", fp16, cfg)
+    with pytest.warns(UserWarning, match="differs from this run in precision"):
+        SavedReferences.load(tmp_path / "r.pt", fp16, cfg, check_scoring=False)  # thresholds given by hand
+    assert SavedReferences.load(tmp_path / "r.pt", fp32, cfg).bank.k == 1
+
+
+# ----------------------------------------------------------------------------- clear words
+
+def test_the_default_weights_offline_fail_at_once_in_one_line(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    import predict
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # nothing cached
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(image)
+    t0 = time.time()
+    message = _exit(lambda: predict.main(["--refs", str(image), "--images", str(image), "--out",
+                                          str(tmp_path / "out"), "--mode", "fd"]))
+    assert time.time() - t0 < 30
+    assert "cannot download the 'openai' weights of ViT-L-14-336" in message and "\n" not in message
+    assert "pass --pretrained FILE" in message and "--model timm:NAME --pretrained FILE" in message
+    assert not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.count("\n") <= 1
+
+
+def test_a_weights_file_of_garbage_is_not_a_state_dict(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match="is not a state dict of fasl-tiny-vit: its bytes are not a torch") as exc:
+        build_backbone("fasl-tiny-vit", pretrained=str(garbage), image_size=112)
+    with pytest.raises(CheckpointMismatch, match="cannot be read as a FASL checkpoint: its bytes are not") as exc2:
+        read_checkpoint(garbage)
+    for err in (exc.value, exc2.value):
+        assert "weights_only=False" not in str(err) and "\n" not in str(err)
+
+
+def test_summarize_help_is_help_and_a_missing_folder_an_error():
+    help_ = subprocess.run([sys.executable, "bench/summarize.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert help_.returncode == 0 and help_.stdout.startswith("usage: summarize.py") and "|" not in help_.stdout
+    missing = subprocess.run([sys.executable, "bench/summarize.py", "no_such_folder"], cwd=REPO, capture_output=True,
+                             text=True)
+    assert missing.returncode == 2 and "no_such_folder is not a folder" in missing.stderr
+
+
+def test_demo_runs_with_python3_alone(tmp_path):
+    """demo.sh on a system that has python3 and no python: a stub python3 records the calls."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    stub = bin_ / "python3"
+    stub.write_text(f"#!{shutil.which('bash')}\necho \"$@\" >> {tmp_path / 'calls'}\n")
+    stub.chmod(0o755)
+    (bin_ / "dirname").symlink_to(shutil.which("dirname"))
+    res = subprocess.run([shutil.which("bash"), str(REPO / "demo.sh")], capture_output=True, text=True,
+                         env={"PATH": str(bin_), "DEMO_OUT": str(tmp_path / "demo")})
+    assert res.returncode == 0, res.stderr
+    assert "data/synthetic.py" in (tmp_path / "calls").read_text()
+
+
+def test_requirements_declare_every_package_the_code_imports():
+    names = {"PIL": "pillow", "cv2": "opencv-python-headless", "sklearn": "scikit-learn", "skimage": "scikit-image",
+             "open_clip": "open_clip_torch", "huggingface_hub": "huggingface_hub"}
+    declared = {line.split(">")[0].split("=")[0].split("<")[0].strip().lower()
+                for line in (REPO / "requirements.txt").read_text().splitlines() if line.strip() and line[0] != "#"}
+    local = {p.stem for p in REPO.glob("*.py")} | {p.name for p in REPO.iterdir() if p.is_dir()} | \
+        {p.stem for p in (REPO / "bench").glob("*.py")}
+    stdlib = getattr(sys, "stdlib_module_names", set())
+    imported = set()
+    for path in REPO.rglob("*.py"):
+        if any(part.startswith(".") for part in path.relative_to(REPO).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in local and m not in stdlib and m != "__future__"}
+    if not stdlib:
+        pytest.skip("sys.stdlib_module_names needs Python 3.10")
+    missing = sorted(m for m in third_party if names.get(m, m).lower() not in declared)
+    assert missing == []
