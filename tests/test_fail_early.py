@@ -458,3 +458,25 @@ def test_requirements_declare_every_package_the_code_imports():
         pytest.skip("sys.stdlib_module_names needs Python 3.10")
     missing = sorted(m for m in third_party if names.get(m, m).lower() not in declared)
     assert missing == []
+
+
+def test_gpu_check_is_valid_bash_and_its_table_reads_every_step(tmp_path):
+    """bench/gpu_check.sh cannot run without a GPU; its script parses and its summary reads what
+    each step writes, and names a step that wrote nothing."""
+    assert subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_check.sh")]).returncode == 0
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+
+    mode = {"map_max_abs_diff": 3e-3, "score_max_abs_diff": 1e-3, "fd_distinct_share": 0.99,
+            "fd_distinct_share_cpu_fp32": 1.0}
+    (tmp_path / "agreement.json").write_text(json.dumps(
+        {"device": "cuda", "runs": {"auto moved": {"encoder_dtype": "float16", "modes": {"fd": mode, "fasl": mode}}}}))
+    (tmp_path / "nccl.json").write_text(json.dumps({"all_reduce_ok": True, "broadcast_ok": True, "seconds": 2.0}))
+    (tmp_path / "vitl_mul.json").write_text(json.dumps({"settings": {"align": "exhaustive"}, "encoder_dtype": "float16",
+                                                       "total_s": 0.05, "floor_s": 0.04,
+                                                       "cuda_max_allocated_bytes": 3 * 2**30}))
+    text = gpu_check.table(str(tmp_path))
+    assert "max |map diff| 3.00e-03" in text and "encoder float16" in text
+    assert "all_reduce ok, broadcast ok" in text
+    assert "50.0 ms/img (backbone alone 40.0), peak GPU memory 3.00 GiB" in text
+    assert text.count("not run / failed") == 2  # the torchrun test and the nan timing
