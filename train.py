@@ -48,6 +48,14 @@ from utils.misc import atomic_torch_save, check_output_folder, fatal_errors_logg
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
 ANOMALY_SOURCES = ("masks", "synthetic")
+# Named training recipes: defaults of the training choices, each still overridden by its own flag.
+# "reference": the reference code's recipe, as trainAndTest.sh trains (the default).
+# "new_parts": the settings that measured best for heads used on parts they never saw (README,
+# Measured on real images: leave-one-class-out over five real classes).
+RECIPES = {
+    "reference": {},
+    "new_parts": {"dice_smooth": 0.01, "nam_residual": True, "fd_residual": True},
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,6 +125,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: %(default)s)")
     g.add_argument("--synth_kinds", default="cutpaste,noise",
                    help="synthetic: comma-separated defect kinds, from cutpaste, noise (default: %(default)s)")
+    p.add_argument("--recipe", default="reference", choices=tuple(RECIPES),
+                   help="named defaults of the training choices: 'reference' (the reference code's), 'new_parts' "
+                        "(" + ", ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{k}"
+                                        for k, v in RECIPES["new_parts"].items())
+                        + "); a flag given on its own still wins (default: %(default)s)")
+    # the recipe sets the defaults the parse below starts from; an unknown name is left to that parse
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default="reference")
+    chosen = pre.parse_known_args(argv)[0].recipe
+    p.set_defaults(**RECIPES.get(chosen, {}))
     args = p.parse_args(argv)
     if args.train_images and args.anomaly_source != "synthetic":
         p.error("--train_images has no masks: use it with --anomaly_source synthetic")
