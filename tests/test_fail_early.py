@@ -155,23 +155,23 @@ def test_predict_refused_on_its_inputs_leaves_no_output_folder(tmp_path):
     assert not out.exists()
 
 
-def test_an_error_during_the_run_is_written_into_its_log(syn_datasets, tiny_backbone_args, train_args, tmp_path):
-    argv = ["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "run"),
-            *train_args, *tiny_backbone_args]
-    train.main([*argv, "--epoch", "1"])
+def test_resume_refusals_are_written_into_the_log_and_another_image_size_is_one(syn_datasets, mvtec_ckpt,
+                                                                                  tiny_backbone_args, train_args,
+                                                                                  tmp_path):
+    """The shared one-epoch checkpoint (its run's arguments are ``argv``) resumed with another
+    learning rate, then another image size: both refused, the reason last in train.log."""
+    (tmp_path / "run").mkdir()
+    shutil.copy(mvtec_ckpt, tmp_path / "run" / "epoch_1.pth")
+    argv = ["--train_data_path", str(syn_datasets["mvtec"]), "--dataset", "mvtec", "--save_path",
+            str(tmp_path / "run"), *train_args, *tiny_backbone_args, "--epoch", "2", "--resume"]
     with pytest.raises(ValueError, match="--resume: .*other settings"):
-        train.main([*argv, "--epoch", "2", "--resume", "--learning_rate", "0.01"])
+        train.main([*argv, "--learning_rate", "0.01"])
     last = (tmp_path / "run" / "train.log").read_text().strip().splitlines()[-1]
     assert "ERROR" in last and "error: --resume:" in last and "learning_rate: checkpoint 0.001, now 0.01" in last
-
-
-def test_resume_with_another_image_size_is_refused(syn_datasets, tiny_backbone_args, train_args, tmp_path):
-    argv = ["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "run"),
-            *train_args, *tiny_backbone_args]
-    train.main([*argv, "--epoch", "1"])
     with pytest.raises(ValueError, match=r"--resume: .*image_size: checkpoint 112, now 84"):
-        train.main([*argv, "--epoch", "2", "--resume", "--image_size", "84"])
+        train.main([*argv, "--image_size", "84"])
     assert not (tmp_path / "run" / "epoch_2.pth").exists()
+    assert not (tmp_path / "run" / "references.json").exists(), "written only once every check has passed"
 
 
 # ----------------------------------------------------------------------------- nothing lost
@@ -187,7 +187,7 @@ def _comparable(doc: dict) -> dict:
 def test_a_killed_evaluation_resumes_and_ends_as_an_uninterrupted_one(syn_datasets, tmp_path, monkeypatch):
     data = syn_datasets["visa"]
     classes = sorted(load_meta(data)["test"])
-    argv = ["--data_path", str(data), "--dataset", "visa", *FD_TEST, "--winmode", "mul", "--win_size", "4"]
+    argv = ["--data_path", str(data), "--dataset", "visa", *FD_TEST]
     test_few_shot.main([*argv, "--save_path", str(tmp_path / "straight")])
 
     # a run that is killed (SIGKILL) once its first class is written
@@ -282,8 +282,10 @@ def test_a_half_precision_bank_scores_its_pick_in_float32():
 def test_the_cuda_precision_policy_runs_end_to_end_on_the_cpu(syn_datasets, mvtec_ckpt, tmp_path):
     """fp16 encoder and banks, the search in the bank's dtype ('exact'), as CUDA runs them under
     --precision auto: training, a bank, every scoring mode, and the maps agree with fp32."""
+    first = sorted(load_meta(syn_datasets["mvtec"])["test"])[0]
     path = train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "t"),
-                       "--epoch", "1", "--k_shot", "1", "--batch_size", "6", *TINY, "--precision", "fp16"])
+                       "--epoch", "1", "--k_shot", "1", "--batch_size", "6", "--classes", first, *TINY,
+                       "--precision", "fp16"])
     assert torch.isfinite(torch.stack([v.float().sum() for v in read_checkpoint(path)["heads"].values()])).all()
     kw = dict(model="fasl-tiny-vit", pretrained=None, blocks=[1, 2, 3, 4], image_size=112, checkpoint=str(mvtec_ckpt))
     half, full = build_fasl(**kw, precision="fp16").eval(), build_fasl(**kw, precision="fp32").eval()
@@ -294,7 +296,7 @@ def test_the_cuda_precision_policy_runs_end_to_end_on_the_cpu(syn_datasets, mvte
 
     refs = load_reference_images(syn_datasets["visa"], [meta["train"][cls][0]["img_path"]], 112)
     images = load_reference_images(syn_datasets["visa"], [s["img_path"] for s in meta["test"][cls][:3]], 112)
-    for mode in ("fd", "fasl", "merged"):
+    for mode in ("fd", "merged"):  # merged: the heads' map and FD
         cfg = InferenceConfig(mode=mode, winmode="mul", win_size=4, win_stride=2, align="exhaustive",
                               search_precision="exact", out_size=32)
         banks = {m: m.build_memory(refs, m.windows_for(cfg)) for m in (half, full)}
