@@ -113,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "their maps and image scores): method '<name> ens'")
     p.add_argument("--label", default="",
                    help="a name for this run's training recipe, added to every learned method's name "
-                        "(e.g. 'merged [masks|residual]'), so runs of several recipes can be --combine'd")
+                        "(e.g. 'merged [masks, residual]'), so runs of several recipes can be --combine'd")
     p.add_argument("--combine", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="no scoring: the tables and the picture of the records of these results.json files "
                         "together (FD taken from the first); --data_root and --weights are then not needed")
@@ -220,10 +220,10 @@ def score_chunks(model: FASL, encoded: list, bank, cfg: InferenceConfig, alignme
 
 def methods(args, nam_runs=(False, True)) -> list[tuple[str, str | None, bool]]:
     """(name, training source or None, NAM) of every scoring method measured; ``--label`` names the
-    recipe after the source: ``merged [masks|residual]``."""
+    recipe after the source: ``merged [masks, residual]``."""
     out = [("fd", None, False)]
     for source, nam in product(args.sources, nam_runs):
-        tag = f"{source}|{args.label}" if args.label else source
+        tag = f"{source}, {args.label}" if args.label else source
         out.append((f"{'asl+nam' if nam else 'asl'} [{tag}]", source, nam))
         out.append((f"merged{'+nam' if nam else ''} [{tag}]", source, nam))
     return out

@@ -101,12 +101,12 @@ def test_shared_nam_runs_train_once_per_seed_and_label_the_methods(shared_run):
     # synth_all trains on every class: one run per seed serves both test classes, all four modes
     assert len(folders) == 2 and all("-nam-" in f for f in folders), folders
     methods = {r["method"] for r in result["records"]}
-    assert methods == {"fd"} | {f"{m} [synth_all|x]" for m in ("asl", "merged", "asl+nam", "merged+nam")}
+    assert methods == {"fd"} | {f"{m} [synth_all, x]" for m in ("asl", "merged", "asl+nam", "merged+nam")}
     assert {r["train_seed"] for r in result["records"] if r["method"] != "fd"} == {0, 1}
     assert len([r for r in result["records"] if r["method"] == "fd"]) == 2  # one per class, not per seed
     # asl and asl+nam come from the same checkpoint: NAM changes the map, so they differ
     a, b = (_record({"records": [r for r in result["records"] if r["train_seed"] == 1]}, "disc", m)
-            for m in ("asl [synth_all|x]", "asl+nam [synth_all|x]"))
+            for m in ("asl [synth_all, x]", "asl+nam [synth_all, x]"))
     assert a["pixel_auroc"] != b["pixel_auroc"]
 
 
@@ -173,7 +173,7 @@ def test_ensemble_of_identical_heads_equals_the_single_heads(shared_run, syn_dat
             "--label", "x", "--workdir", str(base / "work"), "--out", str(tmp_path / "ens"), "--ensemble"]
     ens = real_eval.main(argv)
     for cls in ("disc", "weave"):
-        for name in ("asl [synth_all|x]", "merged+nam [synth_all|x]"):
+        for name in ("asl [synth_all, x]", "merged+nam [synth_all, x]"):
             (single,) = [r for r in result["records"] if r["class"] == cls and r["method"] == name
                          and r["train_seed"] == 0]
             (mean,) = [r for r in ens["records"] if r["class"] == cls and r["method"] == f"{name} ens"]
