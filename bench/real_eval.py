@@ -117,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--combine", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="no scoring: the tables and the picture of the records of these results.json files "
                         "together (FD taken from the first); --data_root and --weights are then not needed")
+    p.add_argument("--picture_methods", nargs="+", default=None, metavar="METHOD",
+                   help="the learned methods drawn in delta_<winmode>.png, in this order (default: all)")
     p.add_argument("--workdir", default="bench_out/real_eval/work",
                    help="trained heads and encoded test features, reused by reruns (default: %(default)s)")
     p.add_argument("--out", default="bench_out/real_eval", help="results.json and tables.md (default: %(default)s)")
@@ -519,6 +521,9 @@ def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: 
     panels = [("pixel AUROC", seed_deltas(records, winmode, "pixel_auroc")),
               ("AUPRO", seed_deltas(records, winmode, "pixel_aupro"))]
     names = methods_shown or list(panels[0][1])
+    unknown = [n for n in names if n not in panels[0][1]]
+    if unknown:
+        raise ValueError(f"--picture_methods: {unknown} were not measured (measured: {list(panels[0][1])})")
     groups = [g for g in next(iter(panels[0][1].values()))] if names else []
     W, H, left, right, top, panel_h = 1500, 0, 70, 300, 40, 380
     H = top + len(panels) * (panel_h + 50) + 10
@@ -615,7 +620,7 @@ def main(argv=None) -> dict:
     if result["records"] and any(r["method"] != "fd" for r in result["records"]):
         text += "\n" + spread_tables(result["records"])
         for winmode in dict.fromkeys(r["winmode"] for r in result["records"]):
-            delta_picture(result["records"], winmode, out / f"delta_{winmode}.png")
+            delta_picture(result["records"], winmode, out / f"delta_{winmode}.png", args.picture_methods)
     if args.precision_check and not args.combine:
         result["precision"] = precision_check(args)
         text += "\n### encoder precision: bf16 (autocast) against fp32, FD\n\n" + precision_table(result["precision"]) + "\n"

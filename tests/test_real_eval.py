@@ -180,3 +180,12 @@ def test_ensemble_of_identical_heads_equals_the_single_heads(shared_run, syn_dat
             assert mean["train_seed"] == real_eval.ENSEMBLE_SEED
             for key in real_eval.METRICS:
                 assert mean[key] == pytest.approx(single[key], abs=1e-9), (cls, name, key)
+
+
+def test_picture_methods_are_checked(shared_run, tmp_path):
+    base, _ = shared_run
+    files = [str(base / "out" / "results.json")]
+    real_eval.main(["--combine", *files, "--out", str(tmp_path / "p"), "--picture_methods", "asl [synth_all, x]"])
+    assert (tmp_path / "p" / "delta_nan.png").is_file()
+    with pytest.raises(ValueError, match="were not measured"):
+        real_eval.main(["--combine", *files, "--out", str(tmp_path / "q"), "--picture_methods", "asl [masks]"])
