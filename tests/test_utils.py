@@ -268,3 +268,15 @@ def test_class_range_and_colour_bar():
     assert out.shape == (120, 3 * 80 + 56, 3)
     heat = out[:, 160:240].astype(int)
     assert heat[50, 40, 0] > heat[5, 5, 0] + 50
+
+
+@pytest.mark.parametrize("lo, hi", [(0.00142, 0.00305), (-0.000123, 12345.6), (0.0, 0.3)])
+def test_colour_bar_labels_are_never_cut(lo, hi):
+    """Every label is drawn whole: no ink in the panel's last columns, and the panel widens for
+    a long label ('0.00142' was cut to '0.0014' at the 56 px default)."""
+    bar = colour_bar(240, lo, hi)
+    assert bar.shape[1] >= 56
+    ink = (bar[:, 14:] < 200).any(axis=(0, 2))  # columns right of the colour ramp holding text
+    assert ink.any() and not ink[-2:].any()
+    if len(f"{lo:.3g}") > 5:
+        assert bar.shape[1] > 56

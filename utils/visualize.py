@@ -102,21 +102,25 @@ def class_range(maps: np.ndarray, low: float = 1.0, high: float = 99.9) -> tuple
 def colour_bar(height: int, lo: float, hi: float, width: int = 56) -> np.ndarray:
     """A vertical JET colour bar labelled with the scores it stands for.
 
-    Returns (height, width, 3) uint8 RGB: the top of the bar is ``hi`` (red), the bottom ``lo``
-    (blue); the score values at top, middle and bottom are written beside it.
+    Returns (height, W, 3) uint8 RGB, W = ``width`` or wider where a label needs it: the top of
+    the bar is ``hi`` (red), the bottom ``lo`` (blue); the score values at top, middle and bottom
+    are written beside it, each whole (a label such as "0.00142" widens the panel, never gets cut).
     """
     bar_w = max(4, width // 4)
+    scale = max(0.25, min(0.4, height / 600))
+    font, margin = cv2.FONT_HERSHEY_SIMPLEX, 2
+    labels = [(frac, f"{hi - frac * (hi - lo):.3g}") for frac in (0.0, 0.5, 1.0)]
+    # anti-aliased glyphs spill a pixel or two past getTextSize's box: keep a margin on the right
+    text_w = max(cv2.getTextSize(text, font, scale, 1)[0][0] for _, text in labels)
+    width = max(width, bar_w + margin + text_w + 2 * margin)
     ramp = np.linspace(255, 0, height).round().astype(np.uint8)[:, None].repeat(bar_w, axis=1)  # [H, bar_w]
     colours = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     out = np.full((height, width, 3), 255, dtype=np.uint8)
     out[:, :bar_w] = colours
-    scale = max(0.25, min(0.4, height / 600))
-    for frac in (0.0, 0.5, 1.0):
-        value = hi - frac * (hi - lo)
+    for frac, text in labels:
         y = int(round(frac * (height - 1)))
         baseline = min(max(y + 4, 10), height - 2)
-        cv2.putText(out, f"{value:.3g}", (bar_w + 2, baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(out, text, (bar_w + margin, baseline), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
@@ -131,7 +135,7 @@ def triptych(image: np.ndarray, gt_mask: Optional[np.ndarray], score_map: np.nda
             the colour bar says which score each colour is.
 
     Returns:
-        (H, 3W + bar, 3) uint8 RGB.
+        (H, 3W + bar, 3) uint8 RGB (bar: the colour bar's width, 56 or wider for long labels).
     """
     image = _check_image(image)
     outlined = image.copy() if gt_mask is None else mask_outline(image, gt_mask)
