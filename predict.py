@@ -48,10 +48,11 @@ from tqdm import tqdm
 from data.images import ImageReadError, image_to_tensor, image_to_unit_tensor, list_images, load_image, normalize_tensor
 from models import build_fasl_from_args
 from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_dtype
-from models.flags import add_backbone_args, add_hidden_alias, add_inference_args
-from models.postprocess import IMAGE_SCORES, MapPost
+from models.flags import (add_backbone_args, add_hidden_alias, add_inference_args, add_post_args, check_model_flags,
+                          map_post_from_args)
+from models.postprocess import MapPost
 from models.references import SavedReferences
-from models.thresholds import BANK_AUGMENTS, Thresholds, augmented_views, bank_copies, score_references, view_kinds
+from models.thresholds import BANK_AUGMENTS, NORMAL_SAMPLES, Thresholds, augmented_views, bank_copies, score_references, view_kinds
 from utils.cli import run_cli
 from utils.distributed import Dist, broadcast_from_main, gather_to_main, init_distributed, shard, shutdown
 from utils.misc import (check_output_folder, close_log_file, fatal_errors_logged, get_logger, resolve_device,
@@ -64,6 +65,9 @@ PREDICTIONS_FORMAT = "fasl-predictions-v1"
 DEFAULT_FPR = 0.01
 DEFAULT_POST = MapPost()
 DEFAULT_AUGMENT = "none"
+DEFAULT_NORMAL_SAMPLE = "loo"
+DEFAULT_MASK_LEVEL = 0.0
+DEFAULT_MARGIN = 0.0
 CSV_FIELDS = ("path", "name", "read_status", "score", "verdict", "n_regions", "defect_area", "width", "height",
               "overlay", "mask", "error")
 
@@ -90,24 +94,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("decision")
     g.add_argument("--fpr", type=float, default=None,
                    help=f"false-alarm rate the thresholds are set at, on the good images (default: {DEFAULT_FPR})")
-    g.add_argument("--image_score", choices=IMAGE_SCORES, default=DEFAULT_POST.image_score,
-                   help="an image's score: 'model' (the reference code's: mean over blocks of each block's maximum), "
-                        "'max' (the maximum of the smoothed map), 'top' (the mean of its --top_fraction highest "
-                        "pixels) (default: %(default)s)")
-    g.add_argument("--smooth_sigma", type=float, default=DEFAULT_POST.smooth_sigma,
-                   help="Gaussian blur of the score map before any decision, sigma in map pixels; 0 = none "
-                        "(default: %(default)s)")
-    g.add_argument("--top_fraction", type=float, default=DEFAULT_POST.top_fraction,
-                   help="share of the map's pixels averaged by --image_score top (default: %(default)s)")
+    add_post_args(g, DEFAULT_POST)
+    g.add_argument("--normal_sample", choices=NORMAL_SAMPLES, default=DEFAULT_NORMAL_SAMPLE,
+                   help="what the thresholds are fitted on when k >= 2: 'loo' (each reference scored against the "
+                        "others), 'loo+views' (each reference and its 8 augmented views against the others); one "
+                        "reference is always seen through its augmented views against itself (default: %(default)s)")
     g.add_argument("--augment_refs", choices=BANK_AUGMENTS, default=DEFAULT_AUGMENT,
                    help="also keep flipped / rotated copies of every reference in the memory, for parts that come "
                         "flipped or rotated: 'flips' (horizontal, vertical), 'rot90' (90, 180, 270 degrees), 'all' "
                         "(the 8 of them), 'none' (default: %(default)s)")
+    g.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help="raise the fitted image threshold by this share of itself: a new good part differs more "
+                        "from the references than they differ from each other (default: %(default)s)")
     g.add_argument("--image_threshold", type=float, default=None, help="override the fitted image threshold")
     g.add_argument("--pixel_threshold", type=float, default=None, help="override the fitted pixel threshold")
     g.add_argument("--min_region_area", type=int, default=None,
                    help="smallest defect region kept, in (original) pixels (default: as large as the largest region "
                         "above the pixel threshold on the references' normal views, as a share of the image)")
+    g.add_argument("--mask_level", type=float, default=DEFAULT_MASK_LEVEL,
+                   help="where a defect's mask ends, between the pixel threshold (0) and the image's own peak score "
+                        "(1): pixels above pixel_threshold + LEVEL * (peak - pixel_threshold) form the regions, so a "
+                        "strong defect is not drawn with its whole halo (default: %(default)s)")
     g.add_argument("--regions_for_ok", action="store_true",
                    help="also list the regions (and fill the mask) of images whose verdict is ok")
     g.add_argument("--map_size", type=int, default=None,
@@ -131,10 +138,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--fpr must lie strictly between 0 and 1, got {args.fpr}")
     if args.batch_size < 1:
         p.error("--batch_size must be >= 1")
+    check_model_flags(p, args, windows=True)
     try:
         map_post(args)
     except ValueError as err:
         p.error(str(err))
+    if not args.margin > -1.0:
+        p.error(f"--margin must be > -1, got {args.margin}")
+    if not 0.0 <= args.mask_level < 1.0:
+        p.error(f"--mask_level must lie in [0, 1), got {args.mask_level}")
     if args.min_region_area is not None and args.min_region_area < 0:
         p.error("--min_region_area must be >= 0")
     if args.map_size is not None and args.map_size < 1:
@@ -144,7 +156,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def map_post(args) -> MapPost:
     """The map post-processing of --image_score / --smooth_sigma / --top_fraction."""
-    return MapPost(smooth_sigma=args.smooth_sigma, image_score=args.image_score, top_fraction=args.top_fraction)
+    return map_post_from_args(args)
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -184,8 +196,10 @@ class ReferenceImages(NamedTuple):
     views: torch.Tensor | None
 
 
-def load_reference_tensors(paths: list[Path], model: FASL, augment: str = "none") -> ReferenceImages:
-    """Good images -> the references, their bank copies and, when k = 1, their augmented views.
+def load_reference_tensors(paths: list[Path], model: FASL, augment: str = "none",
+                           normal_sample: str = "loo") -> ReferenceImages:
+    """Good images -> the references, their bank copies and their augmented views: (V, 3, S, S) of
+    the single reference when k = 1, (k, V, 3, S, S) with ``normal_sample`` ``loo+views``, else None.
 
     Any unreadable reference is an error: the thresholds depend on all of them.
     """
@@ -203,9 +217,12 @@ def load_reference_tensors(paths: list[Path], model: FASL, augment: str = "none"
     raw = torch.stack(raw)  # [k, 3, S, S]
     copies = torch.cat([bank_copies(r, augment) for r in raw])  # [k*A, 3, S, S]
     views = None
-    if len(paths) == 1:
-        views = augmented_views(raw[0], shift=max(1, bb.patch_size // 2))[view_kinds(augment)]
-        views = normalize_tensor(views, bb.mean, bb.std)
+    if len(paths) == 1 or normal_sample == "loo+views":
+        kinds = view_kinds(augment)
+        views = torch.stack([augmented_views(r, shift=max(1, bb.patch_size // 2))[kinds] for r in raw])
+        views = normalize_tensor(views.flatten(0, 1), bb.mean, bb.std).reshape(views.shape)
+        if len(paths) == 1:
+            views = views[0]
     norm = lambda x: normalize_tensor(x, bb.mean, bb.std)  # noqa: E731
     return ReferenceImages(norm(raw), norm(copies), copies.shape[0] // raw.shape[0], views)
 
@@ -215,17 +232,18 @@ def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist, po
     (unless both thresholds are given); overrides applied; saved to --save_refs when asked."""
     both_given = args.image_threshold is not None and args.pixel_threshold is not None
     if args.load_refs:
-        refs = SavedReferences.load(args.load_refs, model, cfg, args.fpr, check_scoring=not both_given, post=post)
+        refs = SavedReferences.load(args.load_refs, model, cfg, args.fpr, check_scoring=not both_given, post=post,
+                                    margin=args.margin)
         log.info("loaded %d references' memory and thresholds from %s", len(refs.refs), args.load_refs)
     else:
         paths = list_images(args.refs, "--refs")
-        ref = load_reference_tensors(paths, model, args.augment_refs)
+        ref = load_reference_tensors(paths, model, args.augment_refs, args.normal_sample)
         bank = model.build_memory(ref.bank, model.windows_for(cfg), window_batch=cfg.window_batch)
         if both_given:
             thresholds = Thresholds.by_hand(args.image_threshold, args.pixel_threshold)
         else:
             normal = score_references(model, ref.originals, bank, cfg, ref.views, post=post, copies=ref.copies)
-            thresholds = Thresholds.fitted(normal, args.fpr or DEFAULT_FPR)
+            thresholds = Thresholds.fitted(normal, args.fpr or DEFAULT_FPR, args.margin)
             log.info("normal image scores (%s): %s", normal.method,
                      ", ".join(f"{s:.4f}" for s in thresholds.fit.image_scores))
         refs = SavedReferences(bank, thresholds, [str(p) for p in paths])
@@ -255,6 +273,7 @@ class Decision:
     thresholds: Thresholds
     min_region_area: int | None  # pixels, by hand; None: the thresholds' share of each image
     regions_for_ok: bool
+    mask_level: float  # 0: regions above the pixel threshold; towards 1: towards the image's peak
     lo: float  # the overlay's colour scale: the pixel threshold sits mid-scale
     hi: float
 
@@ -263,7 +282,7 @@ class Decision:
         lo = thresholds.fit.pixel_median if thresholds.fit is not None else 0.0
         lo = min(lo, thresholds.pixel)
         hi = max(2 * thresholds.pixel - lo, lo + 1e-6)
-        return cls(thresholds, args.min_region_area, args.regions_for_ok, lo, hi)
+        return cls(thresholds, args.min_region_area, args.regions_for_ok, args.mask_level, lo, hi)
 
     def decide(self, score_map: np.ndarray, score: float, size_hw: tuple[int, int]) -> Outcome:
         """score_map: (h, w) at the map size; size_hw: the image's (H, W)."""
@@ -273,7 +292,9 @@ class Decision:
         min_area = self.min_region_area if self.min_region_area is not None else \
             self.thresholds.min_region_area(H, W)
         if verdict == "defect" or self.regions_for_ok:
-            found = find_regions(full, self.thresholds.pixel, min_area, keep_peak=verdict == "defect")
+            level = self.thresholds.pixel
+            level += self.mask_level * max(0.0, float(full.max()) - level)
+            found = find_regions(full, level, min_area, keep_peak=verdict == "defect")
         else:
             found = Regions(mask=np.zeros((H, W), dtype=bool), regions=[])
         return Outcome(full, verdict, found)

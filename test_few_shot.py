@@ -40,7 +40,9 @@ from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import check_files, load_meta, split_files
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
-from models.flags import add_backbone_args, add_hidden_alias, add_inference_args, check_model_flags
+from models.flags import (add_backbone_args, add_hidden_alias, add_inference_args, add_post_args, check_model_flags,
+                          map_post_from_args)
+from models.postprocess import MapPost
 from utils.cli import run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
 from utils.metrics import CLASS_KEYS, class_metrics, format_table, transductive_scores, write_results
@@ -71,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the reference code's evaluation: average each image score with the maximum of its "
                         "map, min-max normalised over the maxima of the class's whole test set (default: on; "
                         "--no-transductive scores each image on its own)")
+    g = p.add_argument_group("post-processing (beyond the reference code: off by default)")
+    add_post_args(g, MapPost())
     p.add_argument("--save_maps", action="store_true", help="write each image's score map and mask as .npy under maps/")
     p.add_argument("--save_vis", action="store_true",
                    help="write image | ground truth | heat map | colour bar PNGs under vis/")
@@ -96,6 +100,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.eval_size < 1:
         p.error("--eval_size must be >= 1")
     check_model_flags(p, args, windows=True)
+    try:
+        map_post_from_args(args)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
@@ -184,7 +192,7 @@ def score_unit(model, cfg, args, meta, unit, runs: Runs, log, tag: str) -> dict:
     for key in runs.keys:
         refs = load_reference_images(args.data_path, runs.refs[key][unit.cls], args.image_size, bb.mean, bb.std)
         bank = model.build_memory(refs, windows, window_batch=cfg.window_batch)
-        pred = model.predict_all(data.images, bank, cfg, args.batch_size, progress)
+        pred = map_post_from_args(args).apply(model.predict_all(data.images, bank, cfg, args.batch_size, progress))
         del bank  # a class's banks live only for its turn
         scored[key] = (pred.score_map.numpy(), pred.image_score.numpy())
     log.info("%s%s: images %d-%d, %d run(s) in %.1fs", tag, unit.cls, unit.start, unit.stop - 1, len(runs.keys),

@@ -34,7 +34,7 @@ import logging
 import math
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ from utils.misc import resolve_device, seed_everything, write_json  # noqa: E402
 
 DECISIONS_FORMAT = "fasl-decisions-v1"
 SUMMARY = ("tpr", "fpr", "balanced_accuracy", "image_auroc", "iou_caught", "f1_caught", "iou_all", "regions_hit")
+MASK_FIGURES = ("iou_caught", "f1_caught", "iou_all", "regions_hit")
 BACKBONE_FLAGS = ("model", "pretrained", "image_size", "features_list", "precision", "quick_gelu", "neighbourhood",
                   "device")
 
@@ -203,14 +204,17 @@ def parse_variant(spec: str, common: list[str]) -> Variant:
 
 
 def run_one(variant: Variant, model, cfg: InferenceConfig, encoded: list, test: TestSet, ref_paths: list[Path],
-            log) -> tuple[dict, list[dict], list[float]]:
+            log, mask_levels: tuple[float, ...] = ()) -> tuple[dict, list[dict], list[float]]:
     """Fit on ``ref_paths`` and decide every test image, as predict.py does -> (metrics, per-image records,
-    the normal image scores the image threshold was fitted on)."""
+    the normal image scores the image threshold was fitted on). ``mask_levels``: other --mask_level
+    values whose mask figures are added as ``iou_caught@L`` etc. (same scores and verdicts)."""
     args = copy.copy(variant.args)
     args.refs = [str(p) for p in ref_paths]
     post = predict.map_post(args)
     refs = predict.prepare_references(args, model, cfg, log, Dist(), post)
     decision = predict.Decision.of(args, refs.thresholds)
+    others = {level: replace(decision, mask_level=level) for level in mask_levels}
+    other_q: dict[float, list] = {level: [] for level in mask_levels}
     scores, verdicts, qualities, records = [], [], [], []
     i = 0
     for enc in encoded:
@@ -219,6 +223,9 @@ def run_one(variant: Variant, model, cfg: InferenceConfig, encoded: list, test: 
         for score_map, score in zip(maps, batch_scores):
             outcome = decision.decide(score_map, float(score), test.sizes[i])
             quality = mask_quality(outcome.found.mask, test.masks[i]) if test.labels[i] else None
+            for level, dec in others.items():
+                other_q[level].append(mask_quality(dec.decide(score_map, float(score), test.sizes[i]).found.mask,
+                                                   test.masks[i]) if test.labels[i] else None)
             scores.append(float(score))
             verdicts.append(outcome.verdict)
             qualities.append(quality)
@@ -227,6 +234,9 @@ def run_one(variant: Variant, model, cfg: InferenceConfig, encoded: list, test: 
                             "defect_area": outcome.found.area, **(quality or {})})
             i += 1
     metrics = decision_metrics(test.labels, scores, verdicts, qualities)
+    for level, q in other_q.items():
+        m = decision_metrics(test.labels, scores, verdicts, q)
+        metrics.update({f"{name}@{level:g}": m[name] for name in MASK_FIGURES})
     metrics.update(image_threshold=refs.thresholds.image, pixel_threshold=refs.thresholds.pixel,
                    min_region_fraction=refs.thresholds.min_region_fraction)
     fit = refs.thresholds.fit
@@ -273,6 +283,27 @@ def tables(summary: dict, variants: list[str], ks: list[int], classes: list[str]
         text.append(f"- {v}: defects caught over k = {', '.join(map(str, ks))}: "
                     f"{' → '.join(f'{t:.3f}' for t in tpr)} ({'never fewer' if ok else 'FEWER with more references'})")
     return "\n".join(text) + "\n"
+
+
+def mask_table(runs: list[dict], variants: list[str], ks: list[int], levels: list[float]) -> str:
+    """Mean over classes of the mask figures at every --mask_levels value (same verdicts)."""
+    if not levels:
+        return ""
+    rows = []
+    for v in variants:
+        for level in levels:
+            row = [v, f"{level:g}"]
+            for k in ks:
+                mine = [r["metrics"] for r in runs if r["variant"] == v and r["k"] == k]
+                classes = sorted({r["class"] for r in runs if r["variant"] == v and r["k"] == k})
+                per = {c: [m for r, m in zip([r for r in runs if r["variant"] == v and r["k"] == k], mine)
+                           if r["class"] == c] for c in classes}
+                for name in ("iou_caught", "f1_caught"):
+                    row.append(f"{mean_std(mean_std(m[f'{name}@{level:g}'] for m in per[c])[0] for c in classes)[0]:.3f}")
+            rows.append(row)
+    head = ["variant", "mask_level", *[f"{n} k={k}" for k in ks for n in ("iou_caught", "f1_caught")]]
+    return "\n## Masks at other --mask_level values (mean over classes)\n\n" + \
+        tabulate(rows, headers=head, tablefmt="github") + "\n"
 
 
 # ----------------------------------------------------------------------------- picture
@@ -327,6 +358,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=None, metavar="'NAME: FLAGS'",
                    help="a setting to compare: a name and predict.py flags added to --predict_args; repeat for "
                         "several (default: one variant 'default' = predict.py's defaults)")
+    p.add_argument("--mask_levels", type=float, nargs="+", default=[],
+                   help="also report the mask figures at these --mask_level values (the verdicts are the same; "
+                        "summed up in decisions.md's mask table)")
     p.add_argument("--batch_size", type=int, default=16, help="test images per forward pass (default: %(default)s)")
     p.add_argument("--out", default="bench_out/decisions", help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
@@ -386,14 +420,17 @@ def main(argv=None) -> dict:
             for k in args.k_shot:
                 for seed in args.seeds:
                     ref_paths = [root / p for p in sample_kshot(meta, c, k, seed)]
-                    metrics, records, normal = run_one(v, model, cfg, encoded, test, ref_paths, log)
+                    metrics, records, normal = run_one(v, model, cfg, encoded, test, ref_paths, log,
+                                                       tuple(args.mask_levels))
                     runs.append({"variant": v.name, "class": c, "k": k, "seed": seed, "metrics": metrics,
                                  "references": [str(p) for p in ref_paths], "normal_scores": normal,
                                  "images": records})
                     bar.update(1)
+        write_json(out / "decisions.partial.json", json_safe({"format": DECISIONS_FORMAT, "runs": runs}))
     bar.close()
+    (out / "decisions.partial.json").unlink(missing_ok=True)
     summary = summarise(runs, names, args.k_shot, classes)
-    report = tables(summary, names, args.k_shot, classes)
+    report = tables(summary, names, args.k_shot, classes) + mask_table(runs, names, args.k_shot, args.mask_levels)
     settings = {"data_root": str(root), "classes": classes, "k_shot": args.k_shot, "seeds": args.seeds,
                 "model": args.model, "weights": args.weights, "image_size": args.image_size,
                 "variants": {v.name: {k: x for k, x in vars(v.args).items() if k not in ("refs", "images", "out")}

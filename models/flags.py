@@ -37,7 +37,8 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                         "(finest first, timm's feature_info) for CNNs (default: four evenly spaced blocks, e.g. "
                         "6 12 18 24 for ViT-L; the stride-8 and stride-16 stages of a CNN)")
     g.add_argument("--neighbourhood", type=int, default=1, metavar="N",
-                   help="average each patch's features with its N x N neighbours before they are compared (odd N; "
+                   help="average each patch's features with its N x N neighbours before they are compared (odd N; a "
+                        "CNN averages each stage on its own grid before the stages are resized to one; "
                         "PatchCore's locally aware patches are N = 3); 1 = off, the reference code's features "
                         "(default: %(default)s)")
     g.add_argument("--device", default="cpu",
@@ -112,6 +113,40 @@ def check_model_flags(p: argparse.ArgumentParser, args: argparse.Namespace, wind
                     f"{patch} = {grid} patches a side (at most {grid})")
 
 
+def add_post_args(p, default) -> None:
+    """--image_score / --smooth_sigma / --top_fraction: the map post-processing of
+    models/postprocess.py, ``default`` a MapPost holding the program's defaults."""
+    from models.postprocess import IMAGE_SCORES
+
+    p.add_argument("--image_score", choices=IMAGE_SCORES, default=default.image_score,
+                   help="an image's score: 'model' (the reference code's: mean over blocks of each block's maximum), "
+                        "'max' (the maximum of the smoothed map), 'top' (the mean of its --top_fraction highest "
+                        "pixels) (default: %(default)s)")
+    p.add_argument("--smooth_sigma", type=float, default=default.smooth_sigma,
+                   help="Gaussian blur of the score map, sigma in map pixels; 0 = none (default: %(default)s)")
+    p.add_argument("--top_fraction", type=float, default=default.top_fraction,
+                   help="share of the map's pixels averaged by --image_score top (default: %(default)s)")
+
+
+def map_post_from_args(args):
+    """The MapPost of ``add_post_args``' flags (a ValueError names a bad value)."""
+    from models.postprocess import MapPost
+
+    return MapPost(smooth_sigma=args.smooth_sigma, image_score=args.image_score, top_fraction=args.top_fraction)
+
+
 def add_hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
     """An old spelling of a flag that scripts may still use, kept out of --help."""
     p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
+
+
+class _Retired(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {self.help_text}")
+
+
+def add_retired_flag(p: argparse.ArgumentParser, old: str, why: str) -> None:
+    """A flag whose old meaning is gone: kept out of --help, and refused with ``why`` (a flag left
+    undefined would silently abbreviate a longer one: ``--refs`` would be read as ``--refs_file``)."""
+    action = p.add_argument(old, nargs="*", action=_Retired, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+    action.help_text = why

@@ -131,7 +131,8 @@ class SavedReferences:
 
     @classmethod
     def load(cls, path: str | Path, model: FASL, cfg: InferenceConfig, fpr: float | None = None,
-             check_scoring: bool = True, post: MapPost | None = None) -> "SavedReferences":
+             check_scoring: bool = True, post: MapPost | None = None,
+             margin: float | None = None) -> "SavedReferences":
         """Read a file written by ``save`` and rebuild its bank on the model's device.
 
         Refused (see the module docstring) when it does not fit ``model`` and ``cfg``;
@@ -147,7 +148,7 @@ class SavedReferences:
             raise ValueError(f"cannot read {path} as a FASL references file: {unreadable_file_reason(err)}") from None
         if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
             raise ValueError(f"{path} is not a FASL references file (format {REFS_FORMAT})")
-        check_fit(state, path, model, cfg, fpr, check_scoring, post)
+        check_fit(state, path, model, cfg, fpr, check_scoring, post, margin)
 
         windows = model.windows_for(cfg)
         tokens = _blocks(state["global_tokens"])
@@ -165,7 +166,7 @@ class SavedReferences:
 
 
 def check_fit(state: dict, path: Path, model: FASL, cfg: InferenceConfig, fpr: float | None,
-              check_scoring: bool, post: MapPost | None = None) -> None:
+              check_scoring: bool, post: MapPost | None = None, margin: float | None = None) -> None:
     """The one compatibility check of a references file against a run (see the module docstring)."""
     source = f"references file {path}"
     model.check_config(state["config"], source=source, same_image_size=True, heads=cfg.uses_heads)
@@ -183,6 +184,9 @@ def check_fit(state: dict, path: Path, model: FASL, cfg: InferenceConfig, fpr: f
              for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
     if cfg.uses_heads and not diffs and state.get("heads_digest") != heads_digest(model):
         diffs.append("the --checkpoint_path heads differ from those the thresholds were fitted with")
+    stored_margin = (state["thresholds"].get("fit") or {}).get("margin", 0.0)
+    if margin is not None and state["thresholds"].get("fit") is not None and not math.isclose(margin, stored_margin):
+        diffs.append(f"margin: file {stored_margin}, now {margin}")
     stored_fpr = state["thresholds"].get("fpr")
     if fpr is not None and stored_fpr is not None and not math.isclose(fpr, stored_fpr):
         diffs.append(f"fpr: file {stored_fpr}, now {fpr}")

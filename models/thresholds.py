@@ -66,6 +66,7 @@ def augmented_views(image: torch.Tensor, shift: int) -> torch.Tensor:
 
 
 BANK_AUGMENTS = ("none", "flips", "rot90", "all")
+NORMAL_SAMPLES = ("loo", "loo+views")
 
 
 def bank_copies(image: torch.Tensor, kind: str) -> torch.Tensor:
@@ -128,24 +129,33 @@ def score_references(
 
     references: (k, 3, S, S) normalised; bank: their memory (as built by build_memory), ``copies``
     entries per reference, reference-major (``bank_copies``; 1 = the references themselves).
-    views: (V, 3, S, S) normalised augmented copies of the single reference, needed when k = 1.
+    views: augmented copies of the references, normalised: (V, 3, S, S) of the single reference
+    (needed when k = 1), or (k, V, 3, S, S) of each. With k >= 2 and views given, reference i
+    *and its views* are scored against the other references (``leave-one-out+views``): V + 1
+    normal samples per reference instead of one, whose spread a new good part shows better.
     post: the map post-processing the inspected images get (models/postprocess.py).
     """
     post = post or MapPost()
     k = references.shape[0]
     if bank.k != k * copies:
         raise ValueError(f"the bank holds {bank.k} entries, not {k} references x {copies} copies")
+    if views is not None and views.dim() == 4:
+        views = views[None]  # [1, V, 3, S, S]
+    if views is not None and views.shape[0] != k:
+        raise ValueError(f"views of {views.shape[0]} reference(s) given for {k}")
     if k >= 2:
         scores, maps = [], []
         for i in range(k):
             others = subset_bank(bank, [j * copies + a for j in range(k) if j != i for a in range(copies)])
-            pred = post.apply(model.predict(references[i:i + 1], others, cfg))
+            queries = references[i:i + 1] if views is None else torch.cat([references[i:i + 1], views[i]])
+            pred = post.apply(model.predict(queries, others, cfg))
             scores.append(pred.image_score.float().cpu())
             maps.append(pred.score_map.float().cpu())
-        return NormalScores(torch.cat(scores), torch.cat(maps), "leave-one-out")
+        return NormalScores(torch.cat(scores), torch.cat(maps), "leave-one-out" if views is None else
+                            "leave-one-out+views")
     if views is None:
         raise ValueError("one reference: its augmented views are needed to estimate normal scores")
-    pred = post.apply(model.predict(views, bank, cfg))
+    pred = post.apply(model.predict(views[0], bank, cfg))
     return NormalScores(pred.image_score.float().cpu(), pred.score_map.float().cpu(), "augmented-self")
 
 
@@ -164,6 +174,7 @@ class ThresholdFit:
     pixel_median: float
     n_pixels: int
     largest_normal_region: float  # the largest region above the pixel threshold on a normal map, / map area
+    margin: float = 0.0  # the image threshold is max(gaussian, empirical) x (1 + margin)
 
 
 class ImageThreshold(NamedTuple):
@@ -181,9 +192,14 @@ def _check_fpr(fpr: float) -> float:
     return fpr
 
 
-def image_threshold(scores: np.ndarray, fpr: float) -> ImageThreshold:
-    """scores: (n,) normal image scores -> the image threshold and the statistics behind it."""
+def image_threshold(scores: np.ndarray, fpr: float, margin: float = 0.0) -> ImageThreshold:
+    """scores: (n,) normal image scores -> the image threshold and the statistics behind it:
+    max(mean + z * std, empirical quantile) at ``fpr``, raised by ``margin`` (a share of itself:
+    x (1 + margin)), because a new good part differs more from the references than they do from
+    each other (README, Decisions on real parts)."""
     fpr = _check_fpr(fpr)
+    if not margin > -1.0:
+        raise ValueError(f"margin must be > -1, got {margin}")
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if scores.size == 0:
         raise ValueError("no normal image scores to fit a threshold on")
@@ -191,7 +207,7 @@ def image_threshold(scores: np.ndarray, fpr: float) -> ImageThreshold:
     std = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
     gaussian = mean + NormalDist().inv_cdf(1.0 - fpr) * std
     empirical = float(np.quantile(scores, 1.0 - fpr, method="higher"))
-    return ImageThreshold(max(gaussian, empirical), mean, std, gaussian, empirical)
+    return ImageThreshold(max(gaussian, empirical) * (1.0 + margin), mean, std, gaussian, empirical)
 
 
 def pixel_threshold(pixels: np.ndarray, fpr: float) -> float:
@@ -213,15 +229,16 @@ def largest_region_fraction(maps: np.ndarray, threshold: float) -> float:
     return float(np.bincount(labels.ravel())[1:].max() / (maps.shape[-2] * maps.shape[-1]))
 
 
-def fit_thresholds(normal: NormalScores, fpr: float) -> ThresholdFit:
+def fit_thresholds(normal: NormalScores, fpr: float, margin: float = 0.0) -> ThresholdFit:
     """Image and pixel thresholds from the normal scores (see the module docstring)."""
     scores = normal.image_score.double().numpy()
     maps = normal.score_map.float().numpy()
     pixels = maps.reshape(-1)
-    image = image_threshold(scores, fpr)
+    image = image_threshold(scores, fpr, margin)
     pixel = pixel_threshold(pixels, fpr)
     return ThresholdFit(
         fpr=float(fpr),
+        margin=float(margin),
         image_threshold=image.threshold,
         pixel_threshold=pixel,
         image_scores=[float(s) for s in scores],
@@ -256,8 +273,8 @@ class Thresholds:
     fit: ThresholdFit | None = None
 
     @classmethod
-    def fitted(cls, normal: NormalScores, fpr: float) -> "Thresholds":
-        fit = fit_thresholds(normal, fpr)
+    def fitted(cls, normal: NormalScores, fpr: float, margin: float = 0.0) -> "Thresholds":
+        fit = fit_thresholds(normal, fpr, margin)
         return cls(image=fit.image_threshold, pixel=fit.pixel_threshold, fpr=fit.fpr,
                    min_region_fraction=fit.largest_normal_region, method=normal.method, fit=fit)
 

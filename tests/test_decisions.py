@@ -265,3 +265,77 @@ def test_predict_with_rotated_references(tmp_path):
         thr = json.loads((out / "thresholds.json").read_text())
         assert len(thr["fit"]["image_scores"]) == 8  # rotations keep the flip views (they differ from every copy)
     assert scores["rot90"] < 1e-3 < scores["none"]  # the rotated part is in the bank as it is
+
+
+def test_leave_one_out_with_views_scores_each_reference_and_its_views_against_the_others():
+    from models.fasl import InferenceConfig
+    from models.thresholds import augmented_views, score_references
+
+    model = build_fasl("fasl-tiny-vit", None, [1, 2, 3, 4], 112)
+    cfg = InferenceConfig(mode="fd", align="exhaustive", out_size=28)
+    refs = torch.rand(3, 3, 112, 112)
+    views = torch.stack([augmented_views(r, shift=4) for r in refs])  # [3, 8, 3, S, S]
+    normal = score_references(model, refs, model.build_memory(refs), cfg, views)
+    assert normal.method == "leave-one-out+views" and normal.image_score.shape == (27,)
+    others = model.build_memory(refs[[0, 2]])
+    want = model.predict(torch.cat([refs[1:2], views[1]]), others, cfg).image_score.float()
+    torch.testing.assert_close(normal.image_score[9:18], want)
+    plain = score_references(model, refs, model.build_memory(refs), cfg)
+    assert plain.method == "leave-one-out" and torch.allclose(plain.image_score, normal.image_score[::9])
+    with pytest.raises(ValueError, match="views of 1 reference"):
+        score_references(model, refs, model.build_memory(refs), cfg, views[:1])
+
+
+def test_cnn_stages_are_averaged_on_their_own_grids_before_resizing():
+    import torch.nn.functional as F
+    from models.backbone import build_backbone
+
+    torch.manual_seed(0)
+    plain = build_backbone("timm:tf_efficientnet_lite0", pretrained=None, image_size=64, precision="fp32")
+    aware = build_backbone("timm:tf_efficientnet_lite0", pretrained=None, image_size=64, precision="fp32",
+                           neighbourhood=3)
+    aware.net.load_state_dict(plain.net.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stages = plain.net.forward_intermediates(x, indices=[b - 1 for b in plain.blocks], intermediates_only=True)
+    grid = (8, 8)
+    want = []
+    for t in stages:  # stride 8: 8x8, stride 16: 4x4 -> averaged there, then resized to 8x8
+        t = F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)
+        if t.shape[-2:] != grid:
+            t = F.interpolate(t, size=grid, mode="bilinear", align_corners=False)
+        want.append(F.normalize(t.flatten(2).transpose(1, 2), dim=-1))
+    got = aware(x, with_embedding=False).tokens
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_margin_raises_the_image_threshold_by_a_share_of_itself():
+    from models.thresholds import image_threshold
+
+    scores = np.array([1.0, 2.0, 3.0])
+    plain = image_threshold(scores, 0.01)
+    assert plain.threshold == pytest.approx(max(2.0 + 2.3263479 * 1.0, 3.0), rel=1e-6)
+    assert image_threshold(scores, 0.01, margin=0.1).threshold == pytest.approx(plain.threshold * 1.1)
+    assert image_threshold(scores, 0.5, margin=0.2).threshold == pytest.approx(2.0 * 1.2)  # z = 0, the median
+    with pytest.raises(ValueError, match="margin"):
+        image_threshold(scores, 0.01, margin=-1.0)
+
+
+def test_a_references_file_fitted_with_another_margin_is_refused(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        (tmp_path / "refs").mkdir(exist_ok=True)
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(tmp_path / "refs" / f"r{i}.png")
+    base = ["--images", str(tmp_path / "refs"), *TINY, "--mode", "fd"]
+    refs_file = tmp_path / "part.pt"
+    assert predict.main(["--refs", str(tmp_path / "refs"), *base, "--out", str(tmp_path / "a"), "--margin", "0.2",
+                         "--save_refs", str(refs_file)]) == 0
+    fit = json.loads((tmp_path / "a" / "thresholds.json").read_text())
+    assert fit["fit"]["margin"] == 0.2
+    assert fit["image"] == pytest.approx(max(fit["fit"]["image_gaussian"], fit["fit"]["image_empirical"]) * 1.2)
+    assert predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "b"), "--margin", "0.2"]) == 0
+    with pytest.raises(ValueError, match="margin: file 0.2, now 0.0"):
+        predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "c"), "--margin", "0"])
