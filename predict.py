@@ -48,8 +48,8 @@ from tqdm import tqdm
 from data.images import ImageReadError, image_to_tensor, image_to_unit_tensor, list_images, load_image, normalize_tensor
 from models import build_fasl_from_args
 from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_dtype
-from models.flags import (add_backbone_args, add_hidden_alias, add_inference_args, add_post_args, check_model_flags,
-                          map_post_from_args)
+from models.flags import (add_advanced_scoring_args, add_backbone_args, add_hidden_alias, add_inference_args,
+                          add_post_args, check_model_flags, map_post_from_args)
 from models.postprocess import MapPost
 from models.references import SavedReferences
 from models.thresholds import BANK_AUGMENTS, NORMAL_SAMPLES, Thresholds, augmented_views, bank_copies, score_references, view_kinds
@@ -83,13 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="trained heads (epoch_N.pth), needed by --mode fasl and merged")
     add_hidden_alias(p, "--checkpoint", "checkpoint_path")
     add_backbone_args(p)
-    add_inference_args(p, mode_default=None, align_default="image_index")
-    for action in p._actions:
-        if action.dest == "mode":
-            action.help = ("'fasl': trained ASL heads (needs --checkpoint_path); 'fd': training-free 1 - similarity "
-                           "map; 'merged': the two summed (needs --checkpoint_path) (default: merged when "
-                           "--checkpoint_path is given, fd otherwise: the modes that did best on held-out real "
-                           "classes, see README)")
+    add_inference_args(p, mode_default=None, align_default="image_index",
+                       mode_help="'fasl': trained ASL heads (needs --checkpoint_path); 'fd': training-free 1 - "
+                                 "similarity map; 'merged': the two summed (needs --checkpoint_path) (default: "
+                                 "merged when --checkpoint_path is given, fd otherwise: the modes that did best on "
+                                 "held-out real classes, see README)", advanced=False)
     p.add_argument("--seed", type=int, default=111, help="seed (random backbone weights only) (default: %(default)s)")
     g = p.add_argument_group("decision")
     g.add_argument("--fpr", type=float, default=None,
@@ -122,6 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--batch_size", type=int, default=8, help="images per forward pass (default: %(default)s)")
     g.add_argument("--save_refs", default=None, help="store the reference memory bank and thresholds in this file")
     g.add_argument("--load_refs", default=None, help="reuse a --save_refs file instead of --refs")
+    add_advanced_scoring_args(p)  # last in --help
     args = p.parse_args(argv)
 
     if (args.refs is None) == (args.load_refs is None):

@@ -40,8 +40,8 @@ from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import check_files, load_meta, split_files
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
-from models.flags import (add_backbone_args, add_hidden_alias, add_inference_args, add_post_args, check_model_flags,
-                          map_post_from_args)
+from models.flags import (add_advanced_scoring_args, add_backbone_args, add_inference_args, add_post_args,
+                          add_retired_flag, check_model_flags, map_post_from_args)
 from models.postprocess import MapPost
 from utils.cli import run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
@@ -57,12 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save_path", required=True, help="output folder: results.json, results.csv, references.json, test.log")
     p.add_argument("--checkpoint_path", default=None, help="trained heads (epoch_N.pth); required with --mode fasl")
     add_backbone_args(p)
-    add_inference_args(p)
+    add_inference_args(p, advanced=False)
     p.add_argument("--k_shot", type=int, nargs="+", default=[1],
                    help="reference images per class; several values make a sweep (default: 1)")
     p.add_argument("--refs_file", default=None,
                    help="references.json of an earlier run: reuse exactly those references")
-    add_hidden_alias(p, "--refs", "refs_file")
+    add_retired_flag(p, "--refs", "is predict.py's reference images; here the references of an earlier run are "
+                                  "--refs_file references.json")
     p.add_argument("--seed", type=int, default=111, help="seed of the reference sampling (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="several reference seeds: a sweep (default: --seed alone)")
@@ -84,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "uninterrupted run writes (default: on; --no-resume computes every class again)")
     p.add_argument("--check_args", action="store_true",
                    help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
+    add_advanced_scoring_args(p)  # last in --help
     args = p.parse_args(argv)
     if mode_uses_heads(args.mode) and not args.checkpoint_path:
         p.error(f"--mode {args.mode} needs --checkpoint_path (or use --mode fd, which needs no training)")

@@ -39,8 +39,9 @@ from data.meta import check_files, load_meta, split_files
 from data.synthetic_train import SynthesizedAnomalyDataset, relative_to_common_root
 from models import build_fasl_from_args
 from models.asl import ScoreMaps, global_batch_norm
-from models.fasl import read_checkpoint, upsample
-from models.flags import add_align_arg, add_backbone_args, add_hidden_alias, check_model_flags
+from models.checkpoint import read_checkpoint
+from models.fasl import upsample
+from models.flags import add_align_arg, add_backbone_args, add_hidden_alias, add_retired_flag, check_model_flags
 from utils.losses import dice_loss, focal_loss
 from utils.cli import run_cli
 from utils.distributed import Dist, barrier, broadcast_from_main, reduce_sum, shutdown
@@ -72,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--k_shot (all of a class that has fewer) (default: %(default)s)")
     p.add_argument("--refs_file", default=None,
                    help="references.json of an earlier run: reuse exactly those references")
-    add_hidden_alias(p, "--refs", "refs_file")
+    add_retired_flag(p, "--refs", "is predict.py's reference images; here the references of an earlier run are "
+                                  "--refs_file references.json")
     p.add_argument("--epoch", type=int, default=5, help="number of epochs (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=8, help="(default: %(default)s)")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
@@ -87,22 +89,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
                    help="train the NAM and put its maps in the loss (default: on); --no-nam trains the ASL "
                         "heads alone, as the reference does with useNAM=0")
-    p.add_argument("--per_block_nam", action="store_true",
-                   help="one NAM per block instead of the reference's single NAM shared by every block and the "
-                        "LFE windows")
-    p.add_argument("--no_input_bn", action="store_true", help="drop the BatchNorm1d in front of each ASL head")
-    g = p.add_argument_group("training changes that are not the reference code's (see README, Measured on real "
-                             "images)")
-    g.add_argument("--dice_smooth", type=float, default=1.0,
-                   help="smoothing term of the dice loss; the reference's 1 rewards 'all normal' when defects are "
-                        "a few pixels (default: %(default)s)")
-    g.add_argument("--nam_residual", action="store_true",
-                   help="the NAM adds a correction to the log-probabilities and starts as the identity")
-    g.add_argument("--fd_residual", action="store_true",
-                   help="the heads learn a correction to FD (their anomalous logit starts as a calibrated FD, the "
-                        "correction at zero), so what is trained is FD + heads")
-    g.add_argument("--class_batches", action="store_true",
-                   help="every training batch holds one class only, so the heads' BatchNorms never mix classes")
     p.add_argument("--seed", type=int, default=111, help="seed for references, shuffling and augmentation (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch_N.pth in --save_path")
     p.add_argument("--check_args", action="store_true",
@@ -125,6 +111,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: %(default)s)")
     g.add_argument("--synth_kinds", default="cutpaste,noise",
                    help="synthetic: comma-separated defect kinds, from cutpaste, noise (default: %(default)s)")
+    # experiment switches, last in --help: a user sets --recipe instead
+    adv = p.add_argument_group("advanced: training changes that are not the reference code's (see README, Measured "
+                               "on real images; --recipe new_parts sets some of them)")
+    adv.add_argument("--per_block_nam", action="store_true",
+                     help="one NAM per block instead of the reference's single NAM shared by every block and the "
+                          "LFE windows")
+    adv.add_argument("--input_bn", action=argparse.BooleanOptionalAction, default=True,
+                     help="the BatchNorm1d in front of each ASL head (default: on; --no-input_bn drops it)")
+    add_hidden_alias(adv, "--no_input_bn", "input_bn", action="store_false")
+    adv.add_argument("--dice_smooth", type=float, default=1.0,
+                     help="smoothing term of the dice loss; the reference's 1 rewards 'all normal' when defects are "
+                          "a few pixels (default: %(default)s)")
+    adv.add_argument("--nam_residual", action="store_true",
+                     help="the NAM adds a correction to the log-probabilities and starts as the identity")
+    adv.add_argument("--fd_residual", action="store_true",
+                     help="the heads learn a correction to FD (their anomalous logit starts as a calibrated FD, the "
+                          "correction at zero), so what is trained is FD + heads")
+    adv.add_argument("--class_batches", action="store_true",
+                     help="every training batch holds one class only, so the heads' BatchNorms never mix classes")
     p.add_argument("--recipe", default="reference", choices=tuple(RECIPES),
                    help="named defaults of the training choices: 'reference' (the reference code's), 'new_parts' "
                         "(" + ", ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{k}"
@@ -283,7 +288,7 @@ def _train(args, run) -> Path:
     save_path, log, device, d = run
     data = resolve_training_data(args)
 
-    model = build_fasl_from_args(args, device, input_bn=not args.no_input_bn, shared_nam=not args.per_block_nam,
+    model = build_fasl_from_args(args, device, input_bn=args.input_bn, shared_nam=not args.per_block_nam,
                                  nam_residual=args.nam_residual, fd_residual=args.fd_residual)
     bb = model.backbone
     dataset = build_training_set(args, data, bb.mean, bb.std)

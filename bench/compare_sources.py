@@ -7,15 +7,15 @@
 
 then test both checkpoints with ``test_few_shot.py --mode fasl`` on the target's test split
 (same references, same settings) and print the two results side by side, plus a JSON summary
-(also written to ``<workdir>/comparison.json``). The programs run in this process, through
+(also written to ``<out>/comparison.json``). The programs run in this process, through
 their ``main()`` functions.
 
-Without --target_root / --aux_root both datasets are generated first with
+Without --data_root / --aux_root both datasets are generated first with
 ``data/synthetic.py`` (target: VisA layout, auxiliary: MVTec layout; --swap turns
 that round), and the tiny random-weight backbone is used, so the whole run takes a few
 minutes on two CPU cores. On real data::
 
-    python bench/compare_sources.py --target_root datasets/visa --target_name visa \\
+    python bench/compare_sources.py --data_root datasets/visa --target_name visa \\
         --aux_root datasets/mvtec --aux_name mvtec --model ViT-L-14-336 --pretrained openai \\
         --image_size 518 --features_list 6 12 18 24 --epoch 5 --learning_rate 0.001 --device 0 \
         --test_args "--winmode mul"
@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 import test_few_shot  # noqa: E402
 import train  # noqa: E402
 from data import synthetic  # noqa: E402
+from models.flags import add_hidden_alias  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.metrics import CLASS_KEYS, mean_metrics  # noqa: E402
 
@@ -46,10 +47,12 @@ SOURCES = ("masks", "synthetic")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="bench_out/compare_sources",
+    p.add_argument("--out", default="bench_out/compare_sources",
                    help="generated data, checkpoints and results go here (default: %(default)s)")
+    add_hidden_alias(p, "--workdir", "out")
     g = p.add_argument_group("datasets (omit both roots to generate them)")
-    g.add_argument("--target_root", default=None, help="dataset to test on (meta.json with train and test splits)")
+    g.add_argument("--data_root", default=None, help="dataset to test on (meta.json with train and test splits)")
+    add_hidden_alias(g, "--target_root", "data_root")
     g.add_argument("--target_name", default=None, help="its name in logs (default: its layout / folder name)")
     g.add_argument("--aux_root", default=None, help="dataset with masks for the 'masks' source")
     g.add_argument("--aux_name", default=None, help="its name in logs (default: its layout / folder name)")
@@ -78,8 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--fd_baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="also test the training-free --mode fd, as a reference column (default: on)")
     args = p.parse_args(argv)
-    if (args.target_root is None) != (args.aux_root is None):
-        p.error("give both --target_root and --aux_root, or neither (to generate both)")
+    if (args.data_root is None) != (args.aux_root is None):
+        p.error("give both --data_root and --aux_root, or neither (to generate both)")
     return args
 
 
@@ -133,14 +136,14 @@ def mean_table(means: dict[str, dict], labels: dict[str, str], keys=CLASS_KEYS) 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    work = Path(args.workdir)
+    work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    if args.target_root is None:
+    if args.data_root is None:
         target, target_name, aux, aux_name = generate_datasets(args, work / "data")
         generated = True
     else:
-        target, aux = Path(args.target_root), Path(args.aux_root)
+        target, aux = Path(args.data_root), Path(args.aux_root)
         target_name, aux_name = args.target_name or target.name, args.aux_name or aux.name
         generated = False
     backbone = ["--model", args.model, "--pretrained", args.pretrained, "--image_size", str(args.image_size),

@@ -1,7 +1,7 @@
 """FASL data layer: meta.json builders and reader, the torch Dataset, k-shot sampling,
 augmentations and the synthetic dataset generator.
 
-Builders run as scripts: ``python data/mvtec.py --root DIR``, ``python data/visa.py --root
+Builders run as scripts: ``python data/mvtec.py --data_root DIR``, ``python data/visa.py --data_root
 DIR``, ``python data/synthetic.py --out DIR --layout mvtec``. This package never imports
 ``models/``.
 

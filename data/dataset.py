@@ -15,8 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data.augment import defect_crop_box, quadrant_sizes, tile_2x2
-from data.images import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_image, load_mask,
-                         mask_to_tensor, normalize, resize_image, resize_mask)
+from data.images import load_image, load_mask, mask_to_tensor, normalize, resize_image, resize_mask
 from data.meta import SPLITS, load_meta
 
 
@@ -51,7 +50,8 @@ class AnomalyDataset(Dataset):
         classes: a class name, a list of them, or None for all.
         image_size: S, the square model input size (bicubic resize, no transpose).
         mask_size: M, the square mask size; None = S.
-        mean, std: per-channel normalisation of the backbone (CLIP's by default).
+        mean, std: per-channel normalisation of the backbone (``Backbone.mean`` / ``.std``),
+            required: a default would silently be wrong for any backbone but CLIP.
         aug_rate: probability of a 2×2 mosaic of four images of the same class, each drawn as the
             reference code draws them: a defect kind of the class (``specie_name``) uniformly,
             then an image of that kind uniformly.
@@ -66,8 +66,8 @@ class AnomalyDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str = "test",
                  classes: str | Sequence[str] | None = None, image_size: int = 518,
-                 mask_size: int | None = None, mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                 std: Sequence[float] = OPENAI_CLIP_STD, aug_rate: float = 0.0,
+                 mask_size: int | None = None, *, mean: Sequence[float],
+                 std: Sequence[float], aug_rate: float = 0.0,
                  crop_rate: float = 0.0, seed: int = 0, meta: dict | None = None,
                  crop_small_rate: float = 0.6):
         self.root = Path(root)
@@ -188,7 +188,7 @@ class TestImages(NamedTuple):
 
 
 def load_test_images(root: str | Path, meta: dict, cls: str, image_size: int, mask_size: int,
-                     mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD,
+                     mean: Sequence[float], std: Sequence[float],
                      indices: Sequence[int] | None = None) -> TestImages:
     """The test split of ``cls`` (or its samples ``indices``, in meta.json order) as tensors."""
     dataset = AnomalyDataset(root, split="test", classes=cls, image_size=image_size, mask_size=mask_size,

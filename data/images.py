@@ -103,7 +103,7 @@ def resize_mask(mask: np.ndarray, size, box: Box | None = None) -> np.ndarray:
     return out >= 0.5
 
 
-def normalize(arr: np.ndarray, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
+def normalize(arr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (H, W, 3) → float32 tensor (3, H, W) = (arr / 255 - mean) / std per channel."""
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants writable memory
@@ -111,15 +111,15 @@ def normalize(arr: np.ndarray, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> to
     return normalize_tensor(torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0), mean, std)
 
 
-def normalize_tensor(x: torch.Tensor, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
+def normalize_tensor(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(..., 3, H, W) float in [0, 1] → (x - mean) / std per channel."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
     return (x - mean_t) / std_t
 
 
-def image_to_tensor(img: Image.Image, image_size: int, mean=OPENAI_CLIP_MEAN,
-                    std=OPENAI_CLIP_STD) -> torch.Tensor:
+def image_to_tensor(img: Image.Image, image_size: int, mean: Sequence[float],
+                    std: Sequence[float]) -> torch.Tensor:
     """The model input transform: RGB PIL image → bicubic resize to S×S → normalised
     float32 tensor (3, S, S)."""
     return normalize_tensor(image_to_unit_tensor(img, image_size), mean, std)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, image_to_tensor, load_image
+from data.images import image_to_tensor, load_image
 
 
 def stable_hash(text: str) -> int:
@@ -114,8 +114,7 @@ def choose_references(meta: dict, classes: Sequence[str], k: int, seed: int,
 
 
 def load_reference_images(root: str | Path, paths: Sequence[str], image_size: int,
-                          mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                          std: Sequence[float] = OPENAI_CLIP_STD) -> torch.Tensor:
+                          mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Load reference images (paths relative to ``root``) with the Dataset's transform.
 
     Returns float32 tensor (k, 3, S, S), S = image_size.

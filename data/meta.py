@@ -23,8 +23,8 @@ SPLITS = ("train", "test")
 SAMPLE_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-BUILD_HINT = ("build it with `python data/mvtec.py --root {root}` (MVTec AD layout) or "
-              "`python data/visa.py --root {root}` (VisA layout)")
+BUILD_HINT = ("build it with `python data/mvtec.py --data_root {root}` (MVTec AD layout) or "
+              "`python data/visa.py --data_root {root}` (VisA layout)")
 
 
 class MetaError(ValueError):

@@ -2,7 +2,7 @@
 
 Usage (from the repo root, or from inside ``data/``)::
 
-    python data/mvtec.py --root /path/to/mvtec_anomaly_detection
+    python data/mvtec.py --data_root /path/to/mvtec_anomaly_detection
 
 Layout expected under ROOT (any folder with ``train/good`` and ``test/`` is a class, so a
 user's own dataset in this layout works too)::
@@ -100,14 +100,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Write ROOT/meta.json (APRIL-GAN schema) for a dataset in MVTec AD layout: "
                     "every folder with train/good and test/ is a class; masks are "
                     "ground_truth/<defect>/<name>_mask.png.")
-    parser.add_argument("--root", required=True,
+    parser.add_argument("--data_root", default=None,
                         help="dataset root holding one folder per class")
-    return parser.parse_args(argv)
+    parser.add_argument("--root", dest="data_root", help=argparse.SUPPRESS)  # the old spelling, still read
+    args = parser.parse_args(argv)
+    if args.data_root is None:
+        parser.error("the following arguments are required: --data_root")
+    return args
 
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    return write_meta_and_report(args.root, build_mvtec_meta(args.root))
+    return write_meta_and_report(args.data_root, build_mvtec_meta(args.data_root))
 
 
 if __name__ == "__main__":

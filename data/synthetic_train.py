@@ -19,8 +19,7 @@ from torch.utils.data import Dataset
 from data.anomaly_synthesis import (CLEAN, Synthesis, SynthesisConfig, clean_indices, keep_clean,
                                     synthesize)
 from data.dataset import Sample
-from data.images import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_image, mask_to_tensor, normalize,
-                         resize_image, resize_mask)
+from data.images import load_image, mask_to_tensor, normalize, resize_image, resize_mask
 from data.kshot import normal_train_images
 
 _CLEAN_STREAM = 0x636C65616E  # "clean": the per-epoch clean draw never shares an item's stream
@@ -59,8 +58,8 @@ class SynthesizedAnomalyDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, str]], image_size: int = 518,
-                 mask_size: int | None = None, mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                 std: Sequence[float] = OPENAI_CLIP_STD, clean_rate: float = 0.3,
+                 mask_size: int | None = None, *, mean: Sequence[float],
+                 std: Sequence[float], clean_rate: float = 0.3,
                  synthesis: SynthesisConfig | None = None, seed: int = 0):
         if not items:
             raise ValueError("no training images")

@@ -2,7 +2,7 @@
 
 Usage (from the repo root, or from inside ``data/``)::
 
-    python data/visa.py --root /path/to/VisA [--split /path/to/1cls.csv]
+    python data/visa.py --data_root /path/to/VisA [--split /path/to/1cls.csv]
 
 The split file (default ``ROOT/split_csv/1cls.csv``) has the columns
 ``object,split,label,image,mask``; ``split`` is ``train``/``test``, ``label`` is
@@ -89,15 +89,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Write ROOT/meta.json (APRIL-GAN schema) for VisA from its split csv "
                     "(columns object,split,label,image,mask). " + SPLIT_HINT + ".")
-    parser.add_argument("--root", required=True, help="VisA root (holds candle/, pcb1/, ...)")
+    parser.add_argument("--data_root", default=None, help="VisA root (holds candle/, pcb1/, ...)")
+    parser.add_argument("--root", dest="data_root", help=argparse.SUPPRESS)  # the old spelling, still read
     parser.add_argument("--split", default=None,
                         help=f"split csv; default ROOT/{DEFAULT_SPLIT.as_posix()}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.data_root is None:
+        parser.error("the following arguments are required: --data_root")
+    return args
 
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    return write_meta_and_report(args.root, build_visa_meta(args.root, args.split))
+    return write_meta_and_report(args.data_root, build_visa_meta(args.data_root, args.split))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None,
     """Backbone + heads on ``device``: untrained (layout from ``input_bn`` / ``shared_nam`` /
     ``nam_residual`` / ``fd_residual``), or
     loaded from ``checkpoint``, whose own config decides the head layout (e.g. a
-    ``--no_input_bn`` run's, or the per-block NAMs of older checkpoints)."""
+    ``--no-input_bn`` run's, or the per-block NAMs of older checkpoints)."""
     from models.asl import HeadLayout
     from models.backbone import build_backbone
-    from models.fasl import FASL, normalize_config, read_checkpoint
+    from models.checkpoint import normalize_config, read_checkpoint
+    from models.fasl import FASL
 
     backbone = build_backbone(model, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
                               precision=precision, quick_gelu=quick_gelu, neighbourhood=neighbourhood)

@@ -17,7 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.asl import HeadLayout, ScoreHeads, ScoreMaps
-from models.backbone import Backbone, BackboneOutput, unreadable_file_reason
+from models.backbone import Backbone, BackboneOutput
+# checkpoint I/O lives in models/checkpoint.py; its names stay importable from here
+from models.checkpoint import (BACKBONE_KEYS, CHECKPOINT_FORMAT, HEAD_KEYS, CheckpointMismatch,  # noqa: F401
+                               config_mismatches, normalize_config, read_checkpoint)
 from models.fd import deviation, fd_scores
 from models.hardware import cpu_has_amx
 from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
@@ -25,7 +28,6 @@ from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, Alignment, MemoryBank
 
 WINMODES = ("nan", "mul", "onlywin")
 SCORE_MODES = ("fasl", "fd", "merged")
-CHECKPOINT_FORMAT = "fasl-heads-v1"
 SEARCH_PRECISIONS = ("auto", "exact", "bf16")
 
 
@@ -133,6 +135,11 @@ class InferenceConfig:
         """Whether the trained ASL heads (a checkpoint) take part: modes ``fasl`` and ``merged``."""
         return mode_uses_heads(self.mode)
 
+    @property
+    def uses_fd(self) -> bool:
+        """Whether the training-free FD map takes part: modes ``fd`` and ``merged``."""
+        return self.mode != "fasl"
+
 
 @dataclass
 class Prediction:
@@ -150,45 +157,6 @@ def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 def _no_timer(name: str) -> ContextManager:
     return contextlib.nullcontext()
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint was trained for a different backbone configuration."""
-
-
-# what a checkpoint's backbone and heads must agree on (image_size may differ: the heads see features)
-BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation", "neighbourhood")
-HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual", "fd_residual")
-
-
-def normalize_config(config: dict) -> dict:
-    """A checkpoint's config in today's keys: files written before a key was recorded get the
-    value they were built with (open_clip family, GELU, one width for all blocks, per-block NAMs,
-    biased Linears)."""
-    config = dict(config)
-    config.setdefault("family", "open_clip")
-    config.setdefault("neighbourhood", 1)  # files from before --neighbourhood: plain patches
-    if config["family"] == "open_clip":
-        config.setdefault("activation", "gelu")
-    if "widths" not in config and "width" in config:
-        config["widths"] = [config["width"]] * len(config.get("blocks", []))
-    config.pop("width", None)
-    layout = HeadLayout.from_config(config.get("widths", []), config).to_config()
-    return {**config, **layout}
-
-
-def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """A FASL checkpoint's contents (tensors and plain values only: ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # a truncated file, or one holding pickled objects
-        raise CheckpointMismatch(f"{path} cannot be read as a FASL checkpoint: {unreadable_file_reason(err)}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "config" not in state:
-        raise CheckpointMismatch(f"{path} is not a FASL checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
 
 
 class FASL(nn.Module):
@@ -229,13 +197,7 @@ class FASL(nn.Module):
         stored at some size, as a references file's), the input size. Weights named differently
         (an open_clip tag vs a local copy of its file) only warn."""
         mine, config = self.config(), normalize_config(config)
-        keys = BACKBONE_KEYS + (HEAD_KEYS if heads else ()) + (("image_size",) if same_image_size else ())
-        diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in keys
-                 if config.get(k) != mine[k]]
-        if (config.get("pretrained") is None) != (mine["pretrained"] is None):
-            # heads fitted to random features mean nothing on real ones, and the other way round
-            diffs.append(f"pretrained: {source} has {config.get('pretrained')!r}, this model has "
-                         f"{mine['pretrained']!r} (random and pretrained features do not mix)")
+        diffs = config_mismatches(mine, config, source, same_image_size, heads)
         if diffs:
             raise CheckpointMismatch(f"{source} does not fit this backbone ({'; '.join(diffs)})")
         if config.get("pretrained") != mine["pretrained"]:  # e.g. the tag vs a local copy of its file
@@ -360,9 +322,9 @@ class FASL(nn.Module):
             if alignments is not None:
                 alignments[key] = CachedAlignment(tokens[0], bank, windows, alignment)
         Q, L = tokens[0].shape[0], len(tokens)
-        fd = fd_scores(alignment.similarity).reshape(Q, L, *grid) if cfg.mode != "fasl" else None
+        fd = fd_scores(alignment.similarity).reshape(Q, L, *grid) if cfg.uses_fd else None
         probs = None
-        if cfg.mode != "fd":
+        if cfg.uses_heads:
             memory = bank.window_memory if windows else bank.global_memory
             with timer("heads"):
                 probs = torch.stack(self.heads.aligned_probs(tokens, alignment.index, memory.tokens, grid), dim=1)
@@ -397,18 +359,31 @@ class FASL(nn.Module):
         """
         cfg = cfg or InferenceConfig()
         timer = timer or _no_timer
-        self._check_nam(cfg)
-        was_training = self.heads.training
-        self.heads.eval()
-        try:
-            return self._predict(images, bank, cfg, timer)
-        finally:
-            self.heads.train(was_training)
+        with self._scoring(cfg):
+            return self._score(self._encode(images, cfg, timer, self._bank_windows(bank, cfg)), bank, cfg, timer)
 
-    def _check_nam(self, cfg: InferenceConfig) -> None:
+    @contextlib.contextmanager
+    def _scoring(self, cfg: InferenceConfig):
+        """Around every scoring call: refuse NAM on heads trained without it, and run the heads
+        in eval mode (BatchNorm running statistics), restoring their train/eval mode after."""
         if cfg.uses_heads and cfg.use_nam and not self.nam_trained:
             raise ValueError("these heads were trained without NAM (train.py --no-nam): score them with --no-nam "
                              "(useNAM 0)")
+        was_training = self.heads.training
+        self.heads.eval()
+        try:
+            yield
+        finally:
+            self.heads.train(was_training)
+
+    @staticmethod
+    def _bank_windows(bank: MemoryBank, cfg: InferenceConfig) -> WindowGrid | None:
+        """The bank's window grid when ``cfg`` scores LFE windows (an error if it has none)."""
+        if not cfg.uses_windows:
+            return None
+        if bank.windows is None:
+            raise RuntimeError("winmode needs a memory bank built with windows")
+        return bank.windows
 
     @torch.no_grad()
     def predict_all(self, images: torch.Tensor, bank: MemoryBank, cfg: InferenceConfig | None = None,
@@ -422,11 +397,6 @@ class FASL(nn.Module):
             return Prediction(torch.empty(0, size, size), torch.empty(0))
         return Prediction(torch.cat([p.score_map.float().cpu() for p in parts]),
                           torch.cat([p.image_score.float().cpu() for p in parts]))
-
-    def _predict(self, images, bank, cfg: InferenceConfig, timer) -> Prediction:
-        if cfg.uses_windows and bank.windows is None:
-            raise RuntimeError("winmode needs a memory bank built with windows")
-        return self._score(self._encode(images, cfg, timer, bank.windows), bank, cfg, timer)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, cfg: InferenceConfig | None = None) -> "Encoded":
@@ -447,13 +417,8 @@ class FASL(nn.Module):
         checkpoints or modes from one search.
         """
         cfg = cfg or InferenceConfig()
-        was_training = self.heads.training
-        self.heads.eval()
-        try:
-            self._check_nam(cfg)
+        with self._scoring(cfg):
             return self._score(encoded, bank, cfg, _no_timer, alignments)
-        finally:
-            self.heads.train(was_training)
 
     def _encode(self, images, cfg: InferenceConfig, timer, windows: WindowGrid | None) -> "Encoded":
         images = images.to(self.device)
@@ -480,9 +445,7 @@ class FASL(nn.Module):
                                            alignments)
             parts.append(self._anomaly_grid(fd, probs, cfg, timer))
         if cfg.uses_windows:
-            if bank.windows is None:
-                raise RuntimeError("winmode needs a memory bank built with windows")
-            wg, wfeats = bank.windows, enc.window_features
+            wg, wfeats = self._bank_windows(bank, cfg), enc.window_features
             if wfeats is None or (enc.windows.grid, enc.windows.size, enc.windows.stride) != (wg.grid, wg.size, wg.stride):
                 raise ValueError("the encoded windows do not match the bank's window layout: encode with the same "
                                  "winmode, win_size and win_stride")

@@ -56,10 +56,15 @@ def add_align_arg(p: argparse.ArgumentParser, default: str = "exhaustive") -> No
 
 
 def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "fasl",
-                       align_default: str = "exhaustive") -> None:
+                       align_default: str = "exhaustive", mode_help: str | None = None,
+                       advanced: bool = True) -> None:
+    """The scoring flags, in a "scoring" group, and (``advanced``) ``add_advanced_scoring_args``;
+    a program with groups of its own passes ``advanced=False`` and calls that last, so --help
+    shows first what a user sets. ``mode_help``: the --mode help of a program whose default is
+    not a fixed mode."""
     g = p.add_argument_group("scoring")
     g.add_argument("--mode", choices=SCORE_MODES, default=mode_default,
-                   help="'fasl': trained ASL heads (needs a checkpoint); 'fd': training-free "
+                   help=mode_help or "'fasl': trained ASL heads (needs a checkpoint); 'fd': training-free "
                         "1 - similarity map; 'merged': the two summed, as the paper's text describes (needs a "
                         "checkpoint) (default: %(default)s)")
     g.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
@@ -70,6 +75,15 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "f
     g.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
     g.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
     g.add_argument("--win_weight", type=float, default=0.5, help="w, the window map's weight in 'mul' (default: %(default)s)")
+    add_align_arg(g, align_default)
+    if advanced:
+        add_advanced_scoring_args(p)
+
+
+def add_advanced_scoring_args(p: argparse.ArgumentParser) -> None:
+    """The scoring switches of experiments (alignment details, search precision, window batch),
+    in an "advanced scoring" group; ``InferenceConfig.from_args`` reads them."""
+    g = p.add_argument_group("advanced scoring (experiments; the defaults are the measured choices)")
     g.add_argument("--win_radius", type=int, default=1,
                    help="neighbourhood radius (window steps) of --align position (default: %(default)s)")
     g.add_argument("--win_topk", type=int, default=4,
@@ -83,7 +97,6 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "f
                         "search), exact elsewhere (default: %(default)s)")
     g.add_argument("--window_batch", type=int, default=256,
                    help="windows encoded per backbone call (default: %(default)s)")
-    add_align_arg(g, align_default)
 
 
 def check_model_flags(p: argparse.ArgumentParser, args: argparse.Namespace, windows: bool = False) -> None:

@@ -142,7 +142,7 @@ fasl_require_meta() {
         exit 1
     fi
     if [ ! -f "$root/meta.json" ]; then
-        echo "error: $root/meta.json not found; build it with:  python $builder --root $root" >&2
+        echo "error: $root/meta.json not found; build it with:  python $builder --data_root $root" >&2
         exit 1
     fi
 }

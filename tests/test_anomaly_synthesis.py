@@ -13,13 +13,12 @@ from data.anomaly_synthesis import (KINDS, SynthesisConfig, blob_mask, clean_ind
                                     synthesize)
 from data.meta import load_meta
 from data.synthetic import generate
-from data.images import list_images
+from data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, list_images
 from data.synthetic_train import (SynthesizedAnomalyDataset,
                                   relative_to_common_root, split_references)
 
 TINY = ["--model", "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112",
         "--features_list", "1", "2", "3", "4", "--device", "cpu"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def textured(h=64, w=64, seed=0):
@@ -146,7 +145,7 @@ def mvtec(tmp_path_factory):
 
 def _dataset(root, **kw):
     meta = load_meta(root)
-    kw = {"image_size": 112, "clean_rate": 0.4, "seed": 3, **kw}
+    kw = {"image_size": 112, "clean_rate": 0.4, "seed": 3, "mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD, **kw}
     return SynthesizedAnomalyDataset.from_meta(root, meta, sorted(meta["train"]), **kw)
 
 
@@ -181,7 +180,8 @@ def test_dataset_is_a_function_of_seed_epoch_index(mvtec):
 def test_references_left_out_when_enough_images(mvtec):
     meta = load_meta(mvtec)
     refs = {"disc": ["disc/train/good/001.png"], "weave": ["weave/train/good/000.png"]}
-    ds = SynthesizedAnomalyDataset.from_meta(mvtec, meta, ["disc", "weave"], exclude=refs, image_size=112)
+    ds = SynthesizedAnomalyDataset.from_meta(mvtec, meta, ["disc", "weave"], exclude=refs, image_size=112,
+                                             mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
     paths = [p for p, _ in ds.samples]
     assert len(paths) == 8 and not set(paths) & {refs["disc"][0], refs["weave"][0]}
     assert split_references(["a", "b", "c"], ["a"]) == ["b", "c"]
@@ -228,23 +228,39 @@ def test_train_synthetic_writes_a_checkpoint(synthetic_ckpt):
 def test_test_few_shot_accepts_synthetic_checkpoint(mvtec, synthetic_ckpt, tmp_path):
     import test_few_shot
 
-    results = test_few_shot.main(["--data_path", str(mvtec), "--dataset", "mvtec", "--save_path", str(tmp_path),
-                                  "--checkpoint_path", str(synthetic_ckpt), "--mode", "fasl", "--eval_size", "56",
-                                  *TINY])
-    assert sorted(results) == ["disc", "weave"]
-    assert all(0.0 <= r["pixel_auroc"] <= 1.0 for r in results.values())
+    common = ["--data_path", str(mvtec), "--dataset", "mvtec", "--eval_size", "56", *TINY]
+    results = test_few_shot.main([*common, "--save_path", str(tmp_path / "fasl"), "--checkpoint_path",
+                                  str(synthetic_ckpt), "--mode", "fasl"])
+    fd = test_few_shot.main([*common, "--save_path", str(tmp_path / "fd"), "--mode", "fd"])
+    assert sorted(results) == sorted(fd) == ["disc", "weave"]
+    doc = json.loads((tmp_path / "fasl" / "results.json").read_text())
+    assert doc["extra"]["args"]["checkpoint_path"] == str(synthetic_ckpt) and doc["extra"]["args"]["mode"] == "fasl"
+    for cls, r in results.items():
+        assert doc["per_class"][cls]["pixel_auroc"] == pytest.approx(r["pixel_auroc"])
+        assert r["pixel_auroc"] != 0.5  # not a constant map
+    # the synthetic checkpoint's heads make the maps: not the training-free FD map
+    assert any(results[c]["pixel_auroc"] != pytest.approx(fd[c]["pixel_auroc"], abs=1e-6) for c in results)
 
 
 def test_predict_accepts_synthetic_checkpoint(mvtec, synthetic_ckpt, tmp_path):
-    # predict.py was written alongside this feature; skip only where it is absent
-    if not (ROOT / "predict.py").is_file():
-        pytest.skip("predict.py not in this checkout")
+    import csv
+
     import predict
 
-    predict.main(["--refs", str(mvtec / "disc" / "train" / "good" / "000.png"),
-                  "--images", str(mvtec / "disc" / "test" / "hole"), "--out", str(tmp_path),
-                  "--checkpoint", str(synthetic_ckpt), "--mode", "fasl", *TINY])
-    assert (tmp_path / "predictions.csv").is_file()
+    holes = sorted((mvtec / "disc" / "test" / "hole").glob("*.png"))
+    common = ["--refs", str(mvtec / "disc" / "train" / "good" / "000.png"), "--images",
+              str(mvtec / "disc" / "test" / "hole"), *TINY]
+    predict.main([*common, "--out", str(tmp_path / "fasl"), "--checkpoint", str(synthetic_ckpt), "--mode", "fasl"])
+    predict.main([*common, "--out", str(tmp_path / "fd"), "--mode", "fd"])
+    doc = json.loads((tmp_path / "fasl" / "predictions.json").read_text())
+    assert doc["settings"]["inference"]["mode"] == "fasl"
+    assert doc["settings"]["args"]["checkpoint_path"] == str(synthetic_ckpt)  # the hidden --checkpoint alias
+    with open(tmp_path / "fasl" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["path"]).name for r in rows) == [p.name for p in holes] and holes
+    assert all(r["read_status"] == "scored" and np.isfinite(float(r["score"])) for r in rows)
+    fd_scores = {i["path"]: i["score"] for i in json.loads((tmp_path / "fd" / "predictions.json").read_text())["images"]}
+    assert any(i["score"] != pytest.approx(fd_scores[i["path"]], abs=1e-6) for i in doc["images"])  # the heads' scores
 
 
 def test_train_on_a_plain_folder(mvtec, tmp_path):

@@ -24,6 +24,7 @@ from data.kshot import (load_kshot, load_reference_images, sample_kshot, save_ks
 from data.meta import MetaError, load_meta
 
 REPO = Path(__file__).resolve().parent.parent
+CLIP = dict(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)  # every loader takes its backbone's normalisation
 
 
 # ---------------------------------------------------------------- tiny trees
@@ -145,7 +146,7 @@ def test_builders_run_as_scripts_from_root_and_from_data(mvtec_root, tmp_path):
     expected = (mvtec_root / "meta.json").read_bytes()
     (mvtec_root / "meta.json").unlink()
     env = {**os.environ, "PYTHONHASHSEED": "123"}
-    subprocess.run([sys.executable, "data/mvtec.py", "--root", str(mvtec_root)], cwd=REPO,
+    subprocess.run([sys.executable, "data/mvtec.py", "--data_root", str(mvtec_root)], cwd=REPO,
                    check=True, capture_output=True, env=env)
     assert (mvtec_root / "meta.json").read_bytes() == expected
     vroot = make_visa_tree(tmp_path / "visa")
@@ -233,8 +234,8 @@ def test_visa_builder_on_synthetic_output(syn):
 
 # ---------------------------------------------------------------- meta.json reader
 def test_load_meta_errors(mvtec_root, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"python data/mvtec\.py --root .*python "
-                                                r"data/visa\.py --root"):
+    with pytest.raises(FileNotFoundError, match=r"python data/mvtec\.py --data_root .*python "
+                                                r"data/visa\.py --data_root"):
         load_meta(tmp_path)
     meta = load_meta(mvtec_root)
 
@@ -262,7 +263,7 @@ def test_load_meta_errors(mvtec_root, tmp_path):
 
 # ---------------------------------------------------------------- loading
 def test_dataset_shapes_values_and_normalisation(mvtec_root):
-    ds = AnomalyDataset(mvtec_root, "test", image_size=16, mask_size=8)
+    ds = AnomalyDataset(mvtec_root, "test", image_size=16, mask_size=8, **CLIP)
     assert len(ds) == 5
     for i in range(len(ds)):
         s = ds[i]
@@ -283,7 +284,7 @@ def test_dataset_shapes_values_and_normalisation(mvtec_root):
     s2 = AnomalyDataset(mvtec_root, "test", image_size=16, mean=(0, 0, 0), std=(1, 1, 1))[0]
     assert s2.image[0, 5, 7].item() == pytest.approx(ref[5, 7, 0] / 255, abs=1e-6)
     # grayscale class becomes 3 equal channels
-    g = AnomalyDataset(mvtec_root, "train", classes="my_widget", image_size=16)[0]
+    g = AnomalyDataset(mvtec_root, "train", classes="my_widget", image_size=16, **CLIP)[0]
     assert g.image.shape == (3, 16, 16)
     raw = g.image * torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1) + torch.tensor(
         OPENAI_CLIP_MEAN).view(3, 1, 1)
@@ -291,19 +292,19 @@ def test_dataset_shapes_values_and_normalisation(mvtec_root):
 
 
 def test_dataset_batches_with_default_collate(mvtec_root):
-    ds = AnomalyDataset(mvtec_root, "test", classes=["my_widget", "bottle"], image_size=16)
+    ds = AnomalyDataset(mvtec_root, "test", classes=["my_widget", "bottle"], image_size=16, **CLIP)
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert isinstance(batch, Sample)
     assert batch.image.shape == (4, 3, 16, 16) and batch.mask.shape == (4, 1, 16, 16)
     assert list(batch.cls_name) == ["my_widget"] * 2 + ["bottle"] * 2
     assert batch.anomaly.tolist() == [1, 0, 1, 1]
     with pytest.raises(ValueError, match=r"\['cable'\] not in the test split"):
-        AnomalyDataset(mvtec_root, "test", classes="cable")
+        AnomalyDataset(mvtec_root, "test", classes="cable", **CLIP)
 
 
 def test_non_square_mask_lands_in_place(mvtec_root):
     # my_widget/test/dent: 40 w × 24 h, white square at x 30..38, y 4..12
-    ds = AnomalyDataset(mvtec_root, "test", classes="my_widget", image_size=20, mask_size=20)
+    ds = AnomalyDataset(mvtec_root, "test", classes="my_widget", image_size=20, mask_size=20, **CLIP)
     s = ds[0]
     assert s.img_path == "my_widget/test/dent/000.png"
     expect = np.zeros((20, 20), bool)
@@ -351,7 +352,7 @@ def test_load_image_and_mask_errors(mvtec_root, tmp_path):
 
 def test_dataset_names_corrupt_image_and_mismatched_mask(mvtec_root):
     (mvtec_root / "bottle/test/good/000.png").write_bytes(b"\x89PNG garbage")
-    ds = AnomalyDataset(mvtec_root, "test", classes="bottle", image_size=16)
+    ds = AnomalyDataset(mvtec_root, "test", classes="bottle", image_size=16, **CLIP)
     idx = [s["img_path"] for s in ds.samples].index("bottle/test/good/000.png")
     with pytest.raises(ImageReadError, match=r"bottle/test/good/000\.png"):
         ds[idx]
@@ -382,7 +383,7 @@ def _red(image):
 
 def test_mosaic_keeps_masks_on_their_squares(tmp_path):
     root = _square_dataset(tmp_path / "sq")
-    ds = AnomalyDataset(root, "test", image_size=64, aug_rate=1.0, seed=1)
+    ds = AnomalyDataset(root, "test", image_size=64, aug_rate=1.0, seed=1, **CLIP)
     for i in range(len(ds)):
         s = ds[i]
         mask = s.mask[0].numpy().astype(bool)
@@ -397,8 +398,8 @@ def test_mosaic_keeps_masks_on_their_squares(tmp_path):
 
 def test_crop_keeps_defect_and_mask_aligned(tmp_path):
     root = _square_dataset(tmp_path / "sq")
-    plain = AnomalyDataset(root, "test", image_size=64)
-    ds = AnomalyDataset(root, "test", image_size=64, crop_rate=1.0, seed=2)
+    plain = AnomalyDataset(root, "test", image_size=64, **CLIP)
+    ds = AnomalyDataset(root, "test", image_size=64, crop_rate=1.0, seed=2, **CLIP)
     cropped = whole = 0
     for epoch in range(3):
         ds.set_epoch(epoch)
@@ -454,7 +455,7 @@ def test_mosaic_draws_defect_kinds_uniformly(tmp_path):
     _png(root / "sq/test/red/000.png", img)
     _png(root / "sq/ground_truth/red/000_mask.png", mask)
     mvtec.main(["--root", str(root)])
-    ds = AnomalyDataset(root, "test", image_size=32, aug_rate=1.0, seed=3)
+    ds = AnomalyDataset(root, "test", image_size=32, aug_rate=1.0, seed=3, **CLIP)
     red_tiles = tiles = 0
     for epoch in range(25):
         ds.set_epoch(epoch)
@@ -477,7 +478,7 @@ def test_quadrants_tile_exactly():
 def test_augmentation_reproducible_per_epoch(tmp_path):
     root = _square_dataset(tmp_path / "sq")
     kw = dict(image_size=32, aug_rate=0.5, crop_rate=0.5, seed=7)
-    a, b = AnomalyDataset(root, "test", **kw), AnomalyDataset(root, "test", **kw)
+    a, b = AnomalyDataset(root, "test", **kw, **CLIP), AnomalyDataset(root, "test", **kw, **CLIP)
     b.set_epoch(0)
     for i in (4, 0, 2):  # order does not matter
         assert torch.equal(a[i].image, b[i].image) and torch.equal(a[i].mask, b[i].mask)
@@ -523,9 +524,9 @@ def test_kshot_file_round_trip_and_reference_batch(syn, tmp_path):
     save_kshot(tmp_path / "bad.json", bad)
     with pytest.raises(ValueError, match=r"'weave/train/good/999\.png' of class 'weave'"):
         load_kshot(tmp_path / "bad.json", meta)
-    batch = load_reference_images(root, refs["disc"], image_size=24)
+    batch = load_reference_images(root, refs["disc"], image_size=24, **CLIP)
     assert batch.shape == (2, 3, 24, 24) and batch.dtype == torch.float32
-    ds = AnomalyDataset(root, "train", classes="disc", image_size=24)
+    ds = AnomalyDataset(root, "train", classes="disc", image_size=24, **CLIP)
     j = [s["img_path"] for s in ds.samples].index(refs["disc"][1])
     assert torch.equal(batch[1], ds[j].image)
 
@@ -632,3 +633,30 @@ def test_class_batches_hold_one_class_each_and_every_item_once():
     assert sorted(len(b) for b in batches) == [1, 3, 3, 4, 4, 4]  # a: 4+3, b: 3, c: 4+4+1
     again = class_batches(classes, 4, torch.Generator().manual_seed(0))
     assert again == batches and class_batches(classes, 4, torch.Generator().manual_seed(1)) != batches
+
+
+def test_loaders_require_the_backbones_normalisation(mvtec_root):
+    """No loader falls back to CLIP's mean / std: a timm backbone's would silently be wrong."""
+    from PIL import Image
+
+    from data.dataset import load_test_images
+    from data.images import image_to_tensor, normalize, normalize_tensor
+    from data.synthetic_train import SynthesizedAnomalyDataset
+
+    meta = load_meta(mvtec_root)
+    cls = sorted(meta["test"])[0]
+    calls = [lambda: AnomalyDataset(mvtec_root, "test", image_size=16),
+             lambda: load_test_images(mvtec_root, meta, cls, 16, 16),
+             lambda: load_reference_images(mvtec_root, [meta["train"][cls][0]["img_path"]], 16),
+             lambda: SynthesizedAnomalyDataset(mvtec_root, [("x.png", cls)], image_size=16),
+             lambda: image_to_tensor(Image.new("RGB", (8, 8)), 8),
+             lambda: normalize(np.zeros((4, 4, 3), np.uint8)),
+             lambda: normalize_tensor(torch.zeros(3, 4, 4))]
+    for call in calls:
+        with pytest.raises(TypeError, match="mean"):
+            call()
+    # and what is given is used: ImageNet's statistics give other tensors than CLIP's
+    imagenet = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    a = AnomalyDataset(mvtec_root, "test", image_size=16, **CLIP)[0].image
+    b = AnomalyDataset(mvtec_root, "test", image_size=16, **imagenet)[0].image
+    assert not torch.allclose(a, b)

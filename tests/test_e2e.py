@@ -232,12 +232,12 @@ def test_refs_file_is_reused_and_gives_identical_results(run_test, winmode_runs,
         np.testing.assert_array_equal(load_saved_maps(tmp_path / "reused", cls)[1],
                                       load_saved_maps(winmode_runs["nan"], cls)[1])
 
-    # --refs really decides: other references (same seed otherwise) give other maps
+    # --refs_file really decides: other references (same seed otherwise) give other maps
     meta = load_meta(visa)
     other = {c: [next(s["img_path"] for s in meta["train"][c] if s["img_path"] != refs[c][0])]
              for c in visa_classes}
     (tmp_path / "other.json").write_text(json.dumps({"references": other, "info": {}}))
-    run_test(tmp_path / "other", "--winmode", "nan", "--save_maps", "--refs", str(tmp_path / "other.json"))
+    run_test(tmp_path / "other", "--winmode", "nan", "--save_maps", "--refs_file", str(tmp_path / "other.json"))
     assert json.loads((tmp_path / "other" / "references.json").read_text())["references"] == other
     for cls in visa_classes:
         assert not np.array_equal(load_saved_maps(tmp_path / "other", cls)[1],
@@ -440,7 +440,7 @@ def test_missing_dataset_names_the_path_and_the_build_command(cli, what, tiny_ba
         fn(argv)
     message = str(exc.value)
     assert str(root / "meta.json") in message
-    assert f"python data/mvtec.py --root {root}" in message and "python data/visa.py" in message
+    assert f"python data/mvtec.py --data_root {root}" in message and "python data/visa.py" in message
 
 
 def test_k_larger_than_the_train_images_says_how_many_there_are(syn_datasets, tiny_backbone_args, tmp_path):
@@ -564,9 +564,12 @@ def test_training_changes_beyond_the_reference_are_recorded(syn_datasets, tiny_b
     state = torch.load(path, weights_only=True)
     assert state["config"]["nam_residual"] is True
     assert state["run"]["dice_smooth"] == 0.01 and state["run"]["class_batches"] is True
-    results = test_few_shot.main(["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "t"),
-                                  "--checkpoint_path", str(path), "--eval_size", str(EVAL), *tiny_backbone_args])
-    assert all(0.0 <= m["pixel_auroc"] <= 1.0 for m in results.values())
+    common = ["--data_path", str(syn_datasets["visa"]), "--eval_size", str(EVAL), *tiny_backbone_args]
+    results = test_few_shot.main([*common, "--save_path", str(tmp_path / "t"), "--checkpoint_path", str(path)])
+    assert_all_metrics_valid(read_results(tmp_path / "t"), list(results))
+    fd = test_few_shot.main([*common, "--save_path", str(tmp_path / "fd"), "--mode", "fd"])
+    # the residual NAM's heads are loaded and make the maps (the run would refuse a layout that does not fit)
+    assert any(results[c]["pixel_auroc"] != pytest.approx(fd[c]["pixel_auroc"], abs=1e-6) for c in results)
 
 
 def test_a_sweep_writes_every_run_and_mean_and_std_over_seeds(run_test, winmode_runs, visa_classes, tmp_path):

@@ -294,8 +294,9 @@ def test_the_cuda_precision_policy_runs_end_to_end_on_the_cpu(syn_datasets, mvte
     cls = sorted(meta["test"])[0]
     from data.kshot import load_reference_images
 
-    refs = load_reference_images(syn_datasets["visa"], [meta["train"][cls][0]["img_path"]], 112)
-    images = load_reference_images(syn_datasets["visa"], [s["img_path"] for s in meta["test"][cls][:3]], 112)
+    norm = (full.backbone.mean, full.backbone.std)
+    refs = load_reference_images(syn_datasets["visa"], [meta["train"][cls][0]["img_path"]], 112, *norm)
+    images = load_reference_images(syn_datasets["visa"], [s["img_path"] for s in meta["test"][cls][:3]], 112, *norm)
     for mode in ("fd", "merged"):  # merged: the heads' map and FD
         cfg = InferenceConfig(mode=mode, winmode="mul", win_size=4, win_stride=2, align="exhaustive",
                               search_precision="exact", out_size=32)
@@ -365,7 +366,10 @@ def test_references_files_record_their_dtypes_and_refuse_others(syn_datasets, tm
     cls = sorted(meta["test"])[0]
     from data.kshot import load_reference_images
 
-    refs = load_reference_images(syn_datasets["visa"], [meta["train"][cls][0]["img_path"]], 112)
+    from data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # the tiny ViT's (open_clip's) normalisation
+
+    refs = load_reference_images(syn_datasets["visa"], [meta["train"][cls][0]["img_path"]], 112, OPENAI_CLIP_MEAN,
+                                 OPENAI_CLIP_STD)
     kw = dict(model="fasl-tiny-vit", pretrained=None, blocks=[1, 2, 3, 4], image_size=112)
     cfg = InferenceConfig(mode="fd", search_precision="exact")
     fp32 = build_fasl(**kw, precision="fp32")

@@ -154,12 +154,12 @@ def test_missing_meta_json_stops_with_the_build_command(script, syn_datasets, tm
     empty.mkdir()
     res = run_script(script, GOOD, {"MVTEC_ROOT": str(empty), "VISA_ROOT": str(syn_datasets["visa"])})
     assert res.returncode == 1
-    assert f"{empty}/meta.json not found; build it with:  python data/mvtec.py --root {empty}" in res.stderr
+    assert f"{empty}/meta.json not found; build it with:  python data/mvtec.py --data_root {empty}" in res.stderr
     assert "== " not in res.stdout
 
     res = run_script(script, GOOD, {"MVTEC_ROOT": str(syn_datasets["mvtec"]), "VISA_ROOT": str(empty)})
     assert res.returncode == 1
-    assert f"{empty}/meta.json not found; build it with:  python data/visa.py --root {empty}" in res.stderr
+    assert f"{empty}/meta.json not found; build it with:  python data/visa.py --data_root {empty}" in res.stderr
 
 
 def test_missing_checkpoint_says_how_to_train_it(syn_datasets, tmp_path):

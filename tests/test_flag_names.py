@@ -1,0 +1,131 @@
+"""One name per concept across the programs (issue 21): the new spellings, the old ones kept as
+hidden aliases, the retired train/test ``--refs``, advanced switches last in --help, and the
+checkpoint module's names."""
+from __future__ import annotations
+
+import pytest
+
+import predict
+import test_few_shot
+import train
+from bench import compare_sources
+from data import mvtec, visa
+from models import checkpoint, fasl
+
+TRAIN = ["--save_path", "s", "--train_data_path", "d"]
+TEST = ["--data_path", "d", "--save_path", "s", "--mode", "fd"]
+
+
+def _exit_message(parse, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parse, base", [(train.parse_args, TRAIN), (test_few_shot.parse_args, TEST)])
+def test_refs_is_predicts_images_only(parse, base, capsys):
+    """--refs in train / test once meant --refs_file; now it is refused with the right flag named
+    (left undefined, argparse would read it as an abbreviation of --refs_file)."""
+    err = _exit_message(parse, [*base, "--refs", "old.json"], capsys)
+    assert "--refs is predict.py's reference images" in err and "--refs_file references.json" in err
+    assert parse([*base, "--refs_file", "old.json"]).refs_file == "old.json"
+    assert predict.parse_args(["--refs", "a", "b", "--images", "c", "--out", "o"]).refs == ["a", "b"]
+
+
+def test_negations_follow_one_style(capsys):
+    assert train.parse_args(TRAIN).input_bn is True
+    assert train.parse_args([*TRAIN, "--no-input_bn"]).input_bn is False
+    assert train.parse_args([*TRAIN, "--no_input_bn"]).input_bn is False  # the old spelling, hidden
+    text = _help(train.parse_args, TRAIN, capsys)
+    assert "--no-input_bn" in text and "--no_input_bn" not in text
+
+
+@pytest.mark.parametrize("module", [mvtec, visa])
+def test_builders_take_data_root_and_still_read_root(module, capsys):
+    assert module.parse_args(["--data_root", "x"]).data_root == "x"
+    assert module.parse_args(["--root", "y"]).data_root == "y"
+    err = _exit_message(module.parse_args, [], capsys)
+    assert "--data_root" in err
+
+
+def test_compare_sources_names(capsys):
+    args = compare_sources.parse_args(["--data_root", "t", "--aux_root", "a", "--out", "o"])
+    assert (args.data_root, args.aux_root, args.out) == ("t", "a", "o")
+    old = compare_sources.parse_args(["--target_root", "t", "--aux_root", "a", "--workdir", "o"])
+    assert (old.data_root, old.out) == ("t", "o")
+    assert compare_sources.parse_args([]).out == "bench_out/compare_sources"
+    err = _exit_message(compare_sources.parse_args, ["--data_root", "t"], capsys)
+    assert "give both --data_root and --aux_root" in err
+
+
+def _help(parse, argv, capsys) -> str:
+    with pytest.raises(SystemExit):
+        parse([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("parse, argv, advanced, user", [
+    (train.parse_args, TRAIN, "advanced: training changes", ("anomaly source:", "backbone:")),
+    (test_few_shot.parse_args, TEST, "advanced scoring", ("scoring:", "post-processing")),
+    (predict.parse_args, [], "advanced scoring", ("scoring:", "decision:")),
+])
+def test_advanced_switches_come_last_in_help(parse, argv, advanced, user, capsys):
+    text = _help(parse, argv, capsys)
+    start = text.index(advanced)
+    assert all(text.index(u) < start for u in user)
+    switches = {train.parse_args: ("--class_batches", "--per_block_nam", "--input_bn", "--dice_smooth"),
+                test_few_shot.parse_args: ("--win_topk", "--win_radius", "--search_precision", "--window_batch"),
+                predict.parse_args: ("--win_topk", "--win_radius", "--search_precision", "--window_batch")}[parse]
+    for flag in switches:
+        assert text.index("\n  " + flag) > start, flag  # where the flag is described
+
+
+def test_predict_mode_help_without_argparse_internals(capsys):
+    source = (predict.__file__ and open(predict.__file__).read())
+    assert "_actions" not in source
+    assert "merged when --checkpoint_path is given, fd otherwise" in " ".join(_help(predict.parse_args, [], capsys).split())
+
+
+def test_checkpoint_names_have_one_home():
+    for name in ("CheckpointMismatch", "read_checkpoint", "normalize_config", "CHECKPOINT_FORMAT"):
+        assert getattr(fasl, name) is getattr(checkpoint, name)  # the old import path still works
+    mine = {"family": "open_clip", "model": "m", "widths": [8], "depth": 2, "patch_size": 4, "blocks": [1],
+            "activation": "gelu", "neighbourhood": 1, "pretrained": None, "image_size": 16,
+            "input_bn": True, "nam": "shared", "hidden_bias": False, "nam_residual": False, "fd_residual": False}
+    assert checkpoint.config_mismatches(mine, dict(mine)) == []
+    other = {**mine, "blocks": [2], "pretrained": "openai", "image_size": 32}
+    diffs = checkpoint.config_mismatches(mine, other, source="file")
+    assert diffs[0] == "blocks: file has [2], this model has [1]" and "random and pretrained" in diffs[1]
+    assert len(diffs) == 2  # the image size only counts for stored features
+    assert len(checkpoint.config_mismatches(mine, other, same_image_size=True)) == 3
+
+
+def test_scoring_checks_the_bank_and_restores_the_heads_mode_in_one_place():
+    """predict and encode/score share one window-bank check and one eval/restore of the heads."""
+    import torch
+
+    from models import build_fasl
+    from models.fasl import InferenceConfig
+
+    model = build_fasl(model="fasl-tiny-vit", pretrained=None, blocks=[1, 2, 3, 4], image_size=56)
+    torch.manual_seed(0)
+    refs, images = torch.randn(1, 3, 56, 56), torch.randn(2, 3, 56, 56)
+    bank = model.build_memory(refs)  # no windows
+    windows = InferenceConfig(mode="fasl", winmode="mul", win_size=2, win_stride=2, align="exhaustive", out_size=16)
+    model.heads.train()
+    with pytest.raises(RuntimeError, match="winmode needs a memory bank built with windows"):
+        model.predict(images, bank, windows)
+    with pytest.raises(RuntimeError, match="winmode needs a memory bank built with windows"):
+        model.score(model.encode(images, windows), bank, windows)
+    assert model.heads.training  # restored after a refusal too
+    plain = InferenceConfig(mode="fasl", align="exhaustive", out_size=16)
+    a = model.predict(images, bank, plain)
+    assert model.heads.training
+    b = model.score(model.encode(images, plain), bank, plain)
+    assert model.heads.training
+    torch.testing.assert_close(a.score_map, b.score_map)
+    model.nam_trained = False
+    with pytest.raises(ValueError, match="trained without NAM"):
+        model.score(model.encode(images, plain), bank, plain)
+    assert model.heads.training
