@@ -62,12 +62,17 @@ from utils.report import write_report
 from utils.visualize import heatmap_overlay, mask_outline, normalize_map, save_png
 
 PREDICTIONS_FORMAT = "fasl-predictions-v1"
-DEFAULT_FPR = 0.01
-DEFAULT_POST = MapPost()
+# The decision defaults, measured on five real classes with ImageNet EfficientNet-Lite0 (README, Decisions on
+# real parts: bench/decisions.py, mean over the classes of k = 1, 2, 4 x three reference seeds): a smoothed map's
+# top-1 % mean scores images best (per-image AUROC), exhaustive alignment decides better than image_index, each
+# reference's views against the others make the k >= 2 fit stable, and a single reference's views against itself
+# need the threshold raised by a quarter (they look more alike than a new good part does).
+DEFAULT_FPR = 0.05
+DEFAULT_POST = MapPost(smooth_sigma=4.0, image_score="top", top_fraction=0.01)
+SELF_VIEWS_MARGIN = 0.25
 DEFAULT_AUGMENT = "none"
-DEFAULT_NORMAL_SAMPLE = "loo"
-DEFAULT_MASK_LEVEL = 0.0
-DEFAULT_MARGIN = 0.0
+DEFAULT_NORMAL_SAMPLE = "loo+views"
+DEFAULT_MASK_LEVEL = 0.5
 CSV_FIELDS = ("path", "name", "read_status", "score", "verdict", "n_regions", "defect_area", "width", "height",
               "overlay", "mask", "error")
 
@@ -83,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="trained heads (epoch_N.pth), needed by --mode fasl and merged")
     add_hidden_alias(p, "--checkpoint", "checkpoint_path")
     add_backbone_args(p)
-    add_inference_args(p, mode_default=None, align_default="image_index",
+    add_inference_args(p, mode_default=None, align_default="exhaustive",
                        mode_help="'fasl': trained ASL heads (needs --checkpoint_path); 'fd': training-free 1 - "
                                  "similarity map; 'merged': the two summed (needs --checkpoint_path) (default: "
                                  "merged when --checkpoint_path is given, fd otherwise: the modes that did best on "
@@ -101,9 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also keep flipped / rotated copies of every reference in the memory, for parts that come "
                         "flipped or rotated: 'flips' (horizontal, vertical), 'rot90' (90, 180, 270 degrees), 'all' "
                         "(the 8 of them), 'none' (default: %(default)s)")
-    g.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                   help="raise the fitted image threshold by this share of itself: a new good part differs more "
-                        "from the references than they differ from each other (default: %(default)s)")
+    g.add_argument("--margin", type=float, default=None,
+                   help="raise the fitted image threshold by this share of itself (default: "
+                        f"{SELF_VIEWS_MARGIN} with one reference, whose own views look more alike than a new good "
+                        "part does; 0 with two or more)")
     g.add_argument("--image_threshold", type=float, default=None, help="override the fitted image threshold")
     g.add_argument("--pixel_threshold", type=float, default=None, help="override the fitted pixel threshold")
     g.add_argument("--min_region_area", type=int, default=None,
@@ -142,7 +148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         map_post(args)
     except ValueError as err:
         p.error(str(err))
-    if not args.margin > -1.0:
+    if args.margin is not None and not args.margin > -1.0:
         p.error(f"--margin must be > -1, got {args.margin}")
     if not 0.0 <= args.mask_level < 1.0:
         p.error(f"--mask_level must lie in [0, 1), got {args.mask_level}")
@@ -242,7 +248,9 @@ def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist, po
             thresholds = Thresholds.by_hand(args.image_threshold, args.pixel_threshold)
         else:
             normal = score_references(model, ref.originals, bank, cfg, ref.views, post=post, copies=ref.copies)
-            thresholds = Thresholds.fitted(normal, args.fpr or DEFAULT_FPR, args.margin)
+            margin = args.margin if args.margin is not None else \
+                (SELF_VIEWS_MARGIN if normal.method == "augmented-self" else 0.0)
+            thresholds = Thresholds.fitted(normal, args.fpr or DEFAULT_FPR, margin)
             log.info("normal image scores (%s): %s", normal.method,
                      ", ".join(f"{s:.4f}" for s in thresholds.fit.image_scores))
         refs = SavedReferences(bank, thresholds, [str(p) for p in paths])

@@ -267,7 +267,7 @@ class Backbone(nn.Module):
         with self._at_grid(grid), torch.autocast(images.device.type, dtype=feat_dtype, enabled=use_amp):
             for start in range(0, B, chunk):
                 toks, emb = self._encode(images[start:start + chunk], with_embedding, grid)
-                if self.neighbourhood > 1 and self.family != "timm-cnn":  # a CNN averages each stage itself
+                if self.neighbourhood > 1:  # on the common grid (measured: better AUPRO than per CNN stage)
                     toks = [local_average(t.float(), grid, self.neighbourhood) for t in toks]
                 tokens_parts.append([F.normalize(t.float(), dim=-1).to(feat_dtype) for t in toks])  # each [b, N, W_l]
                 if with_embedding:
@@ -584,9 +584,6 @@ class TimmBackbone(Backbone):
                                              intermediates_only=not with_embedding, **kwargs)
         final, inter = (None, out) if not with_embedding else out
         if self.family == "timm-cnn":  # each stage [b, C, h, w] -> the finest grid -> [b, N, C]
-            if self.neighbourhood > 1:  # on each stage's own grid, as PatchCore aggregates before upsampling
-                n = self.neighbourhood
-                inter = [F.avg_pool2d(t.float(), n, stride=1, padding=n // 2, count_include_pad=False) for t in inter]
             inter = [F.interpolate(t.float(), size=grid, mode="bilinear", align_corners=False) if t.shape[-2:] != grid
                      else t for t in inter]
             inter = [t.flatten(2).transpose(1, 2) for t in inter]

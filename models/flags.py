@@ -37,9 +37,9 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                         "(finest first, timm's feature_info) for CNNs (default: four evenly spaced blocks, e.g. "
                         "6 12 18 24 for ViT-L; the stride-8 and stride-16 stages of a CNN)")
     g.add_argument("--neighbourhood", type=int, default=1, metavar="N",
-                   help="average each patch's features with its N x N neighbours before they are compared (odd N; a "
-                        "CNN averages each stage on its own grid before the stages are resized to one; "
-                        "PatchCore's locally aware patches are N = 3); 1 = off, the reference code's features "
+                   help="average each patch's features with its N x N neighbours before they are compared (odd N; "
+                        "on the common grid, after CNN stages are resized to it; PatchCore's locally aware patches "
+                        "are N = 3); 1 = off, the reference code's features "
                         "(default: %(default)s)")
     g.add_argument("--device", default="cpu",
                    help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")

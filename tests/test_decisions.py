@@ -286,7 +286,9 @@ def test_leave_one_out_with_views_scores_each_reference_and_its_views_against_th
         score_references(model, refs, model.build_memory(refs), cfg, views[:1])
 
 
-def test_cnn_stages_are_averaged_on_their_own_grids_before_resizing():
+def test_cnn_stages_are_averaged_on_the_common_grid_after_resizing():
+    """Measured on real images: averaging after the stride-16 stage is resized to the stride-8 grid
+    kept AUPRO (86.5) where averaging each stage on its own grid lost it (84.6)."""
     import torch.nn.functional as F
     from models.backbone import build_backbone
 
@@ -300,10 +302,10 @@ def test_cnn_stages_are_averaged_on_their_own_grids_before_resizing():
         stages = plain.net.forward_intermediates(x, indices=[b - 1 for b in plain.blocks], intermediates_only=True)
     grid = (8, 8)
     want = []
-    for t in stages:  # stride 8: 8x8, stride 16: 4x4 -> averaged there, then resized to 8x8
-        t = F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)
+    for t in stages:  # stride 8: 8x8, stride 16: 4x4 -> resized to 8x8, then averaged there
         if t.shape[-2:] != grid:
             t = F.interpolate(t, size=grid, mode="bilinear", align_corners=False)
+        t = F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)
         want.append(F.normalize(t.flatten(2).transpose(1, 2), dim=-1))
     got = aware(x, with_embedding=False).tokens
     for g, w in zip(got, want):

@@ -98,7 +98,7 @@ def test_outputs_for_every_image_at_original_size(data, tmp_path):
     assert [r["path"] for r in pred["images"]] == [str(p) for p in inputs]
     thr = pred["thresholds"]
     assert thr == read_json(out / "thresholds.json")
-    assert thr["method"] == "leave-one-out" and len(thr["fit"]["image_scores"]) == 4
+    assert thr["method"] == "leave-one-out+views" and len(thr["fit"]["image_scores"]) == 4 * 9  # each ref + 8 views
     assert thr["image"] >= max(thr["fit"]["image_scores"]) and thr["pixel"] > 0
     assert pred["settings"]["inference"]["winmode"] == "mul"
     assert pred["settings"]["search_dtype"] == ("bfloat16" if cpu_has_amx() else "float32")
@@ -182,8 +182,8 @@ def test_save_load_round_trip_gives_identical_scores(data, tmp_path):
         run([*load, "--mode", "fd"])
     with pytest.raises(ValueError, match="win_weight"):
         run([*load, "--mode", "fd", *WIN, "--win_weight", "0.3"])
-    with pytest.raises(ValueError, match="fpr: file 0.01, now 0.05"):
-        run([*load, "--mode", "fd", *WIN, "--fpr", "0.05"])
+    with pytest.raises(ValueError, match="fpr: file 0.05, now 0.01"):
+        run([*load, "--mode", "fd", *WIN, "--fpr", "0.01"])
     with pytest.raises(CheckpointMismatch, match="blocks"):
         predict.main([*load, "--mode", "fd", *WIN, *TINY[:6], "--features_list", "2", "4", "--device", "cpu"])
     # both thresholds by hand: other scoring settings are accepted
