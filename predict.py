@@ -72,7 +72,7 @@ DEFAULT_POST = MapPost(smooth_sigma=4.0, image_score="top", top_fraction=0.01)
 SELF_VIEWS_MARGIN = 0.25
 DEFAULT_AUGMENT = "none"
 DEFAULT_NORMAL_SAMPLE = "loo+views"
-DEFAULT_MASK_LEVEL = 0.5
+DEFAULT_MASK_LEVEL = 0.4
 CSV_FIELDS = ("path", "name", "read_status", "score", "verdict", "n_regions", "defect_area", "width", "height",
               "overlay", "mask", "error")
 
