@@ -433,3 +433,11 @@ def test_report_renders_in_a_headless_browser(data, tmp_path):
     green = ((pixels[..., 1] > 100) & (pixels[..., 0] < 80) & (pixels[..., 2] < 80)).sum()  # ok badges
     dark = (pixels.sum(-1) < 60).sum()  # the overlays' black frames and the text
     assert red > 50 and green > 50 and dark > 1000
+
+
+def test_documented_csv_columns_are_the_ones_written():
+    import re
+    page = (Path(__file__).resolve().parents[1] / "docs" / "predict.md").read_text()
+    m = re.search(r"\*\*`predictions\.csv`\*\* columns: `([^`]+)`", page.replace("\n  ", " "))
+    assert m, "docs/predict.md lists the predictions.csv columns"
+    assert tuple(c.strip() for c in m.group(1).split(",")) == predict.CSV_FIELDS
