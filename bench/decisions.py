@@ -316,7 +316,7 @@ def strip_chart(runs: list[dict], variant: str, ks: list[int], classes: list[str
     left, right, row_h, top = 150, 30, 22, 40
     width = 760
     rows = [(c, k) for c in classes for k in ks]
-    img = Image.new("RGB", (width, top + row_h * len(rows) + 40), "white")
+    img = Image.new("RGB", (width, top + row_h * len(rows) + 44), "white")
     d = ImageDraw.Draw(img)
     lo, hi = math.log(0.5), math.log(2.0)
     x_of = lambda r: left + (min(max(math.log(max(r, 1e-9)), lo), hi) - lo) / (hi - lo) * (width - left - right)  # noqa: E731
@@ -337,7 +337,10 @@ def strip_chart(runs: list[dict], variant: str, ks: list[int], classes: list[str
                 dy = (j % 3 - 1) * 4  # spread overlapping dots a little
                 colour = (200, 30, 30) if rec["label"] else (20, 150, 40)
                 d.ellipse([x - 3, y + dy - 3, x + 3, y + dy + 3], outline=colour, width=1)
-    d.text((width - 260, top + row_h * len(rows) + 22), "o defective (red)   o good (green)", fill="black", font=font)
+    y = top + row_h * len(rows) + 28
+    for x, colour, label in ((width - 250, (200, 30, 30), "defective"), (width - 150, (20, 150, 40), "good")):
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], outline=colour, width=1)
+        d.text((x + 8, y - 6), label, fill="black", font=font)
     img.save(path)
     return path
 
