@@ -306,6 +306,38 @@ def mask_table(runs: list[dict], variants: list[str], ks: list[int], levels: lis
         tabulate(rows, headers=head, tablefmt="github") + "\n"
 
 
+def threshold_grid(runs: list[dict], variant: str, fprs, margins) -> list[dict]:
+    """Re-decide a finished run's images under other image-threshold settings, from the normal scores
+    and image scores it stored (``models.thresholds.image_threshold``: max(mean + z std, empirical
+    quantile) at each fpr, x (1 + margin)): per (fpr, margin, k) the mean over classes of TPR, FPR and
+    balanced accuracy. The masks are not re-made (they need the maps)."""
+    from models.thresholds import image_threshold
+
+    out = []
+    ks = sorted({r["k"] for r in runs if r["variant"] == variant})
+    classes = sorted({r["class"] for r in runs if r["variant"] == variant})
+    for fpr in fprs:
+        for margin in margins:
+            for k in ks:
+                tprs, fps = [], []
+                for c in classes:
+                    t, f = [], []
+                    for r in runs:
+                        if r["variant"] != variant or r["k"] != k or r["class"] != c:
+                            continue
+                        thr = image_threshold(np.asarray(r["normal_scores"]), fpr, margin).threshold
+                        lab = np.asarray([i["label"] for i in r["images"]])
+                        sc = np.asarray([i["score"] for i in r["images"]])
+                        t.append(float((sc[lab == 1] > thr).mean()))
+                        f.append(float((sc[lab == 0] > thr).mean()))
+                    tprs.append(np.mean(t))
+                    fps.append(np.mean(f))
+                tpr, fp = float(np.mean(tprs)), float(np.mean(fps))
+                out.append({"fpr": fpr, "margin": margin, "k": k, "tpr": tpr, "false_alarms": fp,
+                            "balanced_accuracy": (tpr + 1 - fp) / 2})
+    return out
+
+
 # ----------------------------------------------------------------------------- picture
 
 def strip_chart(runs: list[dict], variant: str, ks: list[int], classes: list[str], path: Path) -> Path:
@@ -366,6 +398,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "summed up in decisions.md's mask table)")
     p.add_argument("--batch_size", type=int, default=16, help="test images per forward pass (default: %(default)s)")
     p.add_argument("--out", default="bench_out/decisions", help="output folder (default: %(default)s)")
+    p.add_argument("--grid", default=None, metavar="DECISIONS_JSON",
+                   help="no new run: re-decide a decisions.json's images over --grid_fpr x --grid_margin image-threshold "
+                        "settings (from its stored normal and image scores) and print the table")
+    p.add_argument("--grid_fpr", type=float, nargs="+", default=[0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5])
+    p.add_argument("--grid_margin", type=float, nargs="+", default=[-0.1, 0.0, 0.05, 0.1, 0.2, 0.25, 0.3])
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--grid" in argv:  # the data flags are not needed then
+        argv = [*argv, "--data_root", "-", "--weights", "none"]
     args = p.parse_args(argv)
     if any(k < 1 for k in args.k_shot):
         p.error("--k_shot values must be >= 1")
@@ -374,6 +415,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.grid:
+        d = json.loads(Path(args.grid).read_text(encoding="utf-8"))
+        variants = sorted({r["variant"] for r in d["runs"]})
+        rows = [{"variant": v, **x} for v in variants for x in threshold_grid(d["runs"], v, args.grid_fpr, args.grid_margin)]
+        print(tabulate([[r["variant"], r["fpr"], r["margin"], r["k"], f"{r['tpr']:.3f}", f"{r['false_alarms']:.3f}",
+                         f"{r['balanced_accuracy']:.3f}"] for r in rows],
+                       headers=["variant", "fpr", "margin", "k", "tpr", "fpr (measured)", "balanced_accuracy"],
+                       tablefmt="github"))
+        return {"grid": rows}
     root = Path(args.data_root)
     if not root.is_dir():
         raise FileNotFoundError(f"--data_root {root} is not a folder")

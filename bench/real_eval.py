@@ -95,7 +95,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=1e-3, help="(default: %(default)s)")
     p.add_argument("--train_args", default="",
                    help="extra train.py flags for every run, e.g. '--dice_smooth 0.01 --nam_residual' (default: none)")
-    p.add_argument("--no_transductive", action="store_true", help="image scores of each image on its own")
+    p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
+                   help="blend each image score with its map maximum normalised over the class, as test_few_shot.py "
+                        "(--no-transductive: each image on its own) (default: on)")
+    p.add_argument("--no_transductive", dest="transductive", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--skip_methods", action="store_true",
                    help="only the extra measurements asked for (--agreement, --precision_check), no training")
     p.add_argument("--agreement", action="store_true",
@@ -236,9 +239,9 @@ ENSEMBLE_SEED = -1  # the train_seed of an ensemble's records (every seed's head
 
 def metrics_of(args, data, score_map: torch.Tensor, image_score: torch.Tensor) -> dict:
     """METRICS of one class's maps (N, H, W) and image scores (N,) (transductive unless
-    --no_transductive)."""
+    --no-transductive)."""
     maps, scores = score_map.numpy(), image_score.numpy()
-    if not args.no_transductive:
+    if args.transductive:
         scores = transductive_scores(scores, maps)
     m = class_metrics(data.labels, scores, data.masks, maps)
     return {key: m[key] for key in METRICS}

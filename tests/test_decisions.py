@@ -341,3 +341,14 @@ def test_a_references_file_fitted_with_another_margin_is_refused(tmp_path):
     assert predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "b"), "--margin", "0.2"]) == 0
     with pytest.raises(ValueError, match="margin: file 0.2, now 0.0"):
         predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "c"), "--margin", "0"])
+
+
+def test_threshold_grid_redecides_from_the_stored_scores():
+    normal = [0.2, 0.3, 0.4]
+    images = [{"label": 0, "score": 0.35}, {"label": 0, "score": 0.5}, {"label": 1, "score": 0.45},
+              {"label": 1, "score": 0.9}]
+    runs = [{"variant": "v", "class": "a", "k": 2, "seed": 0, "normal_scores": normal, "images": images}]
+    rows = decisions.threshold_grid(runs, "v", [0.5], [0.0, 0.6])
+    # fpr 0.5: z = 0, the median 0.3 of the normal scores; margin 0.6 -> 0.48
+    assert [(r["margin"], r["tpr"], r["false_alarms"]) for r in rows] == [(0.0, 1.0, 1.0), (0.6, 0.5, 0.5)]
+    assert rows[1]["balanced_accuracy"] == pytest.approx(0.5)

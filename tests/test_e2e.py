@@ -546,14 +546,15 @@ def test_no_nam_training_leaves_the_nam_untrained_and_out_of_the_loss(syn_datase
     assert test_few_shot.main(["--save_path", str(tmp_path / "without"), "--no-nam", *common])
 
 
-def test_reproduction_programs_align_exhaustively_and_predict_by_image_index(tmp_path):
-    """The reference's numbers come from exhaustive search; predict.py keeps the fast index."""
+def test_reproduction_programs_and_predict_align_exhaustively(tmp_path):
+    """The reference's numbers come from exhaustive search; predict.py's decisions were measured
+    better with it too (docs/predict.md, Decisions on real parts)."""
     import predict
 
     assert train.parse_args(["--train_data_path", "x", "--save_path", "y"]).align == "exhaustive"
     assert train.parse_args(["--train_data_path", "x", "--save_path", "y"]).k_shot == 10
     assert test_few_shot.parse_args(["--data_path", "x", "--save_path", "y", "--mode", "fd"]).align == "exhaustive"
-    assert predict.parse_args(["--refs", "a", "--images", "b", "--out", "c"]).align == "image_index"
+    assert predict.parse_args(["--refs", "a", "--images", "b", "--out", "c"]).align == "exhaustive"
 
 
 def test_training_changes_beyond_the_reference_are_recorded(syn_datasets, tiny_backbone_args, tmp_path):
