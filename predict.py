@@ -49,7 +49,7 @@ from data.images import ImageReadError, image_to_tensor, image_to_unit_tensor, l
 from models import build_fasl_from_args
 from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import (add_advanced_scoring_args, add_backbone_args, add_hidden_alias, add_inference_args,
-                          add_post_args, check_model_flags, map_post_from_args)
+                          add_post_args, check_model_flags, check_post_flags, map_post_from_args)
 from models.postprocess import MapPost
 from models.references import SavedReferences
 from models.thresholds import BANK_AUGMENTS, NORMAL_SAMPLES, Thresholds, augmented_views, bank_copies, score_references, view_kinds
@@ -144,10 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch_size < 1:
         p.error("--batch_size must be >= 1")
     check_model_flags(p, args, windows=True)
-    try:
-        map_post(args)
-    except ValueError as err:
-        p.error(str(err))
+    check_post_flags(p, args)
     if args.margin is not None and not args.margin > -1.0:
         p.error(f"--margin must be > -1, got {args.margin}")
     if not 0.0 <= args.mask_level < 1.0:

@@ -41,7 +41,7 @@ from data.meta import check_files, load_meta, split_files
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import (add_advanced_scoring_args, add_backbone_args, add_inference_args, add_post_args,
-                          add_retired_flag, check_model_flags, map_post_from_args)
+                          add_retired_flag, check_model_flags, check_post_flags, map_post_from_args)
 from models.postprocess import MapPost
 from utils.cli import run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
@@ -102,10 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.eval_size < 1:
         p.error("--eval_size must be >= 1")
     check_model_flags(p, args, windows=True)
-    try:
-        map_post_from_args(args)
-    except ValueError as err:
-        p.error(str(err))
+    check_post_flags(p, args)
     return args
 
 

@@ -148,6 +148,14 @@ def map_post_from_args(args):
     return MapPost(smooth_sigma=args.smooth_sigma, image_score=args.image_score, top_fraction=args.top_fraction)
 
 
+def check_post_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, through ``p.error``, post-processing values ``map_post_from_args`` would not take."""
+    try:
+        map_post_from_args(args)
+    except ValueError as err:
+        p.error(str(err))
+
+
 def add_hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
     """An old spelling of a flag that scripts may still use, kept out of --help."""
     p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
