@@ -14,23 +14,25 @@ over the set) and every result is mapped back to its original resolution.
 Under torchrun (``torchrun --nproc_per_node N predict.py ...``) every process fits the same
 references and scores its own block of the images; rank 0 writes one predictions.csv / .json.
 
-Outputs in --out, per image (NAME = file stem, made unique when two inputs share one):
-NAME_overlay.png (heat map, colour scale centred on the pixel threshold, white outline around the
-defect mask) and NAME_mask.png (0/255, original size); for the run: predictions.csv (one row per
-image), predictions.json (the same plus every region, the thresholds and the settings),
-thresholds.json, predict.log and report.html (every image's overlay, score, verdict and regions,
-sorted by score, the threshold marked; open it in any browser). A file that cannot be read, or an
-image smaller than the model's patch grid, is reported and skipped; the exit status is then 1.
+Outputs in --out, per image (NAME = the image's path below the deepest folder holding every input,
+folders joined by "__", e.g. good__000): NAME_overlay.png (heat map, colour scale centred on the pixel
+threshold, white outline around the defect mask) and NAME_mask.png (0/255, original size); for the
+run: predictions.csv (one row per image), predictions.json (the same plus every region, the
+thresholds and the settings), thresholds.json, predict.log and report.html (every image's overlay,
+score, verdict and regions, sorted by score, the threshold marked; open it in any browser). A file
+that cannot be read, or an image smaller than the model's patch grid, is reported and skipped; the
+exit status is then 1.
 
-Thresholds (see models/thresholds.py): every reference is scored against the others
-(leave-one-out; with one reference, 8 augmented copies of it against itself). The image threshold
-at false-alarm rate --fpr is max(mean + z * std, empirical (1 - fpr) quantile) of those normal
-image scores, z = Phi^-1(1 - fpr); the pixel threshold is the empirical (1 - fpr) quantile of
-their pooled pixel scores, and the smallest region kept is as large as the largest region above
-it on any of those normal views. An image is a "defect" when its score exceeds the image
-threshold. Verdict, regions and mask agree: a "defect" image lists its connected regions above
-the pixel threshold that are at least that large (and always the one holding its highest score);
-an "ok" image lists none and has an empty mask (--regions_for_ok lists them anyway).
+Decisions (see models/thresholds.py, models/postprocess.py; measured in docs/predict.md): the map is
+smoothed (--smooth_sigma) and an image scores the mean of its top 1 % (--image_score top). Every
+reference and its 8 augmented views are scored against the other references (--normal_sample
+loo+views; one reference: its views against itself). The image threshold at --fpr is max(mean +
+z * std, empirical (1 - fpr) quantile) of those normal scores, z = Phi^-1(1 - fpr), x (1 + --margin);
+the pixel threshold is the empirical (1 - fpr) quantile of their pooled pixel scores. An image is a
+"defect" when its score exceeds the image threshold; its mask is the pixels above pixel threshold +
+--mask_level x (peak - pixel threshold), in regions at least as large as the largest region above
+the pixel threshold on any normal view (and always the one holding its peak). Verdict, regions and
+mask agree: an "ok" image lists none and has an empty mask (--regions_for_ok lists them anyway).
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ from utils.report import write_report
 from utils.visualize import heatmap_overlay, mask_outline, normalize_map, save_png
 
 PREDICTIONS_FORMAT = "fasl-predictions-v1"
-# The decision defaults, measured on five real classes with ImageNet EfficientNet-Lite0 (README, Decisions on
+# The decision defaults, measured on five real classes with ImageNet EfficientNet-Lite0 (docs/predict.md, Decisions on
 # real parts: bench/decisions.py, mean over the classes of k = 1, 2, 4 x three reference seeds): a smoothed map's
 # top-1 % mean scores images best (per-image AUROC), exhaustive alignment decides better than image_index, each
 # reference's views against the others make the k >= 2 fit stable, and a single reference's views against itself
@@ -132,7 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if (args.refs is None) == (args.load_refs is None):
         p.error("give the references either as --refs PATHS or as --load_refs FILE (exactly one)")
     if args.mode is None:
-        # measured on held-out real classes (README, Measured on real images): the heads alone lose to
+        # measured on held-out real classes (docs/real-images.md): the heads alone lose to
         # FD, the heads merged with FD reach it
         args.mode = "merged" if args.checkpoint_path else "fd"
     if mode_uses_heads(args.mode) and not args.checkpoint_path:
@@ -145,6 +147,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--batch_size must be >= 1")
     check_model_flags(p, args, windows=True)
     check_post_flags(p, args)
+    if args.load_refs and (args.augment_refs != DEFAULT_AUGMENT or args.normal_sample != DEFAULT_NORMAL_SAMPLE):
+        p.error("--augment_refs and --normal_sample shape the bank and the fit a --load_refs file already holds: "
+                "rebuild the file with --refs to change them")
     if args.margin is not None and not args.margin > -1.0:
         p.error(f"--margin must be > -1, got {args.margin}")
     if not 0.0 <= args.mask_level < 1.0:

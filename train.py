@@ -51,7 +51,7 @@ CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
 ANOMALY_SOURCES = ("masks", "synthetic")
 # Named training recipes: defaults of the training choices, each still overridden by its own flag.
 # "reference": the reference code's recipe, as trainAndTest.sh trains (the default).
-# "new_parts": the settings that measured best for heads used on parts they never saw (README,
+# "new_parts": the settings that measured best for heads used on parts they never saw (docs/real-images.md,
 # Measured on real images: leave-one-class-out over five real classes).
 RECIPES = {
     "reference": {},
@@ -112,8 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--synth_kinds", default="cutpaste,noise",
                    help="synthetic: comma-separated defect kinds, from cutpaste, noise (default: %(default)s)")
     # experiment switches, last in --help: a user sets --recipe instead
-    adv = p.add_argument_group("advanced: training changes that are not the reference code's (see README, Measured "
-                               "on real images; --recipe new_parts sets some of them)")
+    adv = p.add_argument_group("advanced: training changes that are not the reference code's (see docs/real-images.md; "
+                               "--recipe new_parts sets some of them)")
     adv.add_argument("--per_block_nam", action="store_true",
                      help="one NAM per block instead of the reference's single NAM shared by every block and the "
                           "LFE windows")

@@ -62,7 +62,7 @@ DECISIONS_FORMAT = "fasl-decisions-v1"
 SUMMARY = ("tpr", "fpr", "balanced_accuracy", "image_auroc", "iou_caught", "f1_caught", "iou_all", "regions_hit")
 MASK_FIGURES = ("iou_caught", "f1_caught", "iou_all", "regions_hit")
 BACKBONE_FLAGS = ("model", "pretrained", "image_size", "features_list", "precision", "quick_gelu", "neighbourhood",
-                  "device")
+                  "device", "seed")  # the seed draws random weights
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -323,15 +323,18 @@ def threshold_grid(runs: list[dict], variant: str, fprs, margins) -> list[dict]:
                 for c in classes:
                     t, f = [], []
                     for r in runs:
-                        if r["variant"] != variant or r["k"] != k or r["class"] != c:
-                            continue
+                        if r["variant"] != variant or r["k"] != k or r["class"] != c or not r["normal_scores"]:
+                            continue  # (thresholds given by hand store no normal scores)
                         thr = image_threshold(np.asarray(r["normal_scores"]), fpr, margin).threshold
                         lab = np.asarray([i["label"] for i in r["images"]])
                         sc = np.asarray([i["score"] for i in r["images"]])
                         t.append(float((sc[lab == 1] > thr).mean()))
                         f.append(float((sc[lab == 0] > thr).mean()))
-                    tprs.append(np.mean(t))
-                    fps.append(np.mean(f))
+                    if t:
+                        tprs.append(np.mean(t))
+                        fps.append(np.mean(f))
+                if not tprs:
+                    continue
                 tpr, fp = float(np.mean(tprs)), float(np.mean(fps))
                 out.append({"fpr": fpr, "margin": margin, "k": k, "tpr": tpr, "false_alarms": fp,
                             "balanced_accuracy": (tpr + 1 - fp) / 2})
@@ -405,11 +408,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grid_margin", type=float, nargs="+", default=[-0.1, 0.0, 0.05, 0.1, 0.2, 0.25, 0.3])
     if argv is None:
         argv = sys.argv[1:]
-    if "--grid" in argv:  # the data flags are not needed then
+    if any(a == "--grid" or a.startswith("--grid=") for a in argv):  # the data flags are not needed then
         argv = [*argv, "--data_root", "-", "--weights", "none"]
     args = p.parse_args(argv)
     if any(k < 1 for k in args.k_shot):
         p.error("--k_shot values must be >= 1")
+    if args.batch_size < 1:
+        p.error("--batch_size must be >= 1")
+    bad = [m for m in args.mask_levels if not 0.0 <= m < 1.0]
+    if bad:
+        p.error(f"--mask_levels must lie in [0, 1), got {bad}")
     return args
 
 
@@ -452,33 +460,38 @@ def main(argv=None) -> dict:
 
     runs: list[dict] = []
     models: dict[tuple, object] = {}
-    tests: dict[tuple, TestSet] = {}
+    tests: dict[tuple, TestSet] = {}  # the current class's, per backbone
     total = len(variants) * len(classes) * len(args.k_shot) * len(args.seeds)
     bar = tqdm(total=total, desc="decisions", unit="run", dynamic_ncols=True)
-    for v in variants:
+    for v in variants:  # every model first (the seed draws random weights)
         seed_everything(v.args.seed)
-        key = v.backbone_key
-        if key not in models:
-            device = resolve_device(v.args.device)
-            models[key] = build_fasl_from_args(v.args, device)
-            models[key].eval()
-        model = models[key]
-        cfg = InferenceConfig.from_args(v.args, out_size=v.args.map_size or v.args.image_size)
-        for c in classes:
-            if (key, c) not in tests:
-                tests[(key, c)] = load_test_set(root, meta, c, model)
-            test = tests[(key, c)]
-            encoded = [model.encode(test.images[i:i + args.batch_size], cfg)
-                       for i in range(0, len(test.paths), args.batch_size)]
+        if v.backbone_key not in models:
+            models[v.backbone_key] = build_fasl_from_args(v.args, resolve_device(v.args.device))
+            models[v.backbone_key].eval()
+    for c in classes:  # a class's test images are encoded once per backbone and window layout
+        encodings: dict[tuple, list] = {}
+        for v in variants:
+            key = v.backbone_key
+            model = models[key]
+            cfg = InferenceConfig.from_args(v.args, out_size=v.args.map_size or v.args.image_size)
+            if key not in tests:
+                tests.clear()
+                tests[key] = load_test_set(root, meta, c, model)
+            test = tests[key]
+            enc_key = (key, cfg.winmode, cfg.win_size, cfg.win_stride, cfg.align != "exhaustive")
+            if enc_key not in encodings:
+                encodings[enc_key] = [model.encode(test.images[i:i + args.batch_size], cfg)
+                                      for i in range(0, len(test.paths), args.batch_size)]
             for k in args.k_shot:
                 for seed in args.seeds:
                     ref_paths = [root / p for p in sample_kshot(meta, c, k, seed)]
-                    metrics, records, normal = run_one(v, model, cfg, encoded, test, ref_paths, log,
+                    metrics, records, normal = run_one(v, model, cfg, encodings[enc_key], test, ref_paths, log,
                                                        tuple(args.mask_levels))
                     runs.append({"variant": v.name, "class": c, "k": k, "seed": seed, "metrics": metrics,
                                  "references": [str(p) for p in ref_paths], "normal_scores": normal,
                                  "images": records})
                     bar.update(1)
+        tests.clear()
         write_json(out / "decisions.partial.json", json_safe({"format": DECISIONS_FORMAT, "runs": runs}))
     bar.close()
     (out / "decisions.partial.json").unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from models.backbone import DEFAULT_MODEL, PRECISIONS, backbone_geometry
+from models.backbone import DEFAULT_MODEL, PRECISIONS, backbone_geometry, check_neighbourhood
 from models.fasl import SCORE_MODES, SEARCH_PRECISIONS, WINMODES
 from models.memory import ALIGN_MODES
 
@@ -110,6 +110,10 @@ def check_model_flags(p: argparse.ArgumentParser, args: argparse.Namespace, wind
         p.error(f"--model {args.model}: {err}")
     if args.image_size < 1:
         p.error(f"--image_size must be >= 1, got {args.image_size}")
+    try:
+        check_neighbourhood(getattr(args, "neighbourhood", 1))
+    except ValueError as err:
+        p.error(f"--{err}")
     if geometry is None:
         return
     patch, depth = geometry

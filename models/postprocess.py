@@ -2,7 +2,7 @@
 
 The reference code's image score is the mean over blocks of each block's maximum on the patch
 grid (``FASL.predict``: the ``model`` score here), and its map is used as it is. A decision on one
-image at a time can do better with a little post-processing, chosen on real images (README,
+image at a time can do better with a little post-processing, chosen on real images (docs/predict.md,
 Decisions on real parts):
 
 * ``smooth_sigma``: a Gaussian blur of the map (sigma in map pixels), as PatchCore smooths its
@@ -74,8 +74,8 @@ class MapPost:
     def __post_init__(self):
         if self.image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {self.image_score!r}")
-        if not self.smooth_sigma >= 0:
-            raise ValueError(f"smooth_sigma must be >= 0, got {self.smooth_sigma}")
+        if not (math.isfinite(self.smooth_sigma) and self.smooth_sigma >= 0):
+            raise ValueError(f"smooth_sigma must be a finite number >= 0, got {self.smooth_sigma}")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
 

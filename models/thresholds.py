@@ -196,7 +196,7 @@ def image_threshold(scores: np.ndarray, fpr: float, margin: float = 0.0) -> Imag
     """scores: (n,) normal image scores -> the image threshold and the statistics behind it:
     max(mean + z * std, empirical quantile) at ``fpr``, raised by ``margin`` (a share of itself:
     x (1 + margin)), because a new good part differs more from the references than they do from
-    each other (README, Decisions on real parts)."""
+    each other (docs/predict.md, Decisions on real parts)."""
     fpr = _check_fpr(fpr)
     if not margin > -1.0:
         raise ValueError(f"margin must be > -1, got {margin}")

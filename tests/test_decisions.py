@@ -98,7 +98,6 @@ def test_gaussian_blur_equals_a_brute_force_convolution():
             want[:, i, j] = (padded[:, i:i + 2 * r + 1, j:j + 2 * r + 1] * np.outer(k, k)).sum(axis=(1, 2))
     got = gaussian_blur(torch.from_numpy(maps), sigma).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert gaussian_blur(torch.from_numpy(maps), 0.0) is not None
     np.testing.assert_array_equal(gaussian_blur(torch.from_numpy(maps), 0.0).numpy(), maps)
     tiny = gaussian_blur(torch.ones(1, 3, 3), 4.0)  # kernel wider than the map: clipped, constant stays constant
     np.testing.assert_allclose(tiny.numpy(), 1.0, rtol=1e-6)
@@ -116,7 +115,7 @@ def test_map_post_scores():
     assert top_mean(maps, 1.0).tolist() == pytest.approx([0.05, 0.5])
     smooth = MapPost(smooth_sigma=1.0, image_score="max").apply(pred)
     assert smooth.image_score[0] < 5.0 and smooth.score_map.shape == maps.shape
-    for bad in ({"image_score": "mean"}, {"smooth_sigma": -1.0}, {"top_fraction": 0.0}):
+    for bad in ({"image_score": "mean"}, {"smooth_sigma": -1.0}, {"smooth_sigma": float("inf")}, {"top_fraction": 0.0}):
         with pytest.raises(ValueError):
             MapPost(**bad)
 
@@ -352,3 +351,34 @@ def test_threshold_grid_redecides_from_the_stored_scores():
     # fpr 0.5: z = 0, the median 0.3 of the normal scores; margin 0.6 -> 0.48
     assert [(r["margin"], r["tpr"], r["false_alarms"]) for r in rows] == [(0.0, 1.0, 1.0), (0.6, 0.5, 0.5)]
     assert rows[1]["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_a_single_reference_file_with_the_default_margin_loads_with_default_flags(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "refs").mkdir()
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(tmp_path / "refs" / "r.png")
+    base = ["--images", str(tmp_path / "refs"), *TINY, "--mode", "fd"]
+    refs_file = tmp_path / "one.pt"
+    assert predict.main(["--refs", str(tmp_path / "refs"), *base, "--out", str(tmp_path / "a"),
+                         "--save_refs", str(refs_file)]) == 0
+    fit = json.loads((tmp_path / "a" / "thresholds.json").read_text())
+    assert fit["method"] == "augmented-self" and fit["fit"]["margin"] == predict.SELF_VIEWS_MARGIN
+    assert predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "b")]) == 0
+    with pytest.raises(ValueError, match="margin: file 0.25, now 0.0"):
+        predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "c"), "--margin", "0"])
+    with pytest.raises(SystemExit):  # the bank and fit are the file's: these flags cannot change them
+        predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "d"), "--augment_refs", "rot90"])
+
+
+def test_benchmark_and_flag_values_refused_up_front(capsys):
+    for argv in (["--neighbourhood", "2"], ["--smooth_sigma", "inf"]):
+        with pytest.raises(SystemExit):
+            predict.parse_args(["--refs", "a", "--images", "b", "--out", "c", *TINY, *argv])
+        assert argv[0][2:] in capsys.readouterr().err
+    base = ["--data_root", "x", "--weights", "none"]
+    for argv in (["--mask_levels", "1.0"], ["--batch_size", "0"]):
+        with pytest.raises(SystemExit):
+            decisions.parse_args([*base, *argv])
+    assert decisions.parse_args(["--grid=x.json"]).grid == "x.json"

@@ -382,7 +382,7 @@ def split_threshold(data, tmp_path):
 
 
 def test_report_html_sorted_with_threshold_and_failures(data, tmp_path):
-    tiny = write(tmp_path / "in" / "dot.png", np.full((1, 1, 3), 128, np.uint8))  # smaller than the 8x8 grid
+    tiny = write(tmp_path / "in" / "dot & <b>.png", np.full((1, 1, 3), 128, np.uint8))  # smaller than the 8x8 grid
     broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(b"not a png")
     cut = split_threshold(data, tmp_path)
@@ -403,7 +403,8 @@ def test_report_html_sorted_with_threshold_and_failures(data, tmp_path):
     assert 0 < n_above < len(scored)  # the marker has images on both sides here
     assert all(p < line for p in positions[:n_above]) and all(p > line for p in positions[n_above:])
     failed_box = page[page.index('class="failed"'):page.index('class="grid"')]
-    assert "dot.png" in failed_box and "broken.png" in failed_box and "smaller than" in failed_box
+    assert "dot &amp; &lt;b&gt;.png" in failed_box and "<b>.png" not in failed_box  # escaped, never markup
+    assert "broken.png" in failed_box and "smaller than" in failed_box
     # self-contained: every link is a file beside the page, nothing is fetched from anywhere
     import re
     links = re.findall(r'(?:src|href)="([^"]+)"', page)
