@@ -161,11 +161,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def map_post(args) -> MapPost:
-    """The map post-processing of --image_score / --smooth_sigma / --top_fraction."""
-    return map_post_from_args(args)
-
-
 def output_names(paths: list[Path]) -> list[str]:
     """A distinct output name per path, by one rule: the path relative to the deepest folder that
     holds every input, its folders joined by ``__`` and its extension dropped (``test/good/000.png``
@@ -397,7 +392,8 @@ def write_outputs(args, out: Path, model: FASL, cfg: InferenceConfig, refs: Save
     """predictions.csv / .json and the run's summary; returns the exit status (1 if any image failed)."""
     failed = [r for r in records if r["read_status"] != "scored"]
     thresholds = refs.thresholds.to_dict()
-    settings = {"args": vars(args), "inference": asdict(cfg), "post": map_post(args).to_dict(), "model": model.config(), "references": refs.refs,
+    settings = {"args": vars(args), "inference": asdict(cfg), "post": map_post_from_args(args).to_dict(),
+                "model": model.config(), "references": refs.refs,
                 "search_dtype": resolved_search_dtype(model, cfg)}
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -448,7 +444,7 @@ def _run(args, out: Path, log, d: Dist, device: torch.device) -> int:
     model = build_fasl_from_args(args, device, checkpoint=args.checkpoint_path if mode_uses_heads(args.mode) else None)
     model.eval()
     cfg = InferenceConfig.from_args(args, out_size=args.map_size or args.image_size)
-    post = map_post(args)
+    post = map_post_from_args(args)
     refs = prepare_references(args, model, cfg, log, d, post)
     t = refs.thresholds
     out.mkdir(parents=True, exist_ok=True)  # the inputs have passed every check

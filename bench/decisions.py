@@ -54,6 +54,7 @@ from data.meta import load_meta  # noqa: E402
 from data.mvtec import build_mvtec_meta  # noqa: E402
 from models import build_fasl_from_args  # noqa: E402
 from models.fasl import InferenceConfig  # noqa: E402
+from models.flags import map_post_from_args  # noqa: E402
 from utils.distributed import Dist  # noqa: E402
 from utils.metrics import image_metrics, label_regions  # noqa: E402
 from utils.misc import resolve_device, seed_everything, write_json  # noqa: E402
@@ -210,7 +211,7 @@ def run_one(variant: Variant, model, cfg: InferenceConfig, encoded: list, test: 
     values whose mask figures are added as ``iou_caught@L`` etc. (same scores and verdicts)."""
     args = copy.copy(variant.args)
     args.refs = [str(p) for p in ref_paths]
-    post = predict.map_post(args)
+    post = map_post_from_args(args)
     refs = predict.prepare_references(args, model, cfg, log, Dist(), post)
     decision = predict.Decision.of(args, refs.thresholds)
     others = {level: replace(decision, mask_level=level) for level in mask_levels}
@@ -243,6 +244,12 @@ def run_one(variant: Variant, model, cfg: InferenceConfig, encoded: list, test: 
     return metrics, records, (list(fit.image_scores) if fit is not None else [])
 
 
+def class_means(runs: list[dict], variant: str, k: int, classes: list[str], metric: str) -> dict:
+    """Each class's (mean, std) over seeds of ``metric`` for one (variant, k)."""
+    return {c: mean_std(r["metrics"][metric] for r in runs
+                        if r["variant"] == variant and r["k"] == k and r["class"] == c) for c in classes}
+
+
 def summarise(runs: list[dict], variants: list[str], ks: list[int], classes: list[str]) -> dict:
     """Per (variant, k): each class's mean and std over seeds, and the mean over classes (with the std
     over seeds of the class mean)."""
@@ -250,10 +257,8 @@ def summarise(runs: list[dict], variants: list[str], ks: list[int], classes: lis
     for v in variants:
         for k in ks:
             mine = [r for r in runs if r["variant"] == v and r["k"] == k]
-            per_class = {}
-            for c in classes:
-                rc = [r["metrics"] for r in mine if r["class"] == c]
-                per_class[c] = {m: mean_std(x[m] for x in rc) for m in SUMMARY}
+            by_metric = {m: class_means(mine, v, k, classes, m) for m in SUMMARY}
+            per_class = {c: {m: by_metric[m][c] for m in SUMMARY} for c in classes}
             seeds = sorted({r["seed"] for r in mine})
             by_seed = {m: [mean_std(r["metrics"][m] for r in mine if r["seed"] == s)[0] for s in seeds]
                        for m in SUMMARY}
@@ -294,12 +299,10 @@ def mask_table(runs: list[dict], variants: list[str], ks: list[int], levels: lis
         for level in levels:
             row = [v, f"{level:g}"]
             for k in ks:
-                mine = [r["metrics"] for r in runs if r["variant"] == v and r["k"] == k]
                 classes = sorted({r["class"] for r in runs if r["variant"] == v and r["k"] == k})
-                per = {c: [m for r, m in zip([r for r in runs if r["variant"] == v and r["k"] == k], mine)
-                           if r["class"] == c] for c in classes}
                 for name in ("iou_caught", "f1_caught"):
-                    row.append(f"{mean_std(mean_std(m[f'{name}@{level:g}'] for m in per[c])[0] for c in classes)[0]:.3f}")
+                    per = class_means(runs, v, k, classes, f"{name}@{level:g}")
+                    row.append(f"{mean_std(m for m, _ in per.values())[0]:.3f}")
             rows.append(row)
     head = ["variant", "mask_level", *[f"{n} k={k}" for k in ks for n in ("iou_caught", "f1_caught")]]
     return "\n## Masks at other --mask_level values (mean over classes)\n\n" + \
