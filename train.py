@@ -32,13 +32,14 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from data.anomaly_synthesis import SynthesisConfig, parse_kinds
-from data.dataset import AnomalyDataset, class_batches, select_classes
+from data.dataset import AnomalyDataset, balanced_batches, class_batches, select_classes
 from data.images import list_images
 from data.kshot import choose_references, draw_references, load_kshot, load_reference_images, save_kshot
 from data.meta import check_files, load_meta, split_files
 from data.synthetic_train import SynthesizedAnomalyDataset, relative_to_common_root
 from models import build_fasl_from_args
 from models.asl import ScoreMaps, global_batch_norm
+from models.fd import HEAD_INPUTS
 from models.checkpoint import read_checkpoint
 from models.fasl import upsample
 from models.flags import add_align_arg, add_backbone_args, add_hidden_alias, add_retired_flag, check_model_flags
@@ -128,8 +129,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     adv.add_argument("--fd_residual", action="store_true",
                      help="the heads learn a correction to FD (their anomalous logit starts as a calibrated FD, the "
                           "correction at zero), so what is trained is FD + heads")
+    adv.add_argument("--head_input", choices=HEAD_INPUTS, default="deviation",
+                     help="what each ASL head sees of a patch and its aligned reference: 'deviation' |f - f_ref| (the "
+                          "reference's), 'signed' f - f_ref, 'deviation+query' |f - f_ref| and f (default: %(default)s)")
     adv.add_argument("--class_batches", action="store_true",
                      help="every training batch holds one class only, so the heads' BatchNorms never mix classes")
+    adv.add_argument("--balance_classes", action="store_true",
+                     help="draw every class equally often (with replacement, an epoch keeps its length) instead of "
+                          "every image once, so a class with few images weighs as much as one with many")
     p.add_argument("--recipe", default="reference", choices=tuple(RECIPES),
                    help="named defaults of the training choices: 'reference' (the reference code's), 'new_parts' "
                         "(" + ", ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{k}"
@@ -149,6 +156,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--classes selects classes of a meta.json; --train_images is one class (--class_name)")
     if not args.train_images and not args.train_data_path:
         p.error("--train_data_path is required (or --anomaly_source synthetic with --train_images)")
+    if args.class_batches and args.balance_classes:
+        p.error("--class_batches and --balance_classes draw batches in two different ways: give one of them")
     if args.dice_smooth < 0:
         p.error(f"--dice_smooth must be >= 0, got {args.dice_smooth}")
     for name in ("epoch", "batch_size", "k_shot"):
@@ -243,7 +252,7 @@ def build_training_set(args, data: TrainingData, mean, std):
 def run_settings(args) -> dict:
     """What a resumed run must share with the checkpoint it continues (plain values only)."""
     keys = ("seed", "dataset", "anomaly_source", "k_shot", "align", "learning_rate", "batch_size",
-            "aug_rate", "crop_rate", "crop_small_rate", "nam", "dice_smooth", "class_batches", "clean_rate",
+            "aug_rate", "crop_rate", "crop_small_rate", "nam", "dice_smooth", "class_batches", "balance_classes", "clean_rate",
             "synth_kinds", "refs_file", "classes", "train_images")
     return {k: getattr(args, k) for k in keys}
 
@@ -255,11 +264,13 @@ def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
 
 def epoch_batches(dataset, args, epoch: int) -> list[list[int]]:
     """The epoch's batches of item indices, in order: the same in every process of a torchrun, and
-    exactly the batches one process draws (a shuffling DataLoader seeded per epoch, or
-    single-class batches with --class_batches)."""
+    exactly the batches one process draws (a shuffling DataLoader seeded per epoch, single-class
+    batches with --class_batches, or classes drawn equally often with --balance_classes)."""
     generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
     if args.class_batches:
         return class_batches(dataset.item_classes, args.batch_size, generator)
+    if args.balance_classes:
+        return balanced_batches(dataset.item_classes, args.batch_size, generator)
     return [b.tolist() for b in DataLoader(range(len(dataset)), batch_size=args.batch_size, shuffle=True,
                                            generator=generator)]
 
@@ -289,7 +300,8 @@ def _train(args, run) -> Path:
     data = resolve_training_data(args)
 
     model = build_fasl_from_args(args, device, input_bn=args.input_bn, shared_nam=not args.per_block_nam,
-                                 nam_residual=args.nam_residual, fd_residual=args.fd_residual)
+                                 nam_residual=args.nam_residual, fd_residual=args.fd_residual,
+                                 head_input=args.head_input)
     bb = model.backbone
     dataset = build_training_set(args, data, bb.mean, bb.std)
     refs, ref_root = data.refs, data.root

@@ -62,6 +62,7 @@ from utils.metrics import class_metrics, transductive_scores  # noqa: E402
 from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
 
 SOURCES = ("masks", "synth_other", "synth_own", "synth_all")
+LEARNED_MODES = ("asl", "merged", "asl+nam", "merged+nam")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
 
 
@@ -84,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="separate: the NAM-less modes from --no-nam runs, the NAM modes from --nam runs (two runs "
                         "per source and seed); shared: every mode from one --nam run, scored without and with its "
                         "NAM (half the training) (default: %(default)s)")
+    p.add_argument("--learned_modes", nargs="+", choices=LEARNED_MODES, default=list(LEARNED_MODES),
+                   help="the learned scoring modes measured (default: all four)")
     p.add_argument("--winmodes", nargs="+", choices=("nan", "mul"), default=["nan", "mul"], help="(default: nan mul)")
     p.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
     p.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
@@ -114,6 +117,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ensemble", action="store_true",
                    help="also score every learned method as one ensemble of its training seeds' heads (the mean of "
                         "their maps and image scores): method '<name> ens'")
+    p.add_argument("--early_stop", action="store_true",
+                   help="also score every epoch's checkpoint and add '<name> early': for each test class and training "
+                        "seed, the epoch whose heads score best (mean of pixel AUROC and AUPRO) on the real defects of "
+                        "the *other* classes, which synthetic-defect training never sees (synthetic sources only)")
     p.add_argument("--label", default="",
                    help="a name for this run's training recipe, added to every learned method's name "
                         "(e.g. 'merged [masks, residual]'), so runs of several recipes can be --combine'd")
@@ -128,6 +135,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.combine and not (args.data_root and args.weights):
         p.error("--data_root and --weights are required (unless --combine)")
+    if args.early_stop and "masks" in args.sources:
+        p.error("--early_stop chooses epochs on the other classes' real defects, which --sources masks trains on: "
+                "use it with synthetic sources only")
     return args
 
 
@@ -153,8 +163,8 @@ def training_argv(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
             "--nam" if nam else "--no-nam", *shlex.split(args.train_args)]
 
 
-def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) -> Path:
-    """The checkpoint of one training run, trained now or reused from --workdir."""
+def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) -> list[Path]:
+    """The checkpoints of one training run, epoch 1 to the last, trained now or reused from --workdir."""
     argv = training_argv(args, meta, test_cls, source, nam, seed)
     key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:12]
     classes = argv[argv.index("--classes") + 1:argv.index("--model")]
@@ -164,7 +174,7 @@ def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
     ckpt = folder / f"epoch_{epochs}.pth"
     if not ckpt.is_file():
         train.main([*argv, "--save_path", str(folder)])
-    return ckpt
+    return [folder / f"epoch_{e}.pth" for e in range(1, epochs + 1)]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -229,8 +239,9 @@ def methods(args, nam_runs=(False, True)) -> list[tuple[str, str | None, bool]]:
     out = [("fd", None, False)]
     for source, nam in product(args.sources, nam_runs):
         tag = f"{source}, {args.label}" if args.label else source
-        out.append((f"{'asl+nam' if nam else 'asl'} [{tag}]", source, nam))
-        out.append((f"merged{'+nam' if nam else ''} [{tag}]", source, nam))
+        for mode in ("asl+nam", "merged+nam") if nam else ("asl", "merged"):
+            if mode in args.learned_modes:
+                out.append((f"{mode} [{tag}]", source, nam))
     return out
 
 
@@ -285,10 +296,22 @@ def evaluate(args) -> list[dict]:
                     cfg = InferenceConfig(**{**cfg0.__dict__, "mode": mode, "use_nam": nam})
                     preds = []
                     for train_seed in args.train_seeds[:1] if source is None else args.train_seeds:  # FD: no training
-                        model = cache.get(None if source is None else ckpts[(source, nam, train_seed)])
-                        preds.append(score_chunks(model, encoded, bank, cfg, alignments))
-                        records.append({**run, "train_seed": train_seed, "method": name,
-                                        **metrics_of(args, data, preds[-1].score_map, preds[-1].image_score)})
+                        if source is None:
+                            model = cache.get(None)
+                            preds.append(score_chunks(model, encoded, bank, cfg, alignments))
+                            records.append({**run, "train_seed": train_seed, "method": name,
+                                            **metrics_of(args, data, preds[-1].score_map, preds[-1].image_score)})
+                            continue
+                        epochs = ckpts[(source, nam, train_seed)]
+                        for epoch, ckpt in enumerate(epochs if args.early_stop else epochs[-1:],
+                                                     start=1 if args.early_stop else len(epochs)):
+                            pred = score_chunks(cache.get(ckpt), encoded, bank, cfg, alignments)
+                            record = {**run, "train_seed": train_seed, "method": name, "epoch": epoch,
+                                      **metrics_of(args, data, pred.score_map, pred.image_score)}
+                            if epoch < len(epochs):
+                                record["earlier"] = True  # an early-stopping candidate, not in the tables
+                            records.append(record)
+                        preds.append(pred)  # the last epoch's
                     if args.ensemble and source is not None and len(preds) > 1:
                         # the training seeds' maps averaged: one ensemble of every seed's heads
                         mean_map = torch.stack([q.score_map for q in preds]).mean(0)
@@ -296,7 +319,33 @@ def evaluate(args) -> list[dict]:
                         records.append({**run, "train_seed": ENSEMBLE_SEED, "method": f"{name} ens",
                                         **metrics_of(args, data, mean_map, mean_score)})
             print(f"{cls} {winmode}: scored in {time.time() - t0:.1f}s", flush=True)
+    if args.early_stop:
+        records += early_stopped(records)
     return records
+
+
+def early_stopped(records: list[dict]) -> list[dict]:
+    """'<name> early' records: for each learned method, training seed and test class c, the records
+    of c at the epoch whose mean of pixel AUROC and AUPRO (over k, reference seeds and the classes
+    other than c) is the highest; ties go to the earliest. The chosen epoch is in each record."""
+    out = []
+    learned = [r for r in records if "epoch" in r]
+    for winmode, name, train_seed in dict.fromkeys((r["winmode"], r["method"], r["train_seed"]) for r in learned):
+        mine = [r for r in learned if (r["winmode"], r["method"], r["train_seed"]) == (winmode, name, train_seed)]
+        classes = sorted({r["class"] for r in mine})
+        if len(classes) < 2:
+            raise ValueError("--early_stop needs two test classes or more: each is chosen on the others")
+        epochs = sorted({r["epoch"] for r in mine})
+
+        def score(epoch, cls, rows=mine):
+            vals = [(r["pixel_auroc"] + r["pixel_aupro"]) / 2 for r in rows if r["epoch"] == epoch and r["class"] != cls]
+            return float(np.mean(vals))
+
+        for cls in classes:
+            best = max(epochs, key=lambda e: (score(e, cls), -e))
+            out += [{**{k: v for k, v in r.items() if k != "earlier"}, "method": f"{name} early"}
+                    for r in mine if r["class"] == cls and r["epoch"] == best]
+    return out
 
 
 # ----------------------------------------------------------------------------- alignment agreement
@@ -618,7 +667,8 @@ def main(argv=None) -> dict:
         records = combined_records(args.combine)
     else:
         records = [] if args.skip_methods else evaluate(args)
-    result = {"settings": vars(args), "records": records}
+    result = {"settings": vars(args), "records": [r for r in records if not r.get("earlier")],
+              "earlier_epochs": [r for r in records if r.get("earlier")]}
     text = summary_tables(result["records"]) if result["records"] else ""
     if result["records"] and any(r["method"] != "fd" for r in result["records"]):
         text += "\n" + spread_tables(result["records"])

@@ -178,6 +178,24 @@ def class_batches(item_classes: Sequence[str], batch_size: int, generator: torch
     return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+def balanced_batches(item_classes: Sequence[str], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch's batches of item indices in which every class is drawn equally often on average.
+
+    ``len(item_classes)`` items are drawn with replacement, each with probability
+    1 / (number of classes * its class's size) (torch's ``WeightedRandomSampler``), and cut into
+    batches of ``batch_size`` in the order drawn: a class of 20 items is seen as often as one of
+    60, and the epoch keeps its length.
+    """
+    from collections import Counter
+
+    from torch.utils.data import WeightedRandomSampler
+
+    counts = Counter(item_classes)
+    weights = torch.tensor([1.0 / counts[c] for c in item_classes], dtype=torch.double)
+    order = list(WeightedRandomSampler(weights, len(item_classes), replacement=True, generator=generator))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 class TestImages(NamedTuple):
     """A class's test images, transformed once and reused by every run that scores them."""
 

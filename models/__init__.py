@@ -9,9 +9,10 @@ import torch
 def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None, image_size: int,
                device: torch.device | str = "cpu", input_bn: bool = True, precision: str = "auto",
                checkpoint: str | None = None, quick_gelu: bool = False, shared_nam: bool = True,
-               nam_residual: bool = False, neighbourhood: int = 1, fd_residual: bool = False):
+               nam_residual: bool = False, neighbourhood: int = 1, fd_residual: bool = False,
+               head_input: str = "deviation"):
     """Backbone + heads on ``device``: untrained (layout from ``input_bn`` / ``shared_nam`` /
-    ``nam_residual`` / ``fd_residual``), or
+    ``nam_residual`` / ``fd_residual`` / ``head_input``), or
     loaded from ``checkpoint``, whose own config decides the head layout (e.g. a
     ``--no-input_bn`` run's, or the per-block NAMs of older checkpoints)."""
     from models.asl import HeadLayout
@@ -25,7 +26,7 @@ def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None,
         layout = HeadLayout.from_config(backbone.widths, normalize_config(read_checkpoint(checkpoint)["config"]))
     else:
         layout = HeadLayout(tuple(backbone.widths), input_bn=input_bn, shared_nam=shared_nam, nam_residual=nam_residual,
-                            fd_residual=fd_residual)
+                            fd_residual=fd_residual, head_input=head_input)
     fasl = FASL(backbone, layout)
     if checkpoint is not None:
         fasl.load_checkpoint(checkpoint)

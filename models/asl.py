@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models.fd import gathered_deviation
+from models.fd import HEAD_INPUTS, gathered_head_input, head_input_rows, head_input_width
 
 HIDDEN = (512, 128, 32)
 
@@ -24,13 +24,16 @@ class ASLHead(nn.Module):
     ``fd = 1 - cos = |d|^2 / 2`` recovered from the deviation of unit-length features, and the
     last Linear starts at zero, so an untrained head scores ``sigmoid(scale * BN(fd) + shift)``,
     a monotone function of the block's FD.
+    fd_channels: FD is computed from the first ``fd_channels`` input channels (the deviation's,
+        when the input also carries the query feature: ``deviation+query``); default: all.
     """
 
     FD_INIT = (1.0, -2.0)  # scale, shift: a patch at the mean FD starts at p = 0.12, one 4 std above at 0.88
 
     def __init__(self, width: int, input_bn: bool = True, hidden: tuple[int, ...] = HIDDEN,
-                 hidden_bias: bool = False, fd_residual: bool = False):
+                 hidden_bias: bool = False, fd_residual: bool = False, fd_channels: int | None = None):
         super().__init__()
+        self.fd_channels = width if fd_channels is None else int(fd_channels)
         layers: list[nn.Module] = [nn.BatchNorm1d(width)] if input_bn else []
         dims = (width, *hidden)
         for d_in, d_out in zip(dims[:-1], dims[1:]):
@@ -50,7 +53,7 @@ class ASLHead(nn.Module):
         running ones in eval mode, as every BatchNorm of the head."""
         if not self.fd_residual:
             return None
-        fd = 0.5 * x.float().square().sum(dim=-1, keepdim=True)  # [rows, 1]
+        fd = 0.5 * x[:, :self.fd_channels].float().square().sum(dim=-1, keepdim=True)  # [rows, 1]
         anomalous = self.fd_affine[0] * self.fd_norm(fd) + self.fd_affine[1]
         return torch.cat([torch.zeros_like(anomalous), anomalous], dim=-1)  # [rows, 2]
 
@@ -237,6 +240,8 @@ class HeadLayout:
     hidden_bias: see :class:`ASLHead`.
     nam_residual: the NAM starts as the identity (see :class:`NAM`); not the reference's.
     fd_residual: the heads learn a correction to FD (see :class:`ASLHead`); not the reference's.
+    head_input: what each head sees of a patch and its match (``models.fd.head_input_rows``):
+        ``deviation`` (the reference's), ``signed`` or ``deviation+query``.
     """
 
     widths: tuple[int, ...]
@@ -245,10 +250,15 @@ class HeadLayout:
     hidden_bias: bool = False
     nam_residual: bool = False
     fd_residual: bool = False
+    head_input: str = "deviation"
+
+    def __post_init__(self):
+        if self.head_input not in HEAD_INPUTS:
+            raise ValueError(f"unknown head input {self.head_input!r} (one of {', '.join(HEAD_INPUTS)})")
 
     def to_config(self) -> dict:
         return {"input_bn": self.input_bn, "nam": "shared" if self.shared_nam else "per_block",
-                "hidden_bias": self.hidden_bias, "nam_residual": self.nam_residual, "fd_residual": self.fd_residual}
+                "hidden_bias": self.hidden_bias, "nam_residual": self.nam_residual, "fd_residual": self.fd_residual, "head_input": self.head_input}
 
     @classmethod
     def from_config(cls, widths, config: dict) -> "HeadLayout":
@@ -259,7 +269,7 @@ class HeadLayout:
             raise ValueError(f"unknown NAM layout {nam!r} in checkpoint config")
         return cls(tuple(int(w) for w in widths), bool(config.get("input_bn", True)), nam == "shared",
                    bool(config.get("hidden_bias", True)), bool(config.get("nam_residual", False)),
-                   bool(config.get("fd_residual", False)))
+                   bool(config.get("fd_residual", False)), str(config.get("head_input", "deviation")))
 
 
 class ScoreHeads(nn.Module):
@@ -268,8 +278,9 @@ class ScoreHeads(nn.Module):
     def __init__(self, layout: HeadLayout):
         super().__init__()
         self.layout = layout
-        self.heads = nn.ModuleList(ASLHead(w, layout.input_bn, hidden_bias=layout.hidden_bias,
-                                           fd_residual=layout.fd_residual) for w in layout.widths)
+        self.heads = nn.ModuleList(ASLHead(head_input_width(w, layout.head_input), layout.input_bn,
+                                           hidden_bias=layout.hidden_bias, fd_residual=layout.fd_residual,
+                                           fd_channels=w) for w in layout.widths)
         if layout.shared_nam:
             self.nam = NAM(residual=layout.nam_residual)
         else:
@@ -278,8 +289,19 @@ class ScoreHeads(nn.Module):
     def nam_for(self, block: int) -> NAM:
         return self.nam if self.layout.shared_nam else self.nams[block]
 
+    @property
+    def input_widths(self) -> tuple[int, ...]:
+        """Each head's input width."""
+        return tuple(head_input_width(w, self.layout.head_input) for w in self.layout.widths)
+
+    def inputs(self, tokens: list[torch.Tensor], aligned: list[torch.Tensor]) -> list[torch.Tensor]:
+        """L x (Q, n, W) patches and their aligned references -> L x (Q, n, input width): what the
+        heads see (``layout.head_input``)."""
+        return [head_input_rows(f, r, self.layout.head_input) for f, r in zip(tokens, aligned)]
+
     def patch_probs(self, deviations: list[torch.Tensor], grid: tuple[int, int]) -> list[torch.Tensor]:
-        """deviations: L x (Q, n, W) with n = h * w. Returns L x (Q, 2, h, w) raw probabilities."""
+        """deviations: L x (Q, n, input width) head inputs (``inputs``) with n = h * w. Returns
+        L x (Q, 2, h, w) raw probabilities."""
         out = []
         for head, dev in zip(self.heads, deviations):
             Q = dev.shape[0]
@@ -313,7 +335,7 @@ class ScoreHeads(nn.Module):
             layers = head.folded()
             for start in range(0, Q * n, chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                dev = gathered_deviation(flat_q[rows], flat_ref, flat_idx[rows])  # [c, W]
+                dev = gathered_head_input(flat_q[rows], flat_ref, flat_idx[rows], self.layout.head_input)
                 probs[rows] = head.apply_folded(layers, dev, head.residual_logits(dev))
             out.append(probs.reshape(Q, n, 2).permute(0, 2, 1).reshape(Q, 2, *grid))
         return out

@@ -19,7 +19,7 @@ CHECKPOINT_FORMAT = "fasl-heads-v1"
 
 # what a checkpoint's backbone and heads must agree on (image_size may differ: the heads see features)
 BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation", "neighbourhood")
-HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual", "fd_residual")
+HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual", "fd_residual", "head_input")
 
 
 class CheckpointMismatch(ValueError):

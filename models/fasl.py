@@ -21,7 +21,7 @@ from models.backbone import Backbone, BackboneOutput
 # checkpoint I/O lives in models/checkpoint.py; its names stay importable from here
 from models.checkpoint import (BACKBONE_KEYS, CHECKPOINT_FORMAT, HEAD_KEYS, CheckpointMismatch,  # noqa: F401
                                config_mismatches, normalize_config, read_checkpoint)
-from models.fd import deviation, fd_scores
+from models.fd import fd_scores
 from models.hardware import cpu_has_amx
 from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
 from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, Alignment, MemoryBank
@@ -281,7 +281,7 @@ class FASL(nn.Module):
         heads: the module to call instead of ``self.heads`` (a DistributedDataParallel wrapper of it).
         """
         aligned = self.align_batch(feats, banks, align)
-        return (heads or self.heads)(deviation(feats.tokens, aligned), feats.grid, use_nam=use_nam)
+        return (heads or self.heads)(self.heads.inputs(feats.tokens, aligned), feats.grid, use_nam=use_nam)
 
     def forward(self, images: torch.Tensor, banks: MemoryBank | Sequence[MemoryBank], align: str = "exhaustive",
                 use_nam: bool = True, heads: nn.Module | None = None) -> ScoreMaps:
@@ -291,7 +291,7 @@ class FASL(nn.Module):
         the heads, on no rows, so the processes' collectives stay in step."""
         if images.shape[0] == 0:
             g = self.backbone.image_size // self.backbone.patch_size
-            empty = [torch.zeros(0, g * g, w, device=self.device) for w in self.backbone.widths]
+            empty = [torch.zeros(0, g * g, w, device=self.device) for w in self.heads.input_widths]
             return (heads or self.heads)(empty, (g, g), use_nam=use_nam)
         feats = self.backbone(images.to(self.device), with_embedding=align != "exhaustive")
         return self.score_features(feats, banks, align, use_nam, heads)

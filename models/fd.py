@@ -22,6 +22,43 @@ def gathered_deviation(f: torch.Tensor, bank_rows: torch.Tensor, index: torch.Te
     return ref.sub_(f).abs_()
 
 
+HEAD_INPUTS = ("deviation", "signed", "deviation+query")
+
+
+def head_input_width(width: int, kind: str = "deviation") -> int:
+    """The width of a head's input rows for features ``width`` wide."""
+    if kind not in HEAD_INPUTS:
+        raise ValueError(f"unknown head input {kind!r} (one of {', '.join(HEAD_INPUTS)})")
+    return 2 * width if kind == "deviation+query" else width
+
+
+def head_input_rows(f: torch.Tensor, f_ref: torch.Tensor, kind: str = "deviation") -> torch.Tensor:
+    """What an ASL head sees of a patch f and its aligned reference f_ref, float32, (..., W) each:
+
+    * ``deviation``: |f - f_ref| (the reference's);
+    * ``signed``: f - f_ref, the deviation with its direction;
+    * ``deviation+query``: |f - f_ref| and f itself, (..., 2W): what kind of patch deviates.
+
+    For unit-length features 0.5 * sum of the first W channels squared is FD in every kind.
+    """
+    if kind == "deviation":
+        return deviation_rows(f, f_ref)
+    d = torch.sub(f.float(), f_ref.float())
+    if kind == "signed":
+        return d
+    if kind == "deviation+query":
+        return torch.cat([d.abs_(), f.float()], dim=-1)
+    raise ValueError(f"unknown head input {kind!r} (one of {', '.join(HEAD_INPUTS)})")
+
+
+def gathered_head_input(f: torch.Tensor, bank_rows: torch.Tensor, index: torch.Tensor,
+                        kind: str = "deviation") -> torch.Tensor:
+    """``head_input_rows(f, bank_rows[index], kind)``: (c, W), (M, W), (c,) -> (c, W or 2W)."""
+    if kind == "deviation":
+        return gathered_deviation(f, bank_rows, index)
+    return head_input_rows(f, bank_rows.index_select(0, index), kind)
+
+
 def deviation(tokens: list[torch.Tensor], aligned: list[torch.Tensor]) -> list[torch.Tensor]:
     """|f - f_ref| per block. tokens, aligned: L x (Q, n, W). Returns L x (Q, n, W)."""
     return [deviation_rows(f, r) for f, r in zip(tokens, aligned)]

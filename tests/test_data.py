@@ -635,6 +635,24 @@ def test_class_batches_hold_one_class_each_and_every_item_once():
     assert again == batches and class_batches(classes, 4, torch.Generator().manual_seed(1)) != batches
 
 
+def test_balanced_batches_draw_every_class_equally_often():
+    from collections import Counter
+
+    from data.dataset import balanced_batches
+
+    classes = ["a"] * 60 + ["b"] * 20 + ["c"] * 10
+    drawn = Counter()
+    for seed in range(40):
+        batches = balanced_batches(classes, 8, torch.Generator().manual_seed(seed))
+        assert [len(b) for b in batches] == [8] * 11 + [2]  # the epoch keeps its 90 items
+        drawn.update(classes[i] for b in batches for i in b)
+    share = {c: n / sum(drawn.values()) for c, n in drawn.items()}
+    assert all(abs(v - 1 / 3) < 0.03 for v in share.values()), share  # not 2/3, 2/9, 1/9
+    again = balanced_batches(classes, 8, torch.Generator().manual_seed(0))
+    assert again == balanced_batches(classes, 8, torch.Generator().manual_seed(0))
+    assert again != balanced_batches(classes, 8, torch.Generator().manual_seed(1))
+
+
 def test_loaders_require_the_backbones_normalisation(mvtec_root):
     """No loader falls back to CLIP's mean / std: a timm backbone's would silently be wrong."""
     from PIL import Image

@@ -573,6 +573,16 @@ def test_training_changes_beyond_the_reference_are_recorded(syn_datasets, tiny_b
     assert any(results[c]["pixel_auroc"] != pytest.approx(fd[c]["pixel_auroc"], abs=1e-6) for c in results)
 
 
+def test_balanced_classes_are_recorded_and_refused_with_class_batches(syn_datasets, tiny_backbone_args, tmp_path):
+    common = ["--train_data_path", str(syn_datasets["mvtec"]), "--epoch", "1", "--batch_size", "4", "--k_shot", "1",
+              *tiny_backbone_args]
+    path = train.main([*common, "--save_path", str(tmp_path / "b"), "--balance_classes"])
+    assert torch.load(path, weights_only=True)["run"]["balance_classes"] is True
+    with pytest.raises(SystemExit):
+        train.main([*common, "--save_path", str(tmp_path / "c"), "--balance_classes", "--class_batches"])
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_sweep_writes_every_run_and_mean_and_std_over_seeds(run_test, winmode_runs, visa_classes, tmp_path):
     """--k_shot 1 2 --seeds 5 6: each run as a single run would write it (the (1, 5) run equals the
     plain run), and sweep.json's mean / std are those of the runs' numbers over the seeds."""

@@ -92,7 +92,8 @@ def test_checkpoint_names_have_one_home():
         assert getattr(fasl, name) is getattr(checkpoint, name)  # the old import path still works
     mine = {"family": "open_clip", "model": "m", "widths": [8], "depth": 2, "patch_size": 4, "blocks": [1],
             "activation": "gelu", "neighbourhood": 1, "pretrained": None, "image_size": 16,
-            "input_bn": True, "nam": "shared", "hidden_bias": False, "nam_residual": False, "fd_residual": False}
+            "input_bn": True, "nam": "shared", "hidden_bias": False, "nam_residual": False, "fd_residual": False,
+            "head_input": "deviation"}
     assert checkpoint.config_mismatches(mine, dict(mine)) == []
     other = {**mine, "blocks": [2], "pretrained": "openai", "image_size": 32}
     diffs = checkpoint.config_mismatches(mine, other, source="file")

@@ -189,3 +189,53 @@ def test_picture_methods_are_checked(shared_run, tmp_path):
     assert (tmp_path / "p" / "delta_nan.png").is_file()
     with pytest.raises(ValueError, match="were not measured"):
         real_eval.main(["--combine", *files, "--out", str(tmp_path / "q"), "--picture_methods", "asl [masks]"])
+
+
+def _rec(cls, epoch, auroc, aupro, **extra):
+    return {"class": cls, "k": 1, "seed": 0, "winmode": "nan", "train_seed": 0, "method": "m", "epoch": epoch,
+            "image_auroc": 0.5, "pixel_auroc": auroc, "pixel_ap": 0.1, "pixel_aupro": aupro, **extra}
+
+
+
+def test_early_stopping_chooses_each_class_epoch_on_the_other_classes():
+    """a's epoch is chosen on b and c, b's on a and c, c's on a and b; a class's own numbers never count."""
+    records = [_rec("a", 1, 0.90, 0.80, earlier=True), _rec("a", 2, 0.99, 0.99),        # a is best at 2 itself
+               _rec("b", 1, 0.95, 0.85, earlier=True), _rec("b", 2, 0.80, 0.70),
+               _rec("c", 1, 0.70, 0.60, earlier=True), _rec("c", 2, 0.74, 0.64),
+               {k: v for k, v in _rec("a", 9, 0.1, 0.1, method="fd").items() if k != "epoch"}]  # FD: no epoch
+    early = {r["class"]: r for r in real_eval.early_stopped(records)}
+    # a: on b, c epoch 1 = (0.90 + 0.65) / 2 = 0.775 > epoch 2 = (0.75 + 0.69) / 2 = 0.72 -> 1
+    # b: on a, c epoch 1 = (0.85 + 0.65) / 2 = 0.75 < epoch 2 = (0.99 + 0.69) / 2 = 0.84 -> 2
+    # c: on a, b epoch 1 = (0.85 + 0.90) / 2 = 0.875 > epoch 2 = (0.99 + 0.75) / 2 = 0.87 -> 1
+    assert {c: r["epoch"] for c, r in early.items()} == {"a": 1, "b": 2, "c": 1}
+    assert early["a"]["pixel_auroc"] == 0.90 and early["a"]["method"] == "m early" and "earlier" not in early["a"]
+    with pytest.raises(ValueError, match="two test classes"):
+        real_eval.early_stopped([r for r in records if r["class"] == "a"])
+
+
+def test_early_stop_scores_every_epoch_and_refuses_masks(syn_datasets, tmp_path):
+    argv = ["--data_root", str(syn_datasets["mvtec"]), "--weights", "none", *TINY, "--k_shot", "1", "--seeds", "0",
+            "--sources", "synth_all", "--winmodes", "nan", "--train_steps", "12", "--batch_size", "2",
+            "--train_k", "1", "--eval_size", "112", "--train_seeds", "0", "--nam_runs", "shared",
+            "--workdir", str(tmp_path / "work")]
+    plain = real_eval.main([*argv, "--out", str(tmp_path / "plain")])
+    again = real_eval.main([*argv, "--out", str(tmp_path / "early"), "--early_stop"])  # cached: only scoring
+    assert len({r["epoch"] for r in again["earlier_epochs"]}) >= 2
+    last = [r for r in again["records"] if not r["method"].endswith(" early")]
+    assert last == plain["records"]  # the tables hold the last epoch, as without --early_stop
+    early = [r for r in again["records"] if r["method"].endswith(" early")]
+    assert {r["method"] for r in early} == {f"{m} early" for m in {r["method"] for r in last} - {"fd"}}
+    scored = {(x["class"], x["train_seed"], x["method"], x["epoch"]): x["pixel_auroc"]
+              for x in again["earlier_epochs"] + last if "epoch" in x}
+    assert all(r["pixel_auroc"] == scored[(r["class"], r["train_seed"], r["method"][:-len(" early")], r["epoch"])]
+               for r in early)
+    with pytest.raises(SystemExit):
+        real_eval.main([*argv[:argv.index("--sources") + 1], "masks", *argv[argv.index("--sources") + 2:],
+                        "--early_stop"])
+
+
+def test_learned_modes_select_the_methods():
+    args = real_eval.parse_args(["--data_root", "x", "--weights", "none", "--sources", "synth_all",
+                                 "--learned_modes", "merged+nam", "asl", "--label", "r"])
+    assert [m[0] for m in real_eval.methods(args)] == ["fd", "asl [synth_all, r]", "merged+nam [synth_all, r]"]
+    assert len(real_eval.methods(real_eval.parse_args(["--data_root", "x", "--weights", "none"]))) == 1 + 3 * 4
