@@ -121,6 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also score every epoch's checkpoint and add '<name> early': for each test class and training "
                         "seed, the epoch whose heads score best (mean of pixel AUROC and AUPRO) on the real defects of "
                         "the *other* classes, which synthetic-defect training never sees (synthetic sources only)")
+    p.add_argument("--merge_weights", type=float, nargs="+", default=[], metavar="W",
+                   help="also score w * heads + FD for each w (w = 1: merged; the image score is summed the same "
+                        "way) and add '<merged name> weighted', the w chosen per test class on the other classes; "
+                        "needs the NAM-less or NAM head mode of the same merge in --learned_modes (default: none)")
     p.add_argument("--label", default="",
                    help="a name for this run's training recipe, added to every learned method's name "
                         "(e.g. 'merged [masks, residual]'), so runs of several recipes can be --combine'd")
@@ -135,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.combine and not (args.data_root and args.weights):
         p.error("--data_root and --weights are required (unless --combine)")
+    if any(not (w > 0 and math.isfinite(w)) for w in args.merge_weights):
+        p.error(f"--merge_weights must be positive, got {args.merge_weights}")
     if args.early_stop and "masks" in args.sources:
         p.error("--early_stop chooses epochs on the other classes' real defects, which --sources masks trains on: "
                 "use it with synthetic sources only")
@@ -308,10 +314,17 @@ def evaluate(args) -> list[dict]:
                             pred = score_chunks(cache.get(ckpt), encoded, bank, cfg, alignments)
                             record = {**run, "train_seed": train_seed, "method": name, "epoch": epoch,
                                       **metrics_of(args, data, pred.score_map, pred.image_score)}
+                            if args.early_stop:
+                                record.update(choice_of=f"{name} early", choice=epoch)
                             if epoch < len(epochs):
                                 record["earlier"] = True  # an early-stopping candidate, not in the tables
                             records.append(record)
                         preds.append(pred)  # the last epoch's
+                    if source is None:
+                        fd_pred = preds[0]
+                    elif not name.startswith("merged"):
+                        for train_seed, pred in zip(args.train_seeds, preds):
+                            records += weighted_merges(args, data, run, name, train_seed, pred, fd_pred, len(bb.widths))
                     if args.ensemble and source is not None and len(preds) > 1:
                         # the training seeds' maps averaged: one ensemble of every seed's heads
                         mean_map = torch.stack([q.score_map for q in preds]).mean(0)
@@ -319,32 +332,48 @@ def evaluate(args) -> list[dict]:
                         records.append({**run, "train_seed": ENSEMBLE_SEED, "method": f"{name} ens",
                                         **metrics_of(args, data, mean_map, mean_score)})
             print(f"{cls} {winmode}: scored in {time.time() - t0:.1f}s", flush=True)
-    if args.early_stop:
-        records += early_stopped(records)
-    return records
+    return records + chosen_on_other_classes(records)
 
 
-def early_stopped(records: list[dict]) -> list[dict]:
-    """'<name> early' records: for each learned method, training seed and test class c, the records
-    of c at the epoch whose mean of pixel AUROC and AUPRO (over k, reference seeds and the classes
-    other than c) is the highest; ties go to the earliest. The chosen epoch is in each record."""
+def weighted_merges(args, data, run: dict, name: str, train_seed: int, heads: Prediction, fd: Prediction,
+                    blocks: int) -> list[dict]:
+    """Records of ``w * heads + blocks * FD`` for each --merge_weights w (w = 1 is ``merged``): the
+    map and the image score each summed so. The weight chosen on the other classes is the method
+    '<merged name> weighted'."""
+    merged = name.replace("asl", "merged", 1)
     out = []
-    learned = [r for r in records if "epoch" in r]
-    for winmode, name, train_seed in dict.fromkeys((r["winmode"], r["method"], r["train_seed"]) for r in learned):
-        mine = [r for r in learned if (r["winmode"], r["method"], r["train_seed"]) == (winmode, name, train_seed)]
+    for w in args.merge_weights:
+        score_map = w * heads.score_map + blocks * fd.score_map
+        image_score = w * heads.image_score + blocks * fd.image_score
+        out.append({**run, "train_seed": train_seed, "method": f"{merged} w={w:g}", "choice_of": f"{merged} weighted",
+                    "choice": w, **metrics_of(args, data, score_map, image_score)})
+    return out
+
+
+def chosen_on_other_classes(records: list[dict]) -> list[dict]:
+    """The records of choices made without the test class: records with ``choice_of`` (the name of
+    the choice, e.g. 'merged [..] early') are candidates, ``choice`` their value (an epoch, a merge
+    weight). For each choice, training seed and test class c, c's records of the candidate whose
+    mean of pixel AUROC and AUPRO over k, reference seeds and the classes *other than c* is the
+    highest (ties: the smallest value) become records of method ``choice_of``, the value in ``choice``."""
+    out = []
+    candidates = [r for r in records if "choice_of" in r]
+    for winmode, name, train_seed in dict.fromkeys((r["winmode"], r["choice_of"], r["train_seed"])
+                                                   for r in candidates):
+        mine = [r for r in candidates if (r["winmode"], r["choice_of"], r["train_seed"]) == (winmode, name, train_seed)]
         classes = sorted({r["class"] for r in mine})
         if len(classes) < 2:
-            raise ValueError("--early_stop needs two test classes or more: each is chosen on the others")
-        epochs = sorted({r["epoch"] for r in mine})
+            raise ValueError(f"{name}: a choice made on the other classes needs two test classes or more")
+        values = sorted({r["choice"] for r in mine})
 
-        def score(epoch, cls, rows=mine):
-            vals = [(r["pixel_auroc"] + r["pixel_aupro"]) / 2 for r in rows if r["epoch"] == epoch and r["class"] != cls]
-            return float(np.mean(vals))
+        def score(value, cls, rows=mine):
+            return float(np.mean([(r["pixel_auroc"] + r["pixel_aupro"]) / 2 for r in rows
+                                  if r["choice"] == value and r["class"] != cls]))
 
         for cls in classes:
-            best = max(epochs, key=lambda e: (score(e, cls), -e))
-            out += [{**{k: v for k, v in r.items() if k != "earlier"}, "method": f"{name} early"}
-                    for r in mine if r["class"] == cls and r["epoch"] == best]
+            best = max(values, key=lambda v: (score(v, cls), -v))
+            out += [{**{k: v for k, v in r.items() if k not in ("earlier", "choice_of")}, "method": name}
+                    for r in mine if r["class"] == cls and r["choice"] == best]
     return out
 
 

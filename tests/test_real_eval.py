@@ -193,8 +193,8 @@ def test_picture_methods_are_checked(shared_run, tmp_path):
 
 def _rec(cls, epoch, auroc, aupro, **extra):
     return {"class": cls, "k": 1, "seed": 0, "winmode": "nan", "train_seed": 0, "method": "m", "epoch": epoch,
-            "image_auroc": 0.5, "pixel_auroc": auroc, "pixel_ap": 0.1, "pixel_aupro": aupro, **extra}
-
+            "choice_of": "m early", "choice": epoch, "image_auroc": 0.5, "pixel_auroc": auroc, "pixel_ap": 0.1,
+            "pixel_aupro": aupro, **extra}
 
 
 def test_early_stopping_chooses_each_class_epoch_on_the_other_classes():
@@ -202,15 +202,17 @@ def test_early_stopping_chooses_each_class_epoch_on_the_other_classes():
     records = [_rec("a", 1, 0.90, 0.80, earlier=True), _rec("a", 2, 0.99, 0.99),        # a is best at 2 itself
                _rec("b", 1, 0.95, 0.85, earlier=True), _rec("b", 2, 0.80, 0.70),
                _rec("c", 1, 0.70, 0.60, earlier=True), _rec("c", 2, 0.74, 0.64),
-               {k: v for k, v in _rec("a", 9, 0.1, 0.1, method="fd").items() if k != "epoch"}]  # FD: no epoch
-    early = {r["class"]: r for r in real_eval.early_stopped(records)}
+               {k: v for k, v in _rec("a", 9, 0.1, 0.1, method="fd").items()
+                if k not in ("epoch", "choice", "choice_of")}]  # FD: not a candidate
+    early = {r["class"]: r for r in real_eval.chosen_on_other_classes(records)}
     # a: on b, c epoch 1 = (0.90 + 0.65) / 2 = 0.775 > epoch 2 = (0.75 + 0.69) / 2 = 0.72 -> 1
     # b: on a, c epoch 1 = (0.85 + 0.65) / 2 = 0.75 < epoch 2 = (0.99 + 0.69) / 2 = 0.84 -> 2
     # c: on a, b epoch 1 = (0.85 + 0.90) / 2 = 0.875 > epoch 2 = (0.99 + 0.75) / 2 = 0.87 -> 1
     assert {c: r["epoch"] for c, r in early.items()} == {"a": 1, "b": 2, "c": 1}
+    assert {c: r["choice"] for c, r in early.items()} == {"a": 1, "b": 2, "c": 1}
     assert early["a"]["pixel_auroc"] == 0.90 and early["a"]["method"] == "m early" and "earlier" not in early["a"]
     with pytest.raises(ValueError, match="two test classes"):
-        real_eval.early_stopped([r for r in records if r["class"] == "a"])
+        real_eval.chosen_on_other_classes([r for r in records if r["class"] == "a"])
 
 
 def test_early_stop_scores_every_epoch_and_refuses_masks(syn_datasets, tmp_path):
@@ -222,7 +224,7 @@ def test_early_stop_scores_every_epoch_and_refuses_masks(syn_datasets, tmp_path)
     again = real_eval.main([*argv, "--out", str(tmp_path / "early"), "--early_stop"])  # cached: only scoring
     assert len({r["epoch"] for r in again["earlier_epochs"]}) >= 2
     last = [r for r in again["records"] if not r["method"].endswith(" early")]
-    assert last == plain["records"]  # the tables hold the last epoch, as without --early_stop
+    assert [{k: v for k, v in r.items() if k not in ("choice", "choice_of")} for r in last] == plain["records"]
     early = [r for r in again["records"] if r["method"].endswith(" early")]
     assert {r["method"] for r in early} == {f"{m} early" for m in {r["method"] for r in last} - {"fd"}}
     scored = {(x["class"], x["train_seed"], x["method"], x["epoch"]): x["pixel_auroc"]
@@ -239,3 +241,24 @@ def test_learned_modes_select_the_methods():
                                  "--learned_modes", "merged+nam", "asl", "--label", "r"])
     assert [m[0] for m in real_eval.methods(args)] == ["fd", "asl [synth_all, r]", "merged+nam [synth_all, r]"]
     assert len(real_eval.methods(real_eval.parse_args(["--data_root", "x", "--weights", "none"]))) == 1 + 3 * 4
+
+
+def test_weighted_merges_at_one_equal_merged_and_the_weight_is_chosen_per_class(syn_datasets, tmp_path):
+    argv = ["--data_root", str(syn_datasets["mvtec"]), "--weights", "none", *TINY, "--k_shot", "1", "--seeds", "0",
+            "--sources", "synth_all", "--winmodes", "nan", "--train_steps", "2", "--batch_size", "2",
+            "--train_k", "1", "--eval_size", "112", "--nam_runs", "shared", "--learned_modes", "asl+nam", "merged+nam",
+            "--merge_weights", "0.5", "1", "3", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    result = real_eval.main(argv)
+    for cls in ("disc", "weave"):
+        one, merged = (_record(result, cls, m) for m in ("merged+nam [synth_all] w=1", "merged+nam [synth_all]"))
+        for key in ("pixel_auroc", "pixel_aupro", "pixel_ap"):
+            assert one[key] == pytest.approx(merged[key], abs=1e-6), (cls, key)  # summed after upsampling
+        chosen = _record(result, cls, "merged+nam [synth_all] weighted")
+        assert chosen["choice"] in (0.5, 1, 3)
+        assert chosen["pixel_auroc"] == _record(result, cls, f"merged+nam [synth_all] w={chosen['choice']:g}")[
+            "pixel_auroc"]
+    assert {r["method"] for r in result["records"]} == {"fd", "asl+nam [synth_all]", "merged+nam [synth_all]",
+                                                        "merged+nam [synth_all] weighted",
+                                                        *(f"merged+nam [synth_all] w={w}" for w in ("0.5", "1", "3"))}
+    with pytest.raises(SystemExit):
+        real_eval.parse_args([*argv[:-4], "--merge_weights", "0"])
