@@ -56,7 +56,8 @@ def test_fd_share_reads_the_deviation_channels_only():
 
 @pytest.mark.parametrize("kind", HEAD_INPUTS)
 def test_scoring_path_equals_training_forward_in_eval_mode(kind):
-    """FASL.score (gathered inputs, folded BatchNorms) = the training forward (``ScoreHeads.inputs``)."""
+    """FASL.score (gathered inputs, folded BatchNorms) = the training forward (``ScoreHeads.inputs``), for
+    heads that learn a correction to FD (``fd_residual``) with a non-zero correction."""
     model = build_fasl("fasl-tiny-vit", None, [1, 2], 112, "cpu", precision="fp32", fd_residual=True,
                        head_input=kind).eval()
     assert [h.mlp[0].num_features for h in model.heads.heads] == list(model.heads.input_widths)
