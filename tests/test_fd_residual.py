@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import train
 from models import build_fasl
 from models.asl import ASLHead, HeadLayout, ScoreHeads
-from models.fasl import CheckpointMismatch, FASL, InferenceConfig
+from models.fasl import CheckpointMismatch, FASL
 from models.fd import fd_scores
 
 TINY = ["--model", "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112", "--features_list", "1", "2"]
