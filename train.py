@@ -56,7 +56,7 @@ ANOMALY_SOURCES = ("masks", "synthetic")
 # Measured on real images: leave-one-class-out over five real classes).
 RECIPES = {
     "reference": {},
-    "new_parts": {"dice_smooth": 0.01, "nam_residual": True, "fd_residual": True},
+    "new_parts": {"dice_smooth": 0.01, "nam_residual": True, "fd_residual": True, "head_input": "deviation+query"},
 }
 
 

@@ -14,7 +14,8 @@ BASE = ["--train_data_path", "x", "--save_path", "y"]
 def test_reference_recipe_is_the_plain_defaults():
     plain, named = train.parse_args(BASE), train.parse_args([*BASE, "--recipe", "reference"])
     assert vars(plain) == vars(named)
-    assert (plain.dice_smooth, plain.nam_residual, plain.fd_residual, plain.recipe) == (1.0, False, False, "reference")
+    assert (plain.dice_smooth, plain.nam_residual, plain.fd_residual, plain.head_input, plain.recipe) == (
+        1.0, False, False, "deviation", "reference")
 
 
 def test_new_parts_recipe_sets_its_values_and_a_flag_still_wins():
@@ -43,5 +44,5 @@ def test_recipe_reaches_the_checkpoint(syn_datasets, tmp_path):
     assert saved["recipe"] == "new_parts"
     for key, value in train.RECIPES["new_parts"].items():
         assert saved[key] == value
-        if key in ("nam_residual", "fd_residual"):
-            assert state["config"][key] is value
+        if key in ("nam_residual", "fd_residual", "head_input"):  # the head layout, in the checkpoint's config
+            assert state["config"][key] == value
