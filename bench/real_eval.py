@@ -335,6 +335,13 @@ def evaluate(args) -> list[dict]:
     return records + chosen_on_other_classes(records)
 
 
+def epoch_records(records: list[dict]) -> list[dict]:
+    """FD's records and every early-stopping candidate's, the latter renamed '<name> epoch <e>', so
+    that the tables show each epoch's Δ to FD."""
+    return [r if r["method"] == "fd" else {**r, "method": f"{r['method']} epoch {r['epoch']}"}
+            for r in records if r["method"] == "fd" or str(r.get("choice_of", "")).endswith(" early")]
+
+
 def weighted_merges(args, data, run: dict, name: str, train_seed: int, heads: Prediction, fd: Prediction,
                     blocks: int) -> list[dict]:
     """Records of ``w * heads + blocks * FD`` for each --merge_weights w (w = 1 is ``merged``): the
@@ -701,6 +708,8 @@ def main(argv=None) -> dict:
     text = summary_tables(result["records"]) if result["records"] else ""
     if result["records"] and any(r["method"] != "fd" for r in result["records"]):
         text += "\n" + spread_tables(result["records"])
+    if result["earlier_epochs"]:
+        text += "\n### every epoch's heads (the --early_stop candidates)\n\n" + spread_tables(epoch_records(records))
         for winmode in dict.fromkeys(r["winmode"] for r in result["records"]):
             delta_picture(result["records"], winmode, out / f"delta_{winmode}.png", args.picture_methods)
     if args.precision_check and not args.combine:

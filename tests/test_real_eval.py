@@ -231,6 +231,8 @@ def test_early_stop_scores_every_epoch_and_refuses_masks(syn_datasets, tmp_path)
               for x in again["earlier_epochs"] + last if "epoch" in x}
     assert all(r["pixel_auroc"] == scored[(r["class"], r["train_seed"], r["method"][:-len(" early")], r["epoch"])]
                for r in early)
+    text = (tmp_path / "early" / "tables.md").read_text()
+    assert "every epoch's heads" in text and "merged+nam [synth_all] epoch 1" in text
     with pytest.raises(SystemExit):
         real_eval.main([*argv[:argv.index("--sources") + 1], "masks", *argv[argv.index("--sources") + 2:],
                         "--early_stop"])
