@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -56,7 +57,8 @@ ANOMALY_SOURCES = ("masks", "synthetic")
 # Measured on real images: leave-one-class-out over five real classes).
 RECIPES = {
     "reference": {},
-    "new_parts": {"dice_smooth": 0.01, "nam_residual": True, "fd_residual": True, "head_input": "deviation+query"},
+    "new_parts": {"dice_smooth": 0.01, "nam_residual": True, "fd_residual": True, "head_input": "deviation+query",
+                  "steps": 75},
 }
 
 
@@ -77,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_retired_flag(p, "--refs", "is predict.py's reference images; here the references of an earlier run are "
                                   "--refs_file references.json")
     p.add_argument("--epoch", type=int, default=5, help="number of epochs (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train about this many optimiser steps instead of --epoch: the whole number of epochs nearest "
+                        "steps / batches per epoch, at least 1 (default: --epoch decides; --recipe new_parts: 75)")
     p.add_argument("--batch_size", type=int, default=8, help="(default: %(default)s)")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--aug_rate", type=float, default=0.2,
@@ -148,6 +153,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     chosen = pre.parse_known_args(argv)[0].recipe
     p.set_defaults(**RECIPES.get(chosen, {}))
     args = p.parse_args(argv)
+    given = {a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+    if "--epoch" in given and "--steps" in given:
+        p.error("give either --epoch or --steps, not both")
+    if "--epoch" in given:  # a flag given on its own wins over the recipe's step count
+        args.steps = None
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
     if args.train_images and args.anomaly_source != "synthetic":
         p.error("--train_images has no masks: use it with --anomaly_source synthetic")
     if args.train_images and args.train_data_path:
@@ -305,6 +317,11 @@ def _train(args, run) -> Path:
     bb = model.backbone
     dataset = build_training_set(args, data, bb.mean, bb.std)
     refs, ref_root = data.refs, data.root
+    if args.steps is not None:  # the epochs nearest the step count, for this dataset and batch size
+        per_epoch = len(epoch_batches(dataset, args, 0))
+        args.epoch = max(1, round(args.steps / per_epoch))
+        log.info("%s--steps %d: %d epochs of %d batches (%d steps)", d.tag, args.steps, args.epoch, per_epoch,
+                 args.epoch * per_epoch)
     info = {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot}
     if args.train_images:  # a folder has no meta.json: say what the paths are relative to
         info["root"] = str(ref_root)
