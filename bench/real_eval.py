@@ -708,10 +708,10 @@ def main(argv=None) -> dict:
     text = summary_tables(result["records"]) if result["records"] else ""
     if result["records"] and any(r["method"] != "fd" for r in result["records"]):
         text += "\n" + spread_tables(result["records"])
-    if result["earlier_epochs"]:
-        text += "\n### every epoch's heads (the --early_stop candidates)\n\n" + spread_tables(epoch_records(records))
         for winmode in dict.fromkeys(r["winmode"] for r in result["records"]):
             delta_picture(result["records"], winmode, out / f"delta_{winmode}.png", args.picture_methods)
+    if result["earlier_epochs"]:
+        text += "\n### every epoch's heads (the --early_stop candidates)\n\n" + spread_tables(epoch_records(records))
     if args.precision_check and not args.combine:
         result["precision"] = precision_check(args)
         text += "\n### encoder precision: bf16 (autocast) against fp32, FD\n\n" + precision_table(result["precision"]) + "\n"
