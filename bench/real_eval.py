@@ -141,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--data_root and --weights are required (unless --combine)")
     if any(not (w > 0 and math.isfinite(w)) for w in args.merge_weights):
         p.error(f"--merge_weights must be positive, got {args.merge_weights}")
+    if args.merge_weights and not {"asl", "asl+nam"} & set(args.learned_modes):
+        p.error("--merge_weights weighs the heads' own map: add asl or asl+nam to --learned_modes")
     if args.early_stop and "masks" in args.sources:
         p.error("--early_stop chooses epochs on the other classes' real defects, which --sources masks trains on: "
                 "use it with synthetic sources only")

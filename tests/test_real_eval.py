@@ -264,3 +264,6 @@ def test_weighted_merges_at_one_equal_merged_and_the_weight_is_chosen_per_class(
                                                         *(f"merged+nam [synth_all] w={w}" for w in ("0.5", "1", "3"))}
     with pytest.raises(SystemExit):
         real_eval.parse_args([*argv[:-4], "--merge_weights", "0"])
+    with pytest.raises(SystemExit):  # no head map to weigh
+        real_eval.parse_args(["--data_root", "x", "--weights", "none", "--learned_modes", "merged+nam",
+                              "--merge_weights", "0.5"])
