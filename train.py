@@ -264,8 +264,8 @@ def build_training_set(args, data: TrainingData, mean, std):
 def run_settings(args) -> dict:
     """What a resumed run must share with the checkpoint it continues (plain values only)."""
     keys = ("seed", "dataset", "anomaly_source", "k_shot", "align", "learning_rate", "batch_size",
-            "aug_rate", "crop_rate", "crop_small_rate", "nam", "dice_smooth", "class_batches", "balance_classes", "clean_rate",
-            "synth_kinds", "refs_file", "classes", "train_images")
+            "aug_rate", "crop_rate", "crop_small_rate", "nam", "dice_smooth", "class_batches", "balance_classes",
+            "clean_rate", "synth_kinds", "refs_file", "classes", "train_images")
     return {k: getattr(args, k) for k in keys}
 
 

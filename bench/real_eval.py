@@ -302,18 +302,16 @@ def evaluate(args) -> list[dict]:
                 for name, source, nam in all_methods:
                     mode = "fd" if source is None else ("merged" if name.startswith("merged") else "fasl")
                     cfg = InferenceConfig(**{**cfg0.__dict__, "mode": mode, "use_nam": nam})
+                    if source is None:  # FD: no training, one record under the first training seed
+                        fd_pred = score_chunks(cache.get(None), encoded, bank, cfg, alignments)
+                        records.append({**run, "train_seed": args.train_seeds[0], "method": name,
+                                        **metrics_of(args, data, fd_pred.score_map, fd_pred.image_score)})
+                        continue
                     preds = []
-                    for train_seed in args.train_seeds[:1] if source is None else args.train_seeds:  # FD: no training
-                        if source is None:
-                            model = cache.get(None)
-                            preds.append(score_chunks(model, encoded, bank, cfg, alignments))
-                            records.append({**run, "train_seed": train_seed, "method": name,
-                                            **metrics_of(args, data, preds[-1].score_map, preds[-1].image_score)})
-                            continue
+                    for train_seed in args.train_seeds:
                         epochs = ckpts[(source, nam, train_seed)]
-                        for epoch, ckpt in enumerate(epochs if args.early_stop else epochs[-1:],
-                                                     start=1 if args.early_stop else len(epochs)):
-                            pred = score_chunks(cache.get(ckpt), encoded, bank, cfg, alignments)
+                        for epoch in range(1, len(epochs) + 1) if args.early_stop else [len(epochs)]:
+                            pred = score_chunks(cache.get(epochs[epoch - 1]), encoded, bank, cfg, alignments)
                             record = {**run, "train_seed": train_seed, "method": name, "epoch": epoch,
                                       **metrics_of(args, data, pred.score_map, pred.image_score)}
                             if args.early_stop:
@@ -322,12 +320,10 @@ def evaluate(args) -> list[dict]:
                                 record["earlier"] = True  # an early-stopping candidate, not in the tables
                             records.append(record)
                         preds.append(pred)  # the last epoch's
-                    if source is None:
-                        fd_pred = preds[0]
-                    elif not name.startswith("merged"):
+                    if not name.startswith("merged"):
                         for train_seed, pred in zip(args.train_seeds, preds):
                             records += weighted_merges(args, data, run, name, train_seed, pred, fd_pred, len(bb.widths))
-                    if args.ensemble and source is not None and len(preds) > 1:
+                    if args.ensemble and len(preds) > 1:
                         # the training seeds' maps averaged: one ensemble of every seed's heads
                         mean_map = torch.stack([q.score_map for q in preds]).mean(0)
                         mean_score = torch.stack([q.image_score for q in preds]).mean(0)
@@ -338,10 +334,10 @@ def evaluate(args) -> list[dict]:
 
 
 def epoch_records(records: list[dict]) -> list[dict]:
-    """FD's records and every early-stopping candidate's, the latter renamed '<name> epoch <e>', so
-    that the tables show each epoch's Δ to FD."""
+    """FD's records and every early-stopping candidate's (a choice with an epoch; a merge weight's
+    has none), the latter renamed '<name> epoch <e>', so that the tables show each epoch's Δ to FD."""
     return [r if r["method"] == "fd" else {**r, "method": f"{r['method']} epoch {r['epoch']}"}
-            for r in records if r["method"] == "fd" or str(r.get("choice_of", "")).endswith(" early")]
+            for r in records if r["method"] == "fd" or ("choice_of" in r and "epoch" in r)]
 
 
 def weighted_merges(args, data, run: dict, name: str, train_seed: int, heads: Prediction, fd: Prediction,

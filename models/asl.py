@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models.fd import HEAD_INPUTS, gathered_head_input, head_input_rows, head_input_width
+from models.fd import check_head_input, gathered_head_input, head_input_rows, head_input_width
 
 HIDDEN = (512, 128, 32)
 
@@ -253,8 +253,7 @@ class HeadLayout:
     head_input: str = "deviation"
 
     def __post_init__(self):
-        if self.head_input not in HEAD_INPUTS:
-            raise ValueError(f"unknown head input {self.head_input!r} (one of {', '.join(HEAD_INPUTS)})")
+        check_head_input(self.head_input)
 
     def to_config(self) -> dict:
         return {"input_bn": self.input_bn, "nam": "shared" if self.shared_nam else "per_block",

@@ -25,11 +25,16 @@ def gathered_deviation(f: torch.Tensor, bank_rows: torch.Tensor, index: torch.Te
 HEAD_INPUTS = ("deviation", "signed", "deviation+query")
 
 
-def head_input_width(width: int, kind: str = "deviation") -> int:
-    """The width of a head's input rows for features ``width`` wide."""
+def check_head_input(kind: str) -> str:
+    """``kind`` if it is one of HEAD_INPUTS; a ValueError naming the choices otherwise."""
     if kind not in HEAD_INPUTS:
         raise ValueError(f"unknown head input {kind!r} (one of {', '.join(HEAD_INPUTS)})")
-    return 2 * width if kind == "deviation+query" else width
+    return kind
+
+
+def head_input_width(width: int, kind: str = "deviation") -> int:
+    """The width of a head's input rows for features ``width`` wide."""
+    return 2 * width if check_head_input(kind) == "deviation+query" else width
 
 
 def head_input_rows(f: torch.Tensor, f_ref: torch.Tensor, kind: str = "deviation") -> torch.Tensor:
@@ -41,14 +46,12 @@ def head_input_rows(f: torch.Tensor, f_ref: torch.Tensor, kind: str = "deviation
 
     For unit-length features 0.5 * sum of the first W channels squared is FD in every kind.
     """
-    if kind == "deviation":
+    if check_head_input(kind) == "deviation":
         return deviation_rows(f, f_ref)
     d = torch.sub(f.float(), f_ref.float())
     if kind == "signed":
         return d
-    if kind == "deviation+query":
-        return torch.cat([d.abs_(), f.float()], dim=-1)
-    raise ValueError(f"unknown head input {kind!r} (one of {', '.join(HEAD_INPUTS)})")
+    return torch.cat([d.abs_(), f.float()], dim=-1)  # deviation+query
 
 
 def gathered_head_input(f: torch.Tensor, bank_rows: torch.Tensor, index: torch.Tensor,
