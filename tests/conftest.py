@@ -15,6 +15,15 @@ import pytest
 # launches, which inherit this). test_precision_fits_the_cpu covers the auto decision itself.
 os.environ["FASL_CPU_AUTO_BF16"] = "0"
 
+# Variables of the caller's shell that change what the programs do, and so what the tests assert,
+# are cleared for the session (and the processes it launches): FASL_DEBUG turns one-line errors
+# into tracebacks; a torchrun launch's WORLD_SIZE / RANK / LOCAL_RANK would make train.py join a
+# process group. The Hugging Face variables (HF_HUB_OFFLINE, HF_ENDPOINT) are left as the caller
+# set them, so a suite run offline stays offline; the tests that depend on them set or clear them
+# themselves (monkeypatch), as test_fail_early's offline tests do.
+for _name in ("FASL_DEBUG", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+    os.environ.pop(_name, None)
+
 # The tiny random-weight backbone every end-to-end run uses (models/configs/fasl-tiny-vit.json).
 TINY_BACKBONE = ["--model", "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112",
                  "--features_list", "1", "2", "3", "4", "--device", "cpu"]
