@@ -51,8 +51,11 @@ fasl_parse_args() {
     MVTEC_ROOT=${MVTEC_ROOT:-./datasets/mvtec}
     VISA_ROOT=${VISA_ROOT:-./datasets/visa}
     MODEL=${MODEL:-ViT-L-14-336}
-    PRETRAINED=${PRETRAINED:-openai}
-    IMAGE_SIZE=${IMAGE_SIZE:-518}
+    case "$MODEL" in  # the programs' own defaults per model (models/backbone.py default_pretrained / _image_size)
+        lite0) PRETRAINED=${PRETRAINED:-default}; IMAGE_SIZE=${IMAGE_SIZE:-224} ;;
+        lite2) PRETRAINED=${PRETRAINED:-default}; IMAGE_SIZE=${IMAGE_SIZE:-256} ;;
+        *) PRETRAINED=${PRETRAINED:-openai}; IMAGE_SIZE=${IMAGE_SIZE:-518} ;;
+    esac
     BLOCKS=${BLOCKS:-}
     EPOCHS_MVTEC=${EPOCHS_MVTEC:-5}
     EPOCHS_VISA=${EPOCHS_VISA:-11}

@@ -297,6 +297,22 @@ def test_scripts_take_a_timm_model(syn_datasets, tmp_path):
         assert flag(call, "--features_list", 2) == ["3", "4"]
 
 
+@pytest.mark.parametrize("model, size", [("lite0", "224"), ("lite2", "256")])
+def test_scripts_take_a_packaged_model_with_its_defaults(model, size, syn_datasets, tmp_path, monkeypatch):
+    env, log = stub_env(tmp_path, syn_datasets)
+    env.update(MODEL=model, BLOCKS="3 4")
+    for name in ("PRETRAINED", "IMAGE_SIZE"):  # unset: the script's defaults for the model
+        env.pop(name)
+        monkeypatch.delenv(name, raising=False)
+    res = run_script("trainAndTest.sh", GOOD, env)
+    assert res.returncode == 0, res.stderr
+    calls = read_calls(log)
+    assert calls
+    for call in calls:
+        assert flag(call, "--model") == model and flag(call, "--pretrained") == "default"
+        assert flag(call, "--image_size") == size
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("env, message", [
     ({"TEST_EPOCH_VISA": "11"}, "TEST_EPOCH_VISA=11 is after the last epoch of the MVTec-trained heads (EPOCHS_MVTEC=5)"),
