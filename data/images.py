@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from utils.cli import InputError
+from utils.misc import normalize_tensor  # noqa: F401  (data.images.normalize_tensor stays importable)
 
 # CLIP's own normalisation (open_clip OPENAI_DATASET_MEAN / STD).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -227,13 +228,6 @@ def normalize(arr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> t
     if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants writable memory
         arr = arr.copy()
     return normalize_tensor(torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0), mean, std)
-
-
-def normalize_tensor(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(..., 3, H, W) float in [0, 1] → (x - mean) / std per channel."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    return (x - mean_t) / std_t
 
 
 def image_to_tensor(img: Image.Image, image_size: int, mean: Sequence[float],

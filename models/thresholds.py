@@ -33,6 +33,7 @@ from models.fasl import FASL, InferenceConfig
 from models.memory import MemoryBank
 from models.postprocess import MapPost
 from utils.metrics import label_regions
+from utils.misc import normalize_tensor
 
 N_AUGMENTATIONS = 8
 BRIGHTNESS = 0.1
@@ -314,3 +315,34 @@ class Thresholds:
                    min_region_fraction=float(d.get("min_region_fraction", 0.0)),
                    image_source=d.get("image_source", "fit"), pixel_source=d.get("pixel_source", "fit"),
                    method=d.get("method"), fit=fit)
+
+
+class ReferenceImages(NamedTuple):
+    """The references as the bank and the threshold fit need them (all normalised):
+    originals (k, 3, S, S); bank (k * A, 3, S, S), A = ``copies`` per reference (``bank_copies``);
+    views: the augmented views the references-only fit scores: (V, 3, S, S) of the single
+    reference when k = 1, (k, V, 3, S, S) with ``normal_sample`` ``loo+views``, else None."""
+
+    originals: torch.Tensor
+    bank: torch.Tensor
+    copies: int
+    views: torch.Tensor | None
+
+
+def reference_images(raw: torch.Tensor, mean, std, patch_size: int, augment: str = "none",
+                     normal_sample: str = "loo") -> ReferenceImages:
+    """raw: (k, 3, S, S) good images in [0, 1] (not normalised) -> their ``ReferenceImages``;
+    mean, std: the backbone's normalisation; views are shifted by half a patch."""
+    if normal_sample not in NORMAL_SAMPLES:
+        raise ValueError(f"normal_sample must be one of {NORMAL_SAMPLES}, got {normal_sample!r}")
+    k = raw.shape[0]
+    copies = torch.cat([bank_copies(r, augment) for r in raw])  # [k*A, 3, S, S]
+    views = None
+    if k == 1 or normal_sample == "loo+views":
+        kinds = view_kinds(augment)
+        views = torch.stack([augmented_views(r, shift=max(1, patch_size // 2))[kinds] for r in raw])  # [k, V, 3, S, S]
+        views = normalize_tensor(views.flatten(0, 1), mean, std).reshape(views.shape)
+        if k == 1:
+            views = views[0]
+    return ReferenceImages(normalize_tensor(raw, mean, std), normalize_tensor(copies, mean, std), copies.shape[0] // k, views)
+

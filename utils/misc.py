@@ -63,6 +63,13 @@ def resolve_device(arg: Union[str, int, torch.device]) -> torch.device:
     return torch.device("cuda", index)
 
 
+def normalize_tensor(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(..., 3, H, W) float in [0, 1] → (x - mean) / std per channel (mean, std: 3 values each)."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return (x - mean_t) / std_t
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

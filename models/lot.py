@@ -1,0 +1,264 @@
+"""Lot-aware scoring: each image of an inspected lot is compared with other images of the lot as
+well as with the good references (mutual scoring, in the spirit of MuSc, ICLR 2024).
+
+A patch of a good part that the references do not cover (a part at another angle, a texture
+that varies) usually has close matches in many other images of the lot, because most parts of a
+lot are good; a defect has none, or only in the few images that share it. So every patch is
+scored by its distances to *each* image of a pool, and the score is the mean of the lowest
+``fraction`` of those per-image distances: a patch is normal when enough pool images vouch for
+it, not when one does.
+
+The pool is bounded (``pool_size`` lot images plus the references, which are always in it), so
+the cost per image does not grow with the lot, and it is one fixed set of images chosen by a
+stable hash of each image's key (its file's content digest): the pool, hence every score, does
+not depend on the order of the images, how a lot is split among processes, or which other images
+happen to be in the same batch. An image of the pool is scored against the others plus one
+spare, so every image meets exactly ``pool_size`` lot images. References are scored the same
+way (the pool plus the other references), so their scores and the lot's are comparable.
+
+Pure tensor functions (no files, no model): the decision layer (models/decision.py) composes them.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from models.backbone import BackboneOutput
+from models.fasl import FASL, Encoded, InferenceConfig, Prediction, upsample
+from models.memory import DEFAULT_MAX_BYTES, MemoryBank
+from models.postprocess import MapPost
+
+
+@dataclass(frozen=True)
+class LotScoring:
+    """How a lot is scored (models/decision.py holds the measured defaults).
+
+    pool_size: M, the lot images every image is compared with (besides the references).
+    fraction: the share of the pool (lot images + references) whose distances are averaged,
+        lowest first: a patch counts as normal when this many pool images hold a close match.
+    fd_weight: w in ``w * FD + (1 - w) * mutual``: the reference-only score's part, a guard
+        against defects that repeat through a lot and would vouch for one another.
+    """
+
+    pool_size: int = 16
+    fraction: float = 0.5
+    fd_weight: float = 0.5
+
+    def __post_init__(self):
+        if self.pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {self.pool_size}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
+        if not 0.0 <= self.fd_weight <= 1.0:
+            raise ValueError(f"fd_weight must lie in [0, 1], got {self.fd_weight}")
+
+    def lowest(self, pool: int) -> int:
+        """How many of ``pool`` per-image distances are averaged: ceil(fraction * pool), >= 1."""
+        return max(1, min(pool, math.ceil(self.fraction * pool - 1e-9)))
+
+    def to_dict(self) -> dict:
+        return {"pool_size": self.pool_size, "fraction": self.fraction, "fd_weight": self.fd_weight}
+
+
+def content_key(data: bytes) -> str:
+    """A lot image's key for the pool choice: the sha256 of its file's bytes (hex)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def pool_order(keys: Sequence[str]) -> list[int]:
+    """Indices of ``keys`` in the order the pool takes them: by sha256 of the key (a stable,
+    content-blind shuffle), ties broken by position. The same set of keys gives the same order
+    however it is listed, in every process."""
+    rank = [hashlib.sha256(f"fasl-pool:{k}".encode()).hexdigest() for k in keys]
+    return sorted(range(len(keys)), key=lambda i: (rank[i], keys[i], i))
+
+
+def choose_pool(keys: Sequence[str], size: int) -> list[int]:
+    """The lot's pool: the first ``size + 1`` images of ``pool_order`` (one spare: a pool member
+    is compared with the others and the spare, see ``pool_columns``), or every image when the lot
+    is smaller. Returns indices into ``keys``."""
+    return pool_order(keys)[:size + 1]
+
+
+def pool_columns(members: Sequence[int | None], pool: int, size: int) -> torch.Tensor:
+    """Which pool entries each image is compared with.
+
+    members: per image, its position in the pool (an image of the pool) or None; pool: how many
+    images the pool holds (``size + 1``, or fewer in a small lot). Returns (B, m) long indices,
+    m = min(size, pool - 1): a non-member takes the first m entries, a member the first m of the
+    others. So every image meets the same number of lot images, itself never among them.
+    """
+    m = min(size, pool - 1)
+    if m < 1:
+        raise ValueError(f"a pool of {pool} image(s) leaves no other lot image to compare with")
+    rows = []
+    for j in members:
+        others = [i for i in range(pool) if i != j]
+        rows.append(others[:m])
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), m)
+
+
+def patch_distances(query: Sequence[torch.Tensor], pool: Sequence[torch.Tensor],
+                    max_bytes: int = DEFAULT_MAX_BYTES, search_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Each query patch's distance to its nearest patch in each pool image, averaged over blocks.
+
+    query: L x (B, N, C_l) L2-normalised tokens; pool: L x (P, N', C_l), the same blocks.
+    Returns (B, P, N) float32: mean over blocks of 1 - max cosine similarity (clamped at 0).
+    Chunked over query patches so the similarity block stays under ``max_bytes``.
+    search_dtype (e.g. bfloat16, several times faster on CPUs with AMX): the nearest patch of each
+    pool image is found in that dtype and its similarity recomputed exactly in float32, so a
+    distance differs from the exact search only where two patches tie within the rounding.
+    """
+    if len(query) != len(pool):
+        raise ValueError(f"query has {len(query)} blocks, the pool {len(pool)}")
+    B, N = query[0].shape[:2]
+    P, Np = pool[0].shape[:2]
+    out = torch.zeros(B * N, P, dtype=torch.float32, device=query[0].device)
+    for q, p in zip(query, pool):
+        flat_q = q.reshape(B * N, -1)
+        flat_p = p.to(q.dtype).reshape(P * Np, -1)  # [P*N', C]
+        low = search_dtype is not None and search_dtype != flat_q.dtype
+        search_p = (flat_p.to(search_dtype) if low else flat_p).t()  # [C, P*N']
+        rows = max(1, int(max_bytes // max(1, P * Np * search_p.element_size())))
+        for start in range(0, B * N, rows):
+            chunk = flat_q[start:start + rows]  # [r, C]
+            s = (chunk.to(search_dtype) if low else chunk) @ search_p  # [r, P*N']
+            if low:  # the pick in low precision, its similarity exact
+                pick = s.reshape(s.shape[0], P, Np).argmax(dim=2)  # [r, P]
+                rows_of = pick + torch.arange(P, device=pick.device)[None] * Np  # [r, P] into flat_p
+                best = torch.einsum("rpc,rc->rp", flat_p[rows_of].float(), chunk.float())
+            else:
+                best = s.reshape(s.shape[0], P, Np).amax(dim=2).float()  # [r, P]
+            out[start:start + rows] += (1.0 - best).clamp_(min=0.0)
+    return (out / len(query)).reshape(B, N, P).transpose(1, 2)  # [B, P, N]
+
+
+def lowest_mean(distances: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, P, N) per-pool-image distances -> (B, N): the mean of each patch's ``m`` lowest."""
+    if not 1 <= m <= distances.shape[1]:
+        raise ValueError(f"m must lie in [1, {distances.shape[1]}], got {m}")
+    return distances.topk(m, dim=1, largest=False).values.mean(dim=1)
+
+
+class LotScorer:
+    """Scores images against k references and, lot-aware, a pool of lot images.
+
+    ``scoring`` None scores each image on its own (the model's map against the references, as
+    ``FASL.predict``); a ``LotScoring`` adds the mutual score (module docstring), which needs the
+    training-free map (``cfg.mode`` ``fd``) on the global grid (``cfg.winmode`` ``nan``).
+    Every map goes through ``post`` (models/postprocess.py) last, so lot-aware and single-image
+    scores are post-processed alike. ``fit`` first, then ``score`` any number of batches.
+    """
+
+    def __init__(self, model: FASL, cfg: InferenceConfig, post: MapPost | None = None,
+                 scoring: LotScoring | None = None):
+        if scoring is not None and (cfg.mode != "fd" or cfg.winmode != "nan"):
+            raise ValueError(f"lot-aware scoring compares the training-free features of whole images: it needs --mode fd "
+                             f"and --winmode nan (got --mode {cfg.mode}, --winmode {cfg.winmode}); use --lot off")
+        self.model, self.cfg, self.post, self.scoring = model, cfg, post or MapPost(), scoring
+        self.bank: MemoryBank | None = None
+        self.copies = 1
+        self.pool_tokens: list[torch.Tensor] | None = None  # L x (P, N, C_l)
+
+    @property
+    def pool_size(self) -> int:
+        """Images in the pool (0 without one)."""
+        return 0 if self.pool_tokens is None else self.pool_tokens[0].shape[0]
+
+    @torch.no_grad()
+    def fit(self, references: torch.Tensor | None = None, pool: torch.Tensor | None = None,
+            bank: MemoryBank | None = None, copies: int = 1,
+            pool_tokens: list[torch.Tensor] | None = None) -> "LotScorer":
+        """references: (k, 3, S, S) normalised good images, or ``bank``, their memory as
+        ``FASL.build_memory`` made it (``copies`` entries per reference, the reference itself first);
+        pool: (P, 3, S, S) the lot's pool images (``choose_pool``), or ``pool_tokens``, L x (P, N,
+        C_l) their features already encoded: needed when lot-aware."""
+        if bank is None:
+            if references is None:
+                raise ValueError("give the references or their memory bank")
+            bank = self.model.build_memory(references, self.model.windows_for(self.cfg),
+                                           window_batch=self.cfg.window_batch)
+        self.bank, self.copies = bank, copies
+        if self.scoring is not None:
+            if pool_tokens is None and pool is not None:
+                pool_tokens = self.model.encode(pool, self.cfg).features.tokens
+            if pool_tokens is None or pool_tokens[0].shape[0] < 2:
+                raise ValueError("lot-aware scoring needs a pool of at least 2 lot images")
+            self.pool_tokens = pool_tokens
+        return self
+
+    def _reference_tokens(self, keep: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """L x (k', N, C_l): the references themselves (not their augmented copies), ``keep`` only."""
+        k = self.bank.k // self.copies
+        idx = torch.tensor([j * self.copies for j in range(k) if keep is None or j in keep], dtype=torch.long,
+                           device=self.model.device)
+        return [t.index_select(0, idx) for t in self.bank.global_memory.tokens]
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, members: Sequence[int | None] | None = None) -> Prediction:
+        """images: (B, 3, S, S) normalised; members: each image's position in the pool (None for
+        an image outside it; default: none is). Returns the post-processed Prediction."""
+        return self.score_encoded(self.model.encode(images, self.cfg), members)
+
+    @torch.no_grad()
+    def score_encoded(self, enc: Encoded, members: Sequence[int | None] | None = None) -> Prediction:
+        """``score`` from ``FASL.encode``'s features (encode once, score against several fits)."""
+        if self.bank is None:
+            raise RuntimeError("LotScorer.fit first")
+        single = self.model.score(enc, self.bank, self.cfg)
+        if self.scoring is None:
+            return self.post.apply(single)
+        members = [None] * enc.batch if members is None else list(members)
+        return self._combine(single, enc.features.tokens, enc.features.grid, members, self._reference_tokens())
+
+    def _combine(self, single: Prediction | None, tokens, grid, members, ref_tokens) -> Prediction:
+        """The lot-aware Prediction: ``fd_weight`` x the single-image one (None: there is none,
+        the mutual score alone) + the rest x the mutual score, post-processed."""
+        B = tokens[0].shape[0]
+        cols = pool_columns(members, self.pool_size, self.scoring.pool_size).to(self.model.device)
+        search = self.model.search_dtype_for(self.cfg, windows=False)
+        d_pool = patch_distances(tokens, self.pool_tokens, self.cfg.max_bytes, search)  # [B, P, N]
+        d = d_pool.gather(1, cols[:, :, None].expand(-1, -1, d_pool.shape[2]))  # [B, m, N]
+        if ref_tokens[0].shape[0]:
+            d = torch.cat([d, patch_distances(tokens, ref_tokens, self.cfg.max_bytes, search)], dim=1)  # [B, m+k, N]
+        mutual = lowest_mean(d, self.scoring.lowest(d.shape[1])).reshape(B, 1, *grid)  # [B, 1, G, G]
+        score_map = upsample(mutual, self.cfg.out_size)[:, 0]  # [B, H, W]
+        image_score = mutual.flatten(1).amax(dim=1)  # the 'model' image score of the mutual grid
+        if single is not None:
+            w = self.scoring.fd_weight
+            score_map = w * single.score_map.float() + (1 - w) * score_map
+            image_score = w * single.image_score.float() + (1 - w) * image_score
+        return self.post.apply(Prediction(score_map=score_map, image_score=image_score))
+
+    @torch.no_grad()
+    def score_references(self) -> Prediction:
+        """Each reference scored as a lot image is, leaving itself out, from the features its
+        memory holds -> the post-processed Prediction of the k maps. The single-image part is against the other
+        references (with k = 1 there are none: the mutual score alone), the mutual part against
+        the pool's first ``pool_size`` images and the other references."""
+        if self.scoring is None or self.bank is None:
+            raise RuntimeError("score_references needs a lot-aware scorer after fit")
+        from models.thresholds import subset_bank
+
+        k = self.bank.k // self.copies
+        g = self.model.backbone.image_size // self.model.backbone.patch_size
+        memory = self.bank.global_memory
+        maps, scores = [], []
+        for i in range(k):
+            row = slice(i * self.copies, i * self.copies + 1)
+            embedding = memory.embedding[row] if memory._embedding.numel() else None
+            one = Encoded(1, BackboneOutput([t[row] for t in memory.tokens], embedding, (g, g)), None, None)
+            others = [j for j in range(k) if j != i]
+            single = None
+            if others:
+                sub = subset_bank(self.bank, [j * self.copies + a for j in others for a in range(self.copies)])
+                single = self.model.score(one, sub, self.cfg)
+            pred = self._combine(single, one.features.tokens, one.features.grid, [None],
+                                 self._reference_tokens(others))
+            maps.append(pred.score_map)
+            scores.append(pred.image_score)
+        return Prediction(torch.cat(maps), torch.cat(scores))

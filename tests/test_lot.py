@@ -1,0 +1,224 @@
+"""The decision layer's pieces against hand-worked values and brute-force loops: lot scoring
+(models/lot.py), lot thresholds, verdicts, regions and masks (models/decision.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models import build_fasl
+from models.decision import (DecisionSettings, LotRule, Verdicts, colour_range, decide, defect_regions, fit_lot,
+                             from_references, good_sample, lot_band)
+from models.fasl import InferenceConfig
+from models.lot import (LotScorer, LotScoring, choose_pool, lowest_mean, patch_distances, pool_columns,
+                        pool_order)
+from models.postprocess import MapPost
+
+
+# ----------------------------------------------------------------------------- lot scoring
+
+def test_patch_distances_equal_a_brute_force_loop():
+    torch.manual_seed(0)
+    q = [torch.nn.functional.normalize(torch.randn(2, 5, c), dim=-1) for c in (3, 4)]
+    pool = [torch.nn.functional.normalize(torch.randn(3, 6, c), dim=-1) for c in (3, 4)]
+    got = patch_distances(q, pool, max_bytes=64)  # a tiny budget: many chunks
+    want = torch.zeros(2, 3, 5)
+    for b in range(2):
+        for j in range(3):
+            for n in range(5):
+                want[b, j, n] = sum(1 - max(float(q[l][b, n] @ pool[l][j, m]) for m in range(6)) for l in range(2)) / 2
+    assert got.shape == (2, 3, 5) and torch.allclose(got, want, atol=1e-6)
+    # an image's patches are at distance 0 from themselves
+    assert torch.allclose(patch_distances([t[:1] for t in pool], pool)[0, 0], torch.zeros(6), atol=1e-6)
+    # a bfloat16 search picks in low precision and measures the pick exactly: a hair from the exact search
+    fast = patch_distances(q, pool, search_dtype=torch.bfloat16)
+    assert torch.allclose(fast, want, atol=2e-2) and (fast >= want - 1e-6).all()
+
+
+def test_lowest_mean_by_hand():
+    d = torch.tensor([[[4.0, 1.0], [2.0, 3.0], [0.0, 5.0]]])  # B=1, P=3, N=2
+    assert lowest_mean(d, 1).tolist() == [[0.0, 1.0]]
+    assert lowest_mean(d, 2).tolist() == [[1.0, 2.0]]  # (0 + 2) / 2, (1 + 3) / 2
+    assert lowest_mean(d, 3).tolist() == [[2.0, 3.0]]
+    with pytest.raises(ValueError, match="m must lie"):
+        lowest_mean(d, 4)
+    assert LotScoring(fraction=0.5).lowest(33) == 17 and LotScoring(fraction=0.1).lowest(4) == 1
+    assert LotScoring(fraction=1.0).lowest(5) == 5
+    with pytest.raises(ValueError, match="fraction"):
+        LotScoring(fraction=0.0)
+
+
+def test_the_pool_depends_on_the_images_not_their_order():
+    keys = [f"img{i}" for i in range(40)]
+    order = pool_order(keys)
+    assert sorted(order) == list(range(40))
+    shuffled = keys[::-1]
+    assert [shuffled[i] for i in pool_order(shuffled)] == [keys[i] for i in order]
+    pool = choose_pool(keys, 8)
+    assert len(pool) == 9 and pool == order[:9]  # the size and one spare
+    assert choose_pool(keys[:5], 8) == pool_order(keys[:5])  # a small lot: all of it
+    # a member meets the others and the spare, never itself; an outsider the first `size`
+    cols = pool_columns([None, 0, 8], pool=9, size=8)
+    assert cols.tolist() == [list(range(8)), list(range(1, 9)), list(range(8))]
+    small = pool_columns([1, None], pool=4, size=8)  # fewer images than `size`: all the others
+    assert small.tolist() == [[0, 2, 3], [0, 1, 2]]
+    with pytest.raises(ValueError, match="no other lot image"):
+        pool_columns([0], pool=1, size=8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_fasl("fasl-tiny-vit", "none", [2, 4], 56).eval()
+    cfg = InferenceConfig(mode="fd", align="exhaustive", out_size=56, search_precision="exact")  # every CPU alike
+    return model, cfg
+
+
+def test_without_a_lot_the_scorer_is_the_model_and_its_post_processing(tiny):
+    model, cfg = tiny
+    refs, images = torch.randn(2, 3, 56, 56), torch.randn(3, 3, 56, 56)
+    post = MapPost(smooth_sigma=2.0, image_score="top", top_fraction=0.05)
+    got = LotScorer(model, cfg, post).fit(refs).score(images)
+    want = post.apply(model.predict(images, model.build_memory(refs), cfg))
+    assert torch.equal(got.score_map, want.score_map) and torch.equal(got.image_score, want.image_score)
+
+
+def test_lot_aware_score_equals_the_formula_computed_by_hand(tiny):
+    model, cfg = tiny
+    torch.manual_seed(1)
+    refs, pool, images = torch.randn(2, 3, 56, 56), torch.randn(4, 3, 56, 56), torch.randn(2, 3, 56, 56)
+    scoring = LotScoring(pool_size=3, fraction=0.4, fd_weight=0.25)
+    scorer = LotScorer(model, cfg, None, scoring).fit(refs, pool)
+    got = scorer.score(images, members=[None, 2])  # the second image is the pool's third
+    tokens = model.encode(images, cfg).features.tokens
+    ref_tokens = model.encode(refs, cfg).features.tokens
+    pool_tokens = model.encode(pool, cfg).features.tokens
+    single = model.predict(images, model.build_memory(refs), cfg)
+    g = 56 // model.backbone.patch_size
+    for b, others in ((0, [0, 1, 2]), (1, [0, 1, 3])):
+        dists = []
+        for j in others:
+            dists.append(patch_distances([t[b:b + 1] for t in tokens], [t[j:j + 1] for t in pool_tokens])[0, 0])
+        for r in range(2):
+            dists.append(patch_distances([t[b:b + 1] for t in tokens], [t[r:r + 1] for t in ref_tokens])[0, 0])
+        d = torch.stack(dists)  # [5, N]: 3 lot images + 2 references
+        mutual = d.sort(dim=0).values[:2].mean(dim=0)  # ceil(0.4 * 5) = 2 lowest
+        grid = mutual.reshape(1, 1, g, g)
+        up = torch.nn.functional.interpolate(grid, size=(56, 56), mode="bilinear", align_corners=True)[0, 0]
+        assert torch.allclose(got.score_map[b], 0.25 * single.score_map[b] + 0.75 * up, atol=1e-5)
+        assert got.image_score[b].item() == pytest.approx(0.25 * single.image_score[b].item()
+                                                          + 0.75 * mutual.max().item(), abs=1e-5)
+
+
+def test_references_are_scored_as_lot_images_leaving_themselves_out(tiny):
+    model, cfg = tiny
+    torch.manual_seed(2)
+    refs, pool = torch.randn(3, 3, 56, 56), torch.randn(5, 3, 56, 56)
+    scoring = LotScoring(pool_size=4, fraction=0.5, fd_weight=0.5)
+    scorer = LotScorer(model, cfg, None, scoring).fit(refs, pool)
+    got = scorer.score_references()
+    for i in range(3):
+        others = [j for j in range(3) if j != i]
+        alone = LotScorer(model, cfg, None, scoring).fit(refs[others], pool)
+        want = alone.score(refs[i:i + 1])  # against the other references and the pool's first 4
+        assert torch.allclose(got.score_map[i], want.score_map[0], atol=1e-5)
+    one = LotScorer(model, cfg, None, scoring).fit(refs[:1], pool).score_references()
+    assert one.image_score.shape == (1,) and one.image_score[0] > 0  # k = 1: the mutual score alone
+    with pytest.raises(ValueError, match="--mode fd and --winmode nan"):
+        LotScorer(model, InferenceConfig(mode="fd", winmode="mul", win_size=2, out_size=56), None, scoring)
+
+
+# ----------------------------------------------------------------------------- thresholds and verdicts
+
+def test_lot_band_by_hand():
+    scores = np.exp(np.arange(1.0, 11.0))  # log scores 1..10
+    rule = LotRule(anchor=0.5, base=0.2, c=2.0, band=0.5)
+    lo, mid, hi, spread = lot_band(scores, rule)
+    qa, qb = 5.5, 2.8  # numpy's linear quantiles of 1..10 at 0.5 and 0.2
+    assert spread == pytest.approx(qa - qb)
+    assert math.log(lo) == pytest.approx(qa + 1.5 * spread) and math.log(mid) == pytest.approx(qa + 2.0 * spread)
+    assert math.log(hi) == pytest.approx(qa + 2.5 * spread)
+    # a ratio: the same lot at another score level gets thresholds at the same level
+    lo2, *_ = lot_band(scores * 7.0, rule)
+    assert lo2 == pytest.approx(7.0 * lo)
+    with pytest.raises(ValueError, match="0 < base < anchor < 1"):
+        LotRule(anchor=0.2, base=0.5)
+    with pytest.raises(ValueError, match="at least 2"):
+        lot_band([1.0], rule)
+
+
+def test_fit_lot_fits_pixels_on_good_maps_and_warns():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.uniform(1.0, 1.2, 30), [5.0, 6.0]]
+    maps = [np.full((4, 4), s, dtype=np.float32) for s in scores]
+    asked = []
+
+    def load(keep):
+        asked.append(list(keep))
+        return (maps[i] for i in keep)
+
+    rule = LotRule()
+    v = fit_lot(scores, load, rule, pixel_fpr=0.05, reference_scores=[1.1, 9.0], reference_threshold=1.05)
+    assert v.source == "lot" and v.verdict(6.0) == "defect" and v.verdict(1.0) == "ok"
+    assert 30 not in asked[0] and 31 not in asked[0]  # the defects' maps are not good maps
+    good = np.concatenate([maps[i].ravel() for i in asked[0]])
+    assert v.pixel == pytest.approx(np.quantile(good, 0.95, method="higher"))
+    assert v.colour == colour_range(float(np.median(good)), v.ok_at_most)
+    assert any("1 of 2 reference(s) score above" in w for w in v.warnings)
+    share = (scores > 1.05).mean()
+    assert share > 0.5 and any(f"{100 * share:.0f} % of the lot scores above the threshold the references alone"
+                               in w for w in v.warnings)
+    quiet = fit_lot(scores, lambda keep: (maps[i] for i in keep), rule, 0.05, [1.1], reference_threshold=1.5)
+    assert quiet.warnings == []
+    small = fit_lot(scores[:12], lambda keep: (maps[i] for i in keep), rule, 0.05)
+    assert any("small for its own statistics" in w for w in small.warnings)
+    assert good_sample(np.arange(10.0), 4.5, at_most=3) == [0, 2, 4]  # spread over the good ones
+
+
+def test_verdicts_and_the_references_band():
+    v = from_references(image=2.0, pixel=1.0, pixel_median=0.5, band=0.1)
+    assert (v.ok_at_most, v.defect_above) == pytest.approx((1.8, 2.2))
+    assert [v.verdict(s) for s in (1.8, 1.9, 2.2, 2.3)] == ["ok", "review", "review", "defect"]
+    assert [v.without_band(s) for s in (1.9, 2.1)] == ["ok", "defect"]
+    assert Verdicts.from_dict(v.to_dict()) == v
+    lo, hi = colour_range(0.5, 1.8)
+    assert lo == 0.5 and (1.8 - lo) / (hi - lo) == pytest.approx(0.75)  # the review threshold at 3/4 of the scale
+
+
+# ----------------------------------------------------------------------------- regions and masks
+
+def test_every_seeded_region_is_kept_each_cut_at_its_own_level():
+    m = np.zeros((10, 20), dtype=np.float32)
+    m[1:4, 1:4] = 2.0
+    m[2, 2] = 4.0  # region A: peak 4, above the seed
+    m[6:9, 10:14] = 1.5
+    m[7, 11] = 3.0  # region B: peak 3, above the seed, small
+    m[1:3, 15:19] = 1.5  # region C: above the floor, never above the seed
+    found = defect_regions(m, seed=2.5, floor=1.0, mask_level=0.0)
+    assert len(found.regions) == 2 and not found.mask[1:3, 15:19].any()  # C is not a defect
+    assert found.mask[1:4, 1:4].all() and found.mask[6:9, 10:14].all()
+    # at mask level 0.5 each region is cut at floor + 0.5 (its peak - floor): A at 2.5, B at 2.0
+    cut = defect_regions(m, seed=2.5, floor=1.0, mask_level=0.5)
+    assert cut.mask.sum() == 2 and cut.mask[2, 2] and cut.mask[7, 11]
+    assert sorted(r.max_score for r in cut.regions) == [3.0, 4.0]
+    assert len(defect_regions(m, seed=2.5, floor=1.0, min_area=2).regions) == 2  # 9 and 12 px
+    assert defect_regions(m, seed=5.0, floor=1.0).mask.sum() == 0
+
+
+def test_decide_keeps_the_region_a_defect_verdict_rests_on():
+    v = from_references(image=1.0, pixel=0.5, pixel_median=0.1, band=0.1)
+    settings = DecisionSettings(mask_level=0.0)
+    m = np.zeros((8, 8), dtype=np.float32)
+    m[2:5, 2:5] = 2.0
+    out = decide(v, m, 2.0, (16, 16), settings)
+    assert out.verdict == "defect" and out.full_map.shape == (16, 16) and out.found.regions
+    ok = decide(v, m, 0.2, (16, 16), settings)
+    assert ok.verdict == "ok" and not ok.found.regions and not ok.found.mask.any()
+    listed = decide(v, m, 0.2, (16, 16), DecisionSettings(regions_for_ok=True))
+    assert listed.found.regions
+    # a map whose peak the resize lowers below the review threshold still shows the region
+    peak = np.zeros((8, 8), dtype=np.float32)
+    peak[4, 4] = 0.95
+    low = decide(v, peak, 0.95, (3, 3), settings)
+    assert low.verdict == "review" and low.found.regions
