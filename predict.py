@@ -1,163 +1,159 @@
-"""Inspect your own images: k good references of a part -> a verdict and the defect regions of
-every image, with thresholds set from the good images alone (no labelled defects needed).
+"""Inspect your own images: k good references of a part and a lot of images to inspect -> a verdict
+(ok / review / defect), a mask and the defect regions of every image, and report.html.
 
-    python predict.py --refs good/ --images "line3/*.png" --out results/ --mode fd
-    python predict.py --refs good/ --images new/ --out results/ --checkpoint_path checkpoints/mvtec/fasl/seed111/epoch_5.pth
-    python predict.py --refs good/ --images new/ --out r1/ --mode fd --save_refs part_a.pt   # once
-    python predict.py --load_refs part_a.pt --images new/ --out r2/ --mode fd              # per batch
+    python predict.py --refs good/ --images "line3/*.png" --out results/
+    python predict.py --refs good/ --images new/ --out results/ --checkpoint_path checkpoints/parts/epoch_3.pth
+    python predict.py --refs good/ --images new/ --out r1/ --save_refs part_a.pt   # once
+    python predict.py --load_refs part_a.pt --images new/ --out r2/                  # per lot
 
-Inputs (--refs, --images): folders (every file below them with extension png, jpg, jpeg, bmp,
-tif or tiff, any case, sorted), glob patterns (quoted; same extension filter), .txt lists of
-paths, or explicit files, in any mix (data.images.list_images). Images of any size, RGB or grayscale; each is scored on its own (no normalisation
-over the set) and every result is mapped back to its original resolution.
+The lot is evidence (models/lot.py, models/decision.py): with at least --min_lot images, each image
+is compared with the references *and* a bounded pool of other images of the lot, and the thresholds
+come from the lot's own scores (most parts of a lot are good); a smaller lot, or --lot off, scores
+each image against the references alone and sets the thresholds on them. Images whose evidence is
+ambiguous go to ``review``. The pool is chosen by the images' content, so the results do not
+depend on the order of the images or on how torchrun splits them.
 
-Under torchrun (``torchrun --nproc_per_node N predict.py ...``) every process fits the same
-references and scores its own block of the images; rank 0 writes one predictions.csv / .json.
+Inputs (--refs, --images): folders (every image below them, sorted), glob patterns (quoted), .txt
+lists of paths or files, in any mix; any size, RGB or grey, 8 or 16 bit. Every image is read
+before any work starts; one that cannot be read is reported and left out (the exit status is then 1).
 
-Outputs in --out, per image (NAME = the image's path below the deepest folder holding every input,
-folders joined by "__", e.g. good__000): NAME_overlay.png (heat map, colour scale centred on the pixel
-threshold, white outline around the defect mask) and NAME_mask.png (0/255, original size); for the
-run: predictions.csv (one row per image), predictions.json (the same plus every region, the
-thresholds and the settings), thresholds.json, predict.log and report.html (every image's overlay,
-score, verdict and regions, sorted by score, the threshold marked; open it in any browser). A file
-that cannot be read, or an image smaller than the model's patch grid, is reported and skipped; the
-exit status is then 1.
+Outputs in --out, per image (NAME: its path below the deepest folder holding every input, folders
+joined by "__"): NAME_overlay.png (heat map on one colour scale for the whole lot, white outline
+around the defect mask), NAME_mask.png (0/255, original size) and maps/NAME.npy (its score map);
+for the run predictions.csv / .json (verdicts, scores, regions, thresholds, settings), settings.json
+(every setting, readable by --config), thresholds.json, report.html (review images first, the
+lot's score histogram, image | overlay | mask) and predict.log. An --out used before is cleared of
+the earlier run's files first. --redecide OLD_OUT decides a scored lot again from its saved maps
+with new decision flags, without scoring it again.
 
-Decisions (see models/thresholds.py, models/postprocess.py; measured in docs/predict.md): the map is
-smoothed (--smooth_sigma) and an image scores the mean of its top 1 % (--image_score top). Every
-reference and its 8 augmented views are scored against the other references (--normal_sample
-loo+views; one reference: its views against itself). The image threshold at --fpr is max(mean +
-z * std, empirical (1 - fpr) quantile) of those normal scores, z = Phi^-1(1 - fpr), x (1 + --margin);
-the pixel threshold is the empirical (1 - fpr) quantile of their pooled pixel scores. An image is a
-"defect" when its score exceeds the image threshold; its mask is the pixels above pixel threshold +
---mask_level x (peak - pixel threshold), in regions at least as large as the largest region above
-the pixel threshold on any normal view (and always the one holding its peak). Verdict, regions and
-mask agree: an "ok" image lists none and has an empty mask (--regions_for_ok lists them anyway).
+Advanced flags (backbone, scoring, the measured decision constants): --help_advanced.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import logging
+import logging.handlers
 import math
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.images import ImageReadError, image_to_tensor, image_to_unit_tensor, list_images, load_image, normalize_tensor
+from data.images import ImageReadError, image_to_tensor, image_to_unit_tensor, list_images, load_image
 from models import build_fasl_from_args
+from models.decision import (SMALL_LOT, DecisionSettings, Verdicts, decide, fit_lot, fit_references,
+                             reference_verdicts)
 from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_dtype
-from models.flags import (add_advanced_scoring_args, add_backbone_args, add_hidden_alias, add_inference_args,
-                          add_post_args, check_model_flags, check_post_flags, map_post_from_args)
+from models.flags import (add_backbone_args, add_decision_args, add_inference_args, add_post_args,
+                          add_retired_flag, check_model_flags, check_post_flags, decision_settings_from_args,
+                          hide_advanced, map_post_from_args, read_config)
+from models.lot import LotScorer, choose_pool, content_key
 from models.postprocess import MapPost
 from models.references import SavedReferences
-from models.thresholds import BANK_AUGMENTS, NORMAL_SAMPLES, Thresholds, augmented_views, bank_copies, score_references, view_kinds
+from models.thresholds import Thresholds, reference_images
 from utils.cli import run_cli
 from utils.distributed import Dist, broadcast_from_main, gather_to_main, init_distributed, shard, shutdown
-from utils.misc import (check_output_folder, close_log_file, fatal_errors_logged, get_logger, resolve_device,
-                        seed_everything, write_json)
-from utils.regions import Regions, find_regions, resize_map
+from utils.misc import check_output_folder, fatal_errors_logged, get_logger, resolve_device, seed_everything, write_json
 from utils.report import write_report
 from utils.visualize import heatmap_overlay, mask_outline, normalize_map, save_png
 
-PREDICTIONS_FORMAT = "fasl-predictions-v1"
-# The decision defaults, measured on five real classes with ImageNet EfficientNet-Lite0 (docs/predict.md, Decisions on
-# real parts: bench/decisions.py, mean over the classes of k = 1, 2, 4 x three reference seeds): a smoothed map's
-# top-1 % mean scores images best (per-image AUROC), exhaustive alignment decides better than image_index, each
-# reference's views against the others make the k >= 2 fit stable, and a single reference's views against itself
-# need the threshold raised by a quarter (they look more alike than a new good part does).
-DEFAULT_FPR = 0.05
+HELP = """Inspect a lot: k good references of a part -> per image a verdict (ok / review / defect), a mask
+and the defect regions, and report.html (docs/predict.md says what is measured and written).
+
+  python predict.py --refs good/ --images "line3/*.png" --out results/
+  python predict.py --refs good/ --images new/ --out r1/ --save_refs part_a.pt   # once
+  python predict.py --load_refs part_a.pt --images new/ --out r2/                  # per lot"""
+PREDICTIONS_FORMAT = "fasl-predictions-v2"
+# predict.py's map post-processing, measured on five real classes (docs/predict.md): a smoothed map's
+# top-1 % mean scores images best
 DEFAULT_POST = MapPost(smooth_sigma=4.0, image_score="top", top_fraction=0.01)
-SELF_VIEWS_MARGIN = 0.25
-DEFAULT_AUGMENT = "none"
-DEFAULT_NORMAL_SAMPLE = "loo+views"
-DEFAULT_MASK_LEVEL = 0.4
-CSV_FIELDS = ("path", "name", "read_status", "score", "verdict", "n_regions", "defect_area", "width", "height",
-              "overlay", "mask", "error")
+CSV_FIELDS = ("path", "name", "read_status", "score", "verdict", "verdict_without_band", "n_regions", "defect_area",
+              "width", "height", "overlay", "mask", "map", "error")
+RUN_FILES = ("predictions.csv", "predictions.json", "settings.json", "thresholds.json", "report.html",
+             "report_histogram.png", "report_colourbar.png", "predict.log")
+
+
+def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--refs", nargs="+", default=None, metavar="PATH", help="the k good images: folders, glob patterns, .txt lists, files")
+    p.add_argument("--images", nargs="+", default=None, metavar="PATH", help="the lot to inspect: folders, glob patterns, .txt lists, files")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (an earlier run's files in it are replaced)")
+    p.add_argument("--checkpoint_path", default=None, metavar="FILE", help="trained ASL heads (train.py): FD + heads instead of FD")
+    add_retired_flag(p, "--checkpoint", "is now --checkpoint_path")
+    advanced = p.add_argument_group("advanced (backbone, scoring, the decision constants; defaults measured)")
+    add_backbone_args(p, advanced=advanced, model_default="lite0")
+    add_inference_args(p, mode_default=None, align_default="exhaustive", group=advanced,
+                       mode_help="'fd': the training-free 1 - similarity map; 'merged': FD + the trained heads; "
+                                 "'fasl': the heads alone (default: merged with --checkpoint_path, fd otherwise)")
+    g = add_decision_args(p, advanced)
+    g.add_argument("--image_threshold", type=float, default=None, metavar="T", help="image threshold by hand (band: --ref_band)")
+    g.add_argument("--pixel_threshold", type=float, default=None, metavar="T", help="pixel threshold by hand")
+    g.add_argument("--save_refs", default=None, metavar="FILE", help="store the references' memory and thresholds in this file")
+    g.add_argument("--load_refs", default=None, metavar="FILE", help="reuse a --save_refs file instead of --refs")
+    g.add_argument("--redecide", default=None, metavar="OLD_OUT",
+                   help="decide OLD_OUT's lot again from its saved maps with these decision flags (no scoring)")
+    g.add_argument("--config", default=None, metavar="FILE", help="a settings.json of an earlier run: its settings as defaults")
+    add_post_args(advanced, DEFAULT_POST)
+    advanced.add_argument("--map_size", type=int, default=None,
+                          help="side of the square score map before it is resized to each image (default: "
+                               "--image_size)")
+    advanced.add_argument("--batch_size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+    advanced.add_argument("--seed", type=int, default=111,
+                          help="seed of random backbone weights (tests) (default: %(default)s)")
+    if not show_advanced:
+        hide_advanced(p, advanced)
+    return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--refs", nargs="+", default=None,
-                   help="the k good images of the part: folder(s), glob pattern(s), .txt lists or files")
-    p.add_argument("--images", nargs="+", required=True,
-                   help="images to inspect: folder(s), glob pattern(s), .txt lists or files")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--checkpoint_path", default=None,
-                   help="trained heads (epoch_N.pth), needed by --mode fasl and merged")
-    add_hidden_alias(p, "--checkpoint", "checkpoint_path")
-    add_backbone_args(p)
-    add_inference_args(p, mode_default=None, align_default="exhaustive",
-                       mode_help="'fasl': trained ASL heads (needs --checkpoint_path); 'fd': training-free 1 - "
-                                 "similarity map; 'merged': the two summed (needs --checkpoint_path) (default: "
-                                 "merged when --checkpoint_path is given, fd otherwise: the modes that did best on "
-                                 "held-out real classes, see README)", advanced=False)
-    p.add_argument("--seed", type=int, default=111, help="seed (random backbone weights only) (default: %(default)s)")
-    g = p.add_argument_group("decision")
-    g.add_argument("--fpr", type=float, default=None,
-                   help=f"false-alarm rate the thresholds are set at, on the good images (default: {DEFAULT_FPR})")
-    add_post_args(g, DEFAULT_POST)
-    g.add_argument("--normal_sample", choices=NORMAL_SAMPLES, default=DEFAULT_NORMAL_SAMPLE,
-                   help="what the thresholds are fitted on when k >= 2: 'loo' (each reference scored against the "
-                        "others), 'loo+views' (each reference and its 8 augmented views against the others); one "
-                        "reference is always seen through its augmented views against itself (default: %(default)s)")
-    g.add_argument("--augment_refs", choices=BANK_AUGMENTS, default=DEFAULT_AUGMENT,
-                   help="also keep flipped / rotated copies of every reference in the memory, for parts that come "
-                        "flipped or rotated: 'flips' (horizontal, vertical), 'rot90' (90, 180, 270 degrees), 'all' "
-                        "(the 8 of them), 'none' (default: %(default)s)")
-    g.add_argument("--margin", type=float, default=None,
-                   help="raise the fitted image threshold by this share of itself (default: "
-                        f"{SELF_VIEWS_MARGIN} with one reference, whose own views look more alike than a new good "
-                        "part does; 0 with two or more)")
-    g.add_argument("--image_threshold", type=float, default=None, help="override the fitted image threshold")
-    g.add_argument("--pixel_threshold", type=float, default=None, help="override the fitted pixel threshold")
-    g.add_argument("--min_region_area", type=int, default=None,
-                   help="smallest defect region kept, in (original) pixels (default: as large as the largest region "
-                        "above the pixel threshold on the references' normal views, as a share of the image)")
-    g.add_argument("--mask_level", type=float, default=DEFAULT_MASK_LEVEL,
-                   help="where a defect's mask ends, between the pixel threshold (0) and the image's own peak score "
-                        "(1): pixels above pixel_threshold + LEVEL * (peak - pixel_threshold) form the regions, so a "
-                        "strong defect is not drawn with its whole halo (default: %(default)s)")
-    g.add_argument("--regions_for_ok", action="store_true",
-                   help="also list the regions (and fill the mask) of images whose verdict is ok")
-    g.add_argument("--map_size", type=int, default=None,
-                   help="side of the square score map before it is resized to each image (default: --image_size)")
-    g.add_argument("--batch_size", type=int, default=8, help="images per forward pass (default: %(default)s)")
-    g.add_argument("--save_refs", default=None, help="store the reference memory bank and thresholds in this file")
-    g.add_argument("--load_refs", default=None, help="reuse a --save_refs file instead of --refs")
-    add_advanced_scoring_args(p)  # last in --help
-    args = p.parse_args(argv)
+    import sys
 
-    if (args.refs is None) == (args.load_refs is None):
-        p.error("give the references either as --refs PATHS or as --load_refs FILE (exactly one)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser(show_advanced="--help_advanced" in argv)
+    if "--help_advanced" in argv:
+        p.print_help()
+        p.exit()
+    read_config(p, argv)
+    args = p.parse_args(argv)
+    if args.redecide:
+        if args.refs or args.images or args.load_refs:
+            p.error("--redecide decides saved maps again: give no --refs, --images or --load_refs with it")
+    else:
+        if args.images is None:
+            p.error("the following arguments are required: --images (or --redecide OLD_OUT)")
+        if (args.refs is None) == (args.load_refs is None):
+            p.error("give the references either as --refs PATHS or as --load_refs FILE (exactly one)")
     if args.mode is None:
-        # measured on held-out real classes (docs/real-images.md): the heads alone lose to
-        # FD, the heads merged with FD reach it
+        # measured on held-out real classes (docs/real-images.md): the heads alone lose to FD, merged reaches it
         args.mode = "merged" if args.checkpoint_path else "fd"
     if mode_uses_heads(args.mode) and not args.checkpoint_path:
         p.error(f"--mode {args.mode} needs --checkpoint_path (or use --mode fd, which needs no training)")
     if not mode_uses_heads(args.mode) and args.checkpoint_path:
         p.error("--checkpoint_path is only used by --mode fasl or merged; drop it or pass one of them")
-    if args.fpr is not None and not 0.0 < args.fpr < 1.0:
-        p.error(f"--fpr must lie strictly between 0 and 1, got {args.fpr}")
     if args.batch_size < 1:
         p.error("--batch_size must be >= 1")
-    check_model_flags(p, args, windows=True)
-    check_post_flags(p, args)
-    if args.load_refs and (args.augment_refs != DEFAULT_AUGMENT or args.normal_sample != DEFAULT_NORMAL_SAMPLE):
-        p.error("--augment_refs and --normal_sample shape the bank and the fit a --load_refs file already holds: "
-                "rebuild the file with --refs to change them")
-    if args.margin is not None and not args.margin > -1.0:
-        p.error(f"--margin must be > -1, got {args.margin}")
-    if not 0.0 <= args.mask_level < 1.0:
-        p.error(f"--mask_level must lie in [0, 1), got {args.mask_level}")
-    if args.min_region_area is not None and args.min_region_area < 0:
-        p.error("--min_region_area must be >= 0")
     if args.map_size is not None and args.map_size < 1:
         p.error("--map_size must be >= 1")
+    check_model_flags(p, args, windows=True)
+    check_post_flags(p, args)
+    try:
+        settings = decision_settings_from_args(args)
+    except ValueError as err:
+        p.error(str(err))
+    if args.lot == "on" and (args.mode != "fd" or args.winmode != "nan"):
+        p.error(f"--lot on compares the training-free features of whole images: it needs --mode fd and --winmode nan "
+                f"(got --mode {args.mode}, --winmode {args.winmode})")
+    if args.load_refs and (args.augment_refs != DecisionSettings.augment_refs or
+                           args.normal_sample != DecisionSettings.normal_sample):
+        p.error("--augment_refs and --normal_sample shape the bank and the fit a --load_refs file already holds: "
+                "rebuild the file with --refs to change them")
+    args.settings = settings
     return args
 
 
@@ -185,137 +181,6 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-# ----------------------------------------------------------------------------- load
-
-class ReferenceImages(NamedTuple):
-    """The references as the bank and the threshold fit need them (all normalised):
-    originals (k, 3, S, S); bank (k * A, 3, S, S), A copies per reference (--augment_refs);
-    views (V, 3, S, S), the single reference's augmented views when k = 1, else None."""
-
-    originals: torch.Tensor
-    bank: torch.Tensor
-    copies: int
-    views: torch.Tensor | None
-
-
-def load_reference_tensors(paths: list[Path], model: FASL, augment: str = "none",
-                           normal_sample: str = "loo") -> ReferenceImages:
-    """Good images -> the references, their bank copies and their augmented views: (V, 3, S, S) of
-    the single reference when k = 1, (k, V, 3, S, S) with ``normal_sample`` ``loo+views``, else None.
-
-    Any unreadable reference is an error: the thresholds depend on all of them.
-    """
-    bb = model.backbone
-    raw = []
-    for path in paths:
-        try:
-            img = load_image(path)
-        except ImageReadError as err:
-            raise ImageReadError(f"reference image unusable ({err}); every reference is needed") from err
-        problem = image_problem((img.height, img.width), model)
-        if problem is not None:
-            raise ValueError(f"reference image {path} unusable: {problem}")
-        raw.append(image_to_unit_tensor(img, bb.image_size))  # [3, S, S] in [0, 1]
-    raw = torch.stack(raw)  # [k, 3, S, S]
-    copies = torch.cat([bank_copies(r, augment) for r in raw])  # [k*A, 3, S, S]
-    views = None
-    if len(paths) == 1 or normal_sample == "loo+views":
-        kinds = view_kinds(augment)
-        views = torch.stack([augmented_views(r, shift=max(1, bb.patch_size // 2))[kinds] for r in raw])
-        views = normalize_tensor(views.flatten(0, 1), bb.mean, bb.std).reshape(views.shape)
-        if len(paths) == 1:
-            views = views[0]
-    norm = lambda x: normalize_tensor(x, bb.mean, bb.std)  # noqa: E731
-    return ReferenceImages(norm(raw), norm(copies), copies.shape[0] // raw.shape[0], views)
-
-
-def prepare_references(args, model: FASL, cfg: InferenceConfig, log, d: Dist, post: MapPost) -> SavedReferences:
-    """The bank and the thresholds: read from --load_refs, or built from --refs and fitted on them
-    (unless both thresholds are given); overrides applied; saved to --save_refs when asked."""
-    both_given = args.image_threshold is not None and args.pixel_threshold is not None
-    if args.load_refs:
-        refs = SavedReferences.load(args.load_refs, model, cfg, args.fpr, check_scoring=not both_given, post=post,
-                                    margin=args.margin)
-        log.info("loaded %d references' memory and thresholds from %s", len(refs.refs), args.load_refs)
-    else:
-        paths = list_images(args.refs, "--refs")
-        ref = load_reference_tensors(paths, model, args.augment_refs, args.normal_sample)
-        bank = model.build_memory(ref.bank, model.windows_for(cfg), window_batch=cfg.window_batch)
-        if both_given:
-            thresholds = Thresholds.by_hand(args.image_threshold, args.pixel_threshold)
-        else:
-            normal = score_references(model, ref.originals, bank, cfg, ref.views, post=post, copies=ref.copies)
-            margin = args.margin if args.margin is not None else \
-                (SELF_VIEWS_MARGIN if normal.method == "augmented-self" else 0.0)
-            thresholds = Thresholds.fitted(normal, args.fpr or DEFAULT_FPR, margin)
-            log.info("normal image scores (%s): %s", normal.method,
-                     ", ".join(f"{s:.4f}" for s in thresholds.fit.image_scores))
-        refs = SavedReferences(bank, thresholds, [str(p) for p in paths])
-    refs.thresholds = refs.thresholds.with_overrides(args.image_threshold, args.pixel_threshold)
-    refs.thresholds = broadcast_from_main(refs.thresholds, d)  # every process decides with rank 0's numbers
-    if args.save_refs and d.is_main:
-        refs.save(args.save_refs, model, cfg, post=post)
-        log.info("saved the reference memory and thresholds to %s", args.save_refs)
-    return refs
-
-
-# ----------------------------------------------------------------------------- score
-
-class Outcome(NamedTuple):
-    """One image's decision: its score map at the image's own size (H, W), the verdict and the
-    regions (with their mask; none for an ``ok`` image unless ``regions_for_ok``)."""
-
-    full_map: np.ndarray
-    verdict: str
-    found: Regions
-
-
-@dataclass
-class Decision:
-    """How a score map becomes a verdict and regions; shared by every image of the run."""
-
-    thresholds: Thresholds
-    min_region_area: int | None  # pixels, by hand; None: the thresholds' share of each image
-    regions_for_ok: bool
-    mask_level: float  # 0: regions above the pixel threshold; towards 1: towards the image's peak
-    lo: float  # the overlay's colour scale: the pixel threshold sits mid-scale
-    hi: float
-
-    @classmethod
-    def of(cls, args, thresholds: Thresholds) -> "Decision":
-        lo = thresholds.fit.pixel_median if thresholds.fit is not None else 0.0
-        lo = min(lo, thresholds.pixel)
-        hi = max(2 * thresholds.pixel - lo, lo + 1e-6)
-        return cls(thresholds, args.min_region_area, args.regions_for_ok, args.mask_level, lo, hi)
-
-    def decide(self, score_map: np.ndarray, score: float, size_hw: tuple[int, int]) -> Outcome:
-        """score_map: (h, w) at the map size; size_hw: the image's (H, W)."""
-        H, W = size_hw
-        full = resize_map(score_map, (H, W))
-        verdict = "defect" if score > self.thresholds.image else "ok"
-        min_area = self.min_region_area if self.min_region_area is not None else \
-            self.thresholds.min_region_area(H, W)
-        if verdict == "defect" or self.regions_for_ok:
-            level = self.thresholds.pixel
-            level += self.mask_level * max(0.0, float(full.max()) - level)
-            found = find_regions(full, level, min_area, keep_peak=verdict == "defect")
-        else:
-            found = Regions(mask=np.zeros((H, W), dtype=bool), regions=[])
-        return Outcome(full, verdict, found)
-
-    def apply(self, rec: dict, rgb: np.ndarray, score_map: np.ndarray, score: float, out: Path) -> None:
-        """Fill ``rec`` for one image and write its overlay and mask. rgb: (H, W, 3) uint8."""
-        H, W = rgb.shape[:2]
-        full, verdict, found = self.decide(score_map, score, (H, W))
-        overlay, mask_name = f"{rec['name']}_overlay.png", f"{rec['name']}_mask.png"
-        vis = heatmap_overlay(rgb, normalize_map(full, self.lo, self.hi), alpha=0.5)
-        save_png(out / overlay, mask_outline(vis, found.mask, color=(255, 255, 255),
-                                             thickness=max(1, round(min(H, W) / 200))))
-        save_png(out / mask_name, found.mask.astype(np.uint8) * 255)
-        rec.update(score=score, verdict=verdict, regions=[r.to_dict() for r in found.regions], defect_area=found.area,
-                   width=W, height=H, overlay=overlay, mask=mask_name)
-
-
 def image_problem(size_hw: tuple[int, int], model: FASL) -> str | None:
     """Why an image of this (H, W) cannot be scored, or None: one smaller than the model's patch
     grid holds less than a pixel per patch, so its score would be made up by the resize."""
@@ -327,51 +192,238 @@ def image_problem(size_hw: tuple[int, int], model: FASL) -> str | None:
     return None
 
 
-def score_images(args, model: FASL, cfg: InferenceConfig, refs: SavedReferences, paths: list[Path],
-                 names: list[str], out: Path, log, post: MapPost) -> list[dict]:
-    """One record per image (read_status ``scored`` or ``failed``), with its overlay and mask
-    written (``names``: the images' output names)."""
-    decision = Decision.of(args, refs.thresholds)
-    records: list[dict] = []
+# ----------------------------------------------------------------------------- the run's folder
+
+def clear_previous_run(out: Path) -> int:
+    """Remove what an earlier predict.py run wrote into ``out`` (its per-image files, as its
+    predictions.json lists them, its maps/ and the run files), so the folder holds only this run's
+    results. Other files are left alone. Returns how many files were removed."""
+    removed = 0
+    listed = out / "predictions.json"
+    if listed.is_file():
+        try:
+            doc = json.loads(listed.read_text(encoding="utf-8"))
+            names = [rec.get(k) for rec in doc.get("images", []) for k in ("overlay", "mask", "map")]
+        except (OSError, ValueError, AttributeError):
+            names = []
+        for name in filter(None, names):
+            target = out / name
+            if target.is_file() and target.resolve().parent.is_relative_to(out.resolve()):
+                target.unlink()
+                removed += 1
+    for name in RUN_FILES:
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed += 1
+    if (out / "maps").is_dir() and all(p.suffix == ".npy" for p in (out / "maps").iterdir()):
+        removed += len(list((out / "maps").iterdir()))
+        shutil.rmtree(out / "maps")
+    return removed
+
+
+class RunLog:
+    """predict.log: records go to the console at once and to the file only once the inputs have
+    passed every check and the folder is cleared (``start_file``), so a refused run leaves the folder
+    as it was, and a reused folder gets a fresh log, not one appended to the earlier run's."""
+
+    def __init__(self, name: str):
+        self.log = get_logger(name)
+        self._early = logging.handlers.MemoryHandler(capacity=100000, flushLevel=logging.CRITICAL + 10)
+        self.log.addHandler(self._early)
+
+    def start_file(self, path: Path) -> None:
+        get_logger(self.log.name, path)
+        handler = next(h for h in self.log.handlers if isinstance(h, logging.FileHandler))
+        self._early.setTarget(handler)
+        self._early.flush()
+        self.log.removeHandler(self._early)
+
+    def close(self, path: Path) -> None:
+        from utils.misc import close_log_file
+
+        if self._early in self.log.handlers:
+            self.log.removeHandler(self._early)
+        close_log_file(self.log, path)
+
+
+# ----------------------------------------------------------------------------- read
+
+class Lot:
+    """The inspected images: every file read once before any work (size, content key, problems).
+
+    paths, names: per image; sizes (H, W) and keys (content digest) of the readable ones (None for
+    the others); errors: per image, why it cannot be used (None when it can).
+    """
+
+    def __init__(self, paths: list[Path], model: FASL, log):
+        self.paths, self.names = paths, output_names(paths)
+        self.sizes: list[tuple[int, int] | None] = []
+        self.keys: list[str | None] = []
+        self.errors: list[str | None] = []
+        for path in tqdm(paths, desc="reading", unit="img", dynamic_ncols=True, leave=False):
+            try:
+                img = load_image(path)
+                problem = image_problem((img.height, img.width), model)
+            except ImageReadError as err:
+                img, problem = None, str(err)
+            if problem is not None:
+                log.error("left out %s: %s", path, problem)
+                self.sizes.append(None)
+                self.keys.append(None)
+                self.errors.append(problem)
+                continue
+            self.sizes.append((img.height, img.width))
+            self.keys.append(content_key(Path(path).read_bytes()))
+            self.errors.append(None)
+
+    @property
+    def usable(self) -> list[int]:
+        return [i for i, e in enumerate(self.errors) if e is None]
+
+
+def read_tensor(path: Path, model: FASL) -> torch.Tensor:
     bb = model.backbone
-    bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
+    return image_to_tensor(load_image(path), bb.image_size, bb.mean, bb.std)
 
-    def fail(rec: dict, why: str) -> None:
-        rec.update(read_status="failed", error=why)
-        log.error("skipped %s: %s", rec["path"], why)
-        bar.update(1)
 
-    for start in range(0, len(paths), args.batch_size):
-        batch, loaded = [], []
-        for path, name in zip(paths[start:start + args.batch_size], names[start:start + args.batch_size]):
-            rec = {"path": str(path), "name": name, "read_status": "scored", "error": None, "regions": []}
-            records.append(rec)
+def prepare_references(args, model: FASL, cfg: InferenceConfig, post: MapPost, log, d: Dist):
+    """The references' memory, how many bank entries each has, and their references-only thresholds:
+    from --load_refs, or built from --refs and fitted on them (unless both thresholds are given by
+    hand); overrides applied; saved to --save_refs when asked -> (SavedReferences, copies)."""
+    s: DecisionSettings = args.settings
+    both_given = args.image_threshold is not None and args.pixel_threshold is not None
+    if args.load_refs:
+        refs = SavedReferences.load(args.load_refs, model, cfg, s.fpr, check_scoring=not both_given, post=post,
+                                    margin=s.margin)
+        copies = refs.bank.k // max(1, len(refs.refs))
+        log.info("loaded %d reference(s)' memory and thresholds from %s", len(refs.refs), args.load_refs)
+    else:
+        paths = list_images(args.refs, "--refs")
+        raw = []
+        for path in paths:
             try:
                 img = load_image(path)
             except ImageReadError as err:
-                fail(rec, str(err))
-                continue
+                raise ImageReadError(f"reference image unusable ({err}); every reference is needed") from err
             problem = image_problem((img.height, img.width), model)
             if problem is not None:
-                rec.update(width=img.width, height=img.height)
-                fail(rec, problem)
+                raise ValueError(f"reference image {path} unusable: {problem}")
+            raw.append(image_to_unit_tensor(img, model.backbone.image_size))
+        bb = model.backbone
+        ref = reference_images(torch.stack(raw), bb.mean, bb.std, bb.patch_size, s.augment_refs, s.normal_sample)
+        bank = model.build_memory(ref.bank, model.windows_for(cfg), window_batch=cfg.window_batch)
+        copies = ref.copies
+        if both_given:
+            thresholds = Thresholds.by_hand(args.image_threshold, args.pixel_threshold)
+        else:
+            thresholds = fit_references(model, cfg, post, ref, bank, s)
+            log.info("references' normal image scores (%s): %s", thresholds.method,
+                     ", ".join(f"{x:.4f}" for x in thresholds.fit.image_scores))
+        refs = SavedReferences(bank, thresholds, [str(p) for p in paths])
+    refs.thresholds = refs.thresholds.with_overrides(args.image_threshold, args.pixel_threshold)
+    refs.thresholds = broadcast_from_main(refs.thresholds, d)  # every process decides with rank 0's numbers
+    if args.save_refs and d.is_main:
+        refs.save(args.save_refs, model, cfg, post=post)
+        log.info("saved the references' memory and thresholds to %s", args.save_refs)
+    return refs, copies
+
+
+# ----------------------------------------------------------------------------- score and decide
+
+def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: SavedReferences, copies: int, lot: Lot,
+              out: Path, log, d: Dist) -> tuple[dict[int, float], list[float], bool]:
+    """Score every usable image (this process's share), saving its map under maps/ -> ({image:
+    score}, the references' scores as lot images (lot-aware only), whether lot-aware)."""
+    s: DecisionSettings = args.settings
+    usable = lot.usable
+    lot_aware = s.lot_aware(len(usable)) and cfg.mode == "fd" and cfg.winmode == "nan"
+    if s.lot == "auto" and s.lot_aware(len(usable)) and not lot_aware:
+        log.info("--lot auto: lot-aware scoring needs --mode fd and --winmode nan; each image is scored on its own")
+    scorer = LotScorer(model, cfg, post, s.scoring if lot_aware else None)
+    members: dict[int, int] = {}
+    pool = None
+    if lot_aware:
+        chosen = [usable[i] for i in choose_pool([lot.keys[i] for i in usable], s.scoring.pool_size)]
+        members = {img: j for j, img in enumerate(chosen)}
+        pool = torch.stack([read_tensor(lot.paths[i], model) for i in chosen])
+        log.info("lot-aware: %d images, each compared with %d of them (a pool chosen by content) and the %d "
+                 "reference(s)", len(usable), min(s.scoring.pool_size, len(chosen) - 1), len(refs.refs))
+    scorer.fit(bank=refs.bank, copies=copies, pool=pool)
+    mine = [usable[i] for i in shard(usable, d, args.batch_size)]
+    scores: dict[int, float] = {}
+    (out / "maps").mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(mine), desc="scoring", unit="img", dynamic_ncols=True)
+    for start in range(0, len(mine), args.batch_size):
+        batch = mine[start:start + args.batch_size]
+        pred = scorer.score(torch.stack([read_tensor(lot.paths[i], model) for i in batch]),
+                            [members.get(i) for i in batch])
+        for i, score_map, score in zip(batch, pred.score_map.float().cpu().numpy(), pred.image_score.tolist()):
+            if not (math.isfinite(score) and np.isfinite(score_map).all()):
+                lot.errors[i] = "the model returned a non-finite score"
+                log.error("left out %s: %s", lot.paths[i], lot.errors[i])
                 continue
-            batch.append(image_to_tensor(img, bb.image_size, bb.mean, bb.std))
-            loaded.append((rec, np.asarray(img)))
-        if not batch:
-            continue
-        pred = post.apply(model.predict(torch.stack(batch), refs.bank, cfg))
-        maps = pred.score_map.float().cpu().numpy()  # [B, M, M]
-        scores = pred.image_score.float().cpu().numpy()  # [B]
-        for (rec, rgb), score_map, score in zip(loaded, maps, scores):
-            rec.update(width=rgb.shape[1], height=rgb.shape[0])
-            if not (math.isfinite(float(score)) and np.isfinite(score_map).all()):
-                fail(rec, "the model returned a non-finite score")
-                continue
-            bar.update(1)
-            decision.apply(rec, rgb, score_map, float(score), out)
+            np.save(out / "maps" / f"{lot.names[i]}.npy", score_map.astype(np.float16))
+            scores[i] = float(score)
+        bar.update(len(batch))
     bar.close()
+    ref_scores = scorer.score_references().image_score.tolist() if lot_aware and d.is_main else []
+    return scores, ref_scores, lot_aware
+
+
+def load_map(out: Path, name: str) -> np.ndarray:
+    return np.load(out / "maps" / f"{name}.npy").astype(np.float32)
+
+
+def fit_verdicts(args, refs: SavedReferences, scores: dict[int, float], ref_scores: list[float], lot_aware: bool,
+                 lot: Lot, maps_dir: Path, log) -> Verdicts:
+    """The run's Verdicts: from the lot (lot-aware) or the references, warnings logged."""
+    s: DecisionSettings = args.settings
+    t = refs.thresholds
+    hand = args.image_threshold is not None or args.pixel_threshold is not None
+    if lot_aware and not hand:
+        order = sorted(scores)
+        values = [scores[i] for i in order]
+        verdicts = fit_lot(values, lambda keep: (load_map(maps_dir, lot.names[order[j]]) for j in keep), s.rule,
+                           s.fpr, ref_scores, t.image if t.fit is not None else None)
+    else:
+        warnings = []
+        if s.lot == "auto" and len(lot.usable) < s.min_lot:
+            warnings.append(f"a lot of {len(lot.usable)} image(s) is too small for its own statistics (at least "
+                            f"{s.min_lot}): thresholds from the {len(refs.refs)} reference(s) alone")
+        verdicts = reference_verdicts(t, s, warnings)
+    for w in verdicts.warnings:
+        log.warning("%s", w)
+    return verdicts
+
+
+def decide_images(args, lot: Lot, scores: dict[int, float], verdicts: Verdicts, out: Path, maps_dir: Path,
+                  d: Dist) -> list[dict]:
+    """This process's records, overlays and masks."""
+    s: DecisionSettings = args.settings
+    lo, hi = verdicts.colour
+    records = []
+    mine = [i for i in sorted(scores)][slice(*_share(len(scores), d))]
+    for i in tqdm(mine, desc="deciding", unit="img", dynamic_ncols=True, leave=False):
+        rgb = np.asarray(load_image(lot.paths[i]))
+        H, W = rgb.shape[:2]
+        outcome = decide(verdicts, load_map(maps_dir, lot.names[i]), scores[i], (H, W), s)
+        name = lot.names[i]
+        vis = heatmap_overlay(rgb, normalize_map(outcome.full_map, lo, hi), alpha=0.5)
+        save_png(out / f"{name}_overlay.png", mask_outline(vis, outcome.found.mask, color=(255, 255, 255),
+                                                          thickness=max(1, round(min(H, W) / 200))))
+        save_png(out / f"{name}_mask.png", outcome.found.mask.astype(np.uint8) * 255)
+        records.append({"index": i, "path": str(lot.paths[i]), "name": name, "read_status": "scored", "error": None,
+                        "score": scores[i], "verdict": outcome.verdict,
+                        "verdict_without_band": outcome.verdict_without_band,
+                        "regions": [r.to_dict() for r in outcome.found.regions], "defect_area": outcome.found.area,
+                        "width": W, "height": H, "overlay": f"{name}_overlay.png", "mask": f"{name}_mask.png",
+                        "map": f"maps/{name}.npy"})
     return records
+
+
+def _share(n: int, d: Dist) -> tuple[int, int]:
+    per = -(-n // d.world_size)
+    return min(n, d.rank * per), min(n, (d.rank + 1) * per)
 
 
 # ----------------------------------------------------------------------------- write
@@ -387,32 +439,48 @@ def _csv_row(rec: dict) -> dict:
     return row
 
 
-def write_outputs(args, out: Path, model: FASL, cfg: InferenceConfig, refs: SavedReferences, records: list[dict],
-                  log) -> int:
-    """predictions.csv / .json and the run's summary; returns the exit status (1 if any image failed)."""
+def settings_record(args) -> dict:
+    """Every flag's value, as --config reads it back (the inputs and the output left out)."""
+    skip = {"refs", "images", "out", "config", "redecide", "settings", "save_refs", "load_refs"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def write_outputs(args, out: Path, refs_record: dict, verdicts: Verdicts, records: list[dict], lot_aware: bool,
+                  model_record: dict, log) -> int:
+    """predictions.csv / .json, settings.json, thresholds.json, report.html; the console summary.
+    Returns the exit status (1 if any image could not be used)."""
+    records = sorted(records, key=lambda r: r["index"])
     failed = [r for r in records if r["read_status"] != "scored"]
-    thresholds = refs.thresholds.to_dict()
-    settings = {"args": vars(args), "inference": asdict(cfg), "post": map_post_from_args(args).to_dict(),
-                "model": model.config(), "references": refs.refs,
-                "search_dtype": resolved_search_dtype(model, cfg)}
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(_csv_row(r) for r in records)
-    write_json(out / "predictions.json", {"format": PREDICTIONS_FORMAT, "thresholds": thresholds,
-                                          "settings": settings, "images": records,
-                                          "failed": [r["path"] for r in failed]})
-    write_report(out, records, thresholds, {
-        "references": f"{len(refs.refs)} image(s)" + (f" from {args.load_refs}" if args.load_refs else ""),
-        "model": f"{args.model} ({args.pretrained}), {args.image_size} px, --mode {args.mode}, --winmode {args.winmode}",
-        "decision": (f"--fpr {refs.thresholds.fpr}" if refs.thresholds.fpr is not None else "thresholds given by hand")
-                    + f", --image_score {args.image_score}, --smooth_sigma {args.smooth_sigma}",
-    })
-    n_defect = sum(r.get("verdict") == "defect" for r in records)
-    log.info("%d image(s): %d defect, %d ok, %d failed; results in %s", len(records), n_defect,
-             len(records) - n_defect - len(failed), len(failed), out)
+    settings = settings_record(args)
+    write_json(out / "settings.json", settings)
+    write_json(out / "thresholds.json", verdicts.to_dict())
+    write_json(out / "predictions.json", {
+        "format": PREDICTIONS_FORMAT, "verdicts": verdicts.to_dict(), "lot_aware": lot_aware,
+        "settings": settings, "decision": args.settings.to_dict(), "model": model_record, "references": refs_record,
+        "images": records, "failed": [r["path"] for r in failed]})
+    counts = {v: sum(r.get("verdict") == v for r in records) for v in ("defect", "review", "ok")}
+    report = write_report(out, records, verdicts, {
+        "references": refs_record.get("summary", ""),
+        "model": model_record.get("summary", ""),
+        "scoring": "lot-aware (each image against the references and a pool of the lot)" if lot_aware else
+                   "each image against the references alone",
+        "thresholds": {"lot": "fitted on the lot's own scores", "references": "fitted on the references alone",
+                       "override": "given by hand"}.get(verdicts.source, verdicts.source),
+    }, reference_scores=refs_record.get("scores_as_lot_images") or [])
+    log.info("%d image(s): %d defect, %d review, %d ok, %d left out", len(records), counts["defect"], counts["review"],
+             counts["ok"], len(failed))
+    for verdict in ("defect", "review"):
+        names = [Path(r["path"]).name for r in records if r.get("verdict") == verdict]
+        if names:
+            log.info("%s: %s", verdict, ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20
+                                                                  else ""))
+    log.info("report: %s", report)
     if failed:
-        log.error("%d file(s) could not be processed: %s", len(failed),
+        log.error("%d file(s) could not be used: %s", len(failed),
                   "; ".join(f"{r['path']}: {r['error']}" for r in failed))
         return 1
     return 0
@@ -421,47 +489,120 @@ def write_outputs(args, out: Path, model: FASL, cfg: InferenceConfig, refs: Save
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
-    """Run predict.py; returns the exit status (1 when some image could not be read)."""
+    """Run predict.py; returns the exit status (1 when some image could not be used)."""
     args = parse_args(argv)
     out = check_output_folder(args.out, "--out")  # before anything is built or written
+    if args.redecide:
+        return redecide(args, out)
     d, device = init_distributed(resolve_device(args.device))
     log_path = out / ("predict.log" if d.is_main else f"predict.rank{d.rank}.log")
-    log = get_logger("fasl.predict", log_path)  # the file appears with its first record
+    run_log = RunLog("fasl.predict")
     try:
-        with fatal_errors_logged(log):
-            return _run(args, out, log, d, device)
+        with fatal_errors_logged(run_log.log):
+            return _run(args, out, run_log, log_path, d, device)
     finally:  # this run's log file only: a later run in the same process writes elsewhere
-        close_log_file(log, log_path)
+        run_log.close(log_path)
         shutdown(d)
 
 
-def _run(args, out: Path, log, d: Dist, device: torch.device) -> int:
-    """load -> fit -> score -> write. Under torchrun every process fits the same references and
-    scores its own block of the images; rank 0 writes the run's files."""
+def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torch.device) -> int:
+    """read -> references -> score -> fit -> decide -> write. Under torchrun every process fits the
+    same references and pool and scores its share; rank 0 fits the thresholds and writes the files."""
+    log = run_log.log
     seed_everything(args.seed)
     paths = list_images(args.images, "--images")
-    names = output_names(paths)
     model = build_fasl_from_args(args, device, checkpoint=args.checkpoint_path if mode_uses_heads(args.mode) else None)
     model.eval()
-    cfg = InferenceConfig.from_args(args, out_size=args.map_size or args.image_size)
+    cfg = InferenceConfig.from_args(args, out_size=args.map_size or model.backbone.image_size)
     post = map_post_from_args(args)
-    refs = prepare_references(args, model, cfg, log, d, post)
-    t = refs.thresholds
-    out.mkdir(parents=True, exist_ok=True)  # the inputs have passed every check
+    lot = Lot(paths, model, log)
+    if not lot.usable:
+        raise ImageReadError(f"none of the {len(paths)} image(s) of --images can be read")
+    if args.settings.lot == "on":
+        args.settings.lot_aware(len(lot.usable))  # refuses a lot too small, before any work
+    refs, copies = prepare_references(args, model, cfg, post, log, d)
+    # every input has passed its checks: the folder is this run's from here on
     if d.is_main:
-        write_json(out / "thresholds.json", t.to_dict())
-    log.info("%s%d reference(s), %d image(s); image threshold %.4f (%s), pixel threshold %.4f (%s), smallest region "
-             "%.3f%% of an image", d.tag, len(refs.refs), len(paths), t.image, t.image_source, t.pixel, t.pixel_source,
-             100 * t.min_region_fraction)
-    mine = shard(paths, d, args.batch_size)
-    records = score_images(args, model, cfg, refs, [paths[i] for i in mine], [names[i] for i in mine], out, log,
-                           post)
-    if d.enabled:
-        log.info("%sscored images %d-%d", d.tag, mine.start, mine.stop - 1)
+        out.mkdir(parents=True, exist_ok=True)
+        removed = clear_previous_run(out)
+        run_log.start_file(log_path)
+        if removed:
+            log.info("cleared %d file(s) of an earlier run from %s", removed, out)
+    else:
+        run_log.start_file(log_path)
+    scores, ref_scores, lot_aware = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d)
+    gathered = gather_to_main((scores, [(i, lot.errors[i]) for i in range(len(paths)) if lot.errors[i]]), d)
+    if d.is_main:
+        for part_scores, part_errors in gathered:
+            scores.update(part_scores)
+            for i, e in part_errors:
+                lot.errors[i] = e
+        verdicts = fit_verdicts(args, refs, scores, ref_scores, lot_aware, lot, out, log)
+    else:
+        verdicts = None
+    verdicts = broadcast_from_main(verdicts, d)
+    scores = broadcast_from_main(scores, d)
+    records = decide_images(args, lot, scores, verdicts, out, out, d)
     gathered = gather_to_main(records, d)
     if not d.is_main:
         return 0
-    return write_outputs(args, out, model, cfg, refs, [r for part in gathered for r in part], log)
+    records = [r for part in gathered for r in part]
+    records += [{"index": i, "path": str(lot.paths[i]), "name": lot.names[i], "read_status": "failed",
+                 "error": lot.errors[i], "regions": []} for i in range(len(paths)) if lot.errors[i] is not None]
+    bb = model.backbone
+    model_record = {**model.config(), "mode": args.mode, "search_dtype": resolved_search_dtype(model, cfg),
+                    "inference": asdict(cfg), "post": post.to_dict(),
+                    "summary": f"{args.model} ({bb.pretrained or 'random weights'}), {bb.image_size} px, "
+                               f"--mode {args.mode}"}
+    refs_record = {"paths": refs.refs, "file": args.load_refs, "thresholds": refs.thresholds.to_dict(),
+                   "scores_as_lot_images": ref_scores,
+                   "summary": f"{len(refs.refs)} image(s)" + (f" from {args.load_refs}" if args.load_refs else "")}
+    return write_outputs(args, out, refs_record, verdicts, records, lot_aware, model_record, log)
+
+
+def redecide(args, out: Path) -> int:
+    """--redecide OLD_OUT: the lot scored into OLD_OUT decided again with this run's decision flags,
+    from its saved scores and maps; overlays, masks and files written to --out."""
+    old = Path(args.redecide)
+    try:
+        doc = json.loads((old / "predictions.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"--redecide {old}: no readable predictions.json of a predict.py run ({err})") from None
+    if doc.get("format") != PREDICTIONS_FORMAT:
+        raise ValueError(f"--redecide {old}: predictions.json is not of format {PREDICTIONS_FORMAT} (rerun predict.py)")
+    scored = [r for r in doc["images"] if r["read_status"] == "scored"]
+    missing = [r["map"] for r in scored if not (old / r["map"]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--redecide {old}: {len(missing)} saved map(s) missing, e.g. {old / missing[0]}")
+    run_log = RunLog("fasl.predict")
+    log_path = out / "predict.log"
+    log = run_log.log
+    try:
+        with fatal_errors_logged(log):
+            lot = Lot.__new__(Lot)
+            lot.paths = [Path(r["path"]) for r in doc["images"]]
+            lot.names = [r["name"] for r in doc["images"]]
+            lot.errors = [None if r["read_status"] == "scored" else r["error"] for r in doc["images"]]
+            scores = {i: r["score"] for i, r in enumerate(doc["images"]) if r["read_status"] == "scored"}
+            refs = SavedReferences(None, Thresholds.from_dict(doc["references"]["thresholds"]),
+                                   doc["references"]["paths"])
+            refs.thresholds = refs.thresholds.with_overrides(args.image_threshold, args.pixel_threshold)
+            if out.resolve() != old.resolve():
+                out.mkdir(parents=True, exist_ok=True)
+                clear_previous_run(out)
+            run_log.start_file(log_path)
+            maps_dir = old
+            verdicts = fit_verdicts(args, refs, scores, doc["references"].get("scores_as_lot_images", []),
+                                    doc["lot_aware"], lot, maps_dir, log)
+            records = decide_images(args, lot, scores, verdicts, out, maps_dir, Dist())
+            for r in records:
+                r["map"] = str((maps_dir / r["map"]).resolve()) if out.resolve() != old.resolve() else r["map"]
+            records += [{"index": i, "path": str(lot.paths[i]), "name": lot.names[i], "read_status": "failed",
+                         "error": lot.errors[i], "regions": []} for i in range(len(lot.paths)) if lot.errors[i]]
+            log.info("decided again from the maps of %s", old)
+            return write_outputs(args, out, doc["references"], verdicts, records, doc["lot_aware"], doc["model"], log)
+    finally:
+        run_log.close(log_path)
 
 
 if __name__ == "__main__":

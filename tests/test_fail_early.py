@@ -402,7 +402,7 @@ def test_the_default_weights_offline_fail_at_once_in_one_line(tmp_path, monkeypa
     Image.new("RGB", (64, 64)).save(image)
     t0 = time.time()
     message = _exit(lambda: predict.main(["--refs", str(image), "--images", str(image), "--out",
-                                          str(tmp_path / "out"), "--mode", "fd"]))
+                                          str(tmp_path / "out"), "--mode", "fd", "--model", "ViT-L-14-336"]))
     assert time.time() - t0 < 30
     assert "cannot download the 'openai' weights of ViT-L-14-336" in message and "\n" not in message
     assert "pass --pretrained FILE" in message and "--model timm:NAME --pretrained FILE" in message
@@ -425,7 +425,7 @@ def test_the_default_weights_under_hf_hub_offline_fail_at_once_in_one_line(tmp_p
     Image.new("RGB", (64, 64)).save(image)
     t0 = time.time()
     message = _exit(lambda: predict.main(["--refs", str(image), "--images", str(image), "--out",
-                                          str(tmp_path / "out"), "--mode", "fd"]))
+                                          str(tmp_path / "out"), "--mode", "fd", "--model", "ViT-L-14-336"]))
     assert time.time() - t0 < 30
     assert ("the 'openai' weights of ViT-L-14-336 are not in the local cache and HF_HUB_OFFLINE is set" in message
             and "\n" not in message)

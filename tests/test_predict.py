@@ -96,12 +96,18 @@ def test_outputs_for_every_image_at_original_size(data, tmp_path):
     rows = read_csv(out / "predictions.csv")
     inputs = sorted(data["good"] + data["defects"], key=lambda p: p.name)
     assert [r["path"] for r in pred["images"]] == [str(p) for p in inputs]
-    thr = pred["thresholds"]
-    assert thr == read_json(out / "thresholds.json")
+    v = pred["verdicts"]
+    assert v == read_json(out / "thresholds.json")
+    assert not pred["lot_aware"] and v["source"] == "references"  # 6 images: below --min_lot
+    thr = pred["references"]["thresholds"]
     assert thr["method"] == "leave-one-out+views" and len(thr["fit"]["image_scores"]) == 4 * 9  # each ref + 8 views
     assert thr["image"] >= max(thr["fit"]["image_scores"]) and thr["pixel"] > 0
-    assert pred["settings"]["inference"]["winmode"] == "mul"
-    assert pred["settings"]["search_dtype"] == ("bfloat16" if cpu_has_amx() else "float32")
+    # the references' review band: 10 % of the threshold either side
+    assert v["image"] == thr["image"] and v["ok_at_most"] == pytest.approx(0.9 * thr["image"])
+    assert v["defect_above"] == pytest.approx(1.1 * thr["image"]) and v["pixel"] == thr["pixel"]
+    assert any("too small" in w for w in v["warnings"])
+    assert pred["model"]["inference"]["winmode"] == "mul"
+    assert pred["model"]["search_dtype"] == ("bfloat16" if cpu_has_amx() else "float32")
     for rec, row, src in zip(pred["images"], rows, inputs):
         w, h = Image.open(src).size
         overlay, mask = Image.open(out / rec["overlay"]), Image.open(out / rec["mask"])
@@ -115,11 +121,14 @@ def test_outputs_for_every_image_at_original_size(data, tmp_path):
         for r in rec["regions"]:
             x, y, bw, bh = r["bbox"]
             assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h
-            assert m[y:y + bh, x:x + bw].any() and r["max_score"] > thr["pixel"]
+            assert m[y:y + bh, x:x + bw].any() and r["max_score"] > v["pixel"]
         # CSV and JSON agree, exactly
         assert row["path"] == rec["path"] and row["read_status"] == rec["read_status"] == "scored"
         assert float(row["score"]) == rec["score"]
-        assert row["verdict"] == rec["verdict"] == ("defect" if rec["score"] > thr["image"] else "ok")
+        assert row["verdict"] == rec["verdict"] == ("defect" if rec["score"] > v["defect_above"] else
+                                                    "review" if rec["score"] > v["ok_at_most"] else "ok")
+        assert row["verdict_without_band"] == ("defect" if rec["score"] > v["image"] else "ok")
+        assert np.load(out / rec["map"]).shape == (112, 112)  # the saved score map, at the map size
         assert int(row["n_regions"]) == len(rec["regions"]) and int(row["defect_area"]) == rec["defect_area"]
         assert (row["overlay"], row["mask"]) == (rec["overlay"], rec["mask"])
 
@@ -154,9 +163,10 @@ def test_save_load_round_trip_gives_identical_scores(data, tmp_path):
     a, b = read_json(tmp_path / "a" / "predictions.json"), read_json(tmp_path / "b" / "predictions.json")
     assert [r["score"] for r in a["images"]] == [r["score"] for r in b["images"]]
     assert [r["regions"] for r in a["images"]] == [r["regions"] for r in b["images"]]
-    assert (a["thresholds"]["image"], a["thresholds"]["pixel"]) == (b["thresholds"]["image"], b["thresholds"]["pixel"])
-    assert b["thresholds"]["image_source"].startswith("fit (from")
-    assert b["settings"]["references"] == [str(p) for p in data["refs"]]
+    ta, tb = a["references"]["thresholds"], b["references"]["thresholds"]
+    assert (ta["image"], ta["pixel"]) == (tb["image"], tb["pixel"]) and a["verdicts"]["image"] == b["verdicts"]["image"]
+    assert tb["image_source"].startswith("fit (from")
+    assert b["references"]["paths"] == [str(p) for p in data["refs"]]
     for name in ("good_wide_mask.png", "defect_sq_mask.png"):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
     # the file holds only tensors and primitives
@@ -201,7 +211,7 @@ def test_fasl_mode_with_checkpoint_and_heads_check(data, tmp_path):
     assert run([*args, "--refs", str(data["root"] / "refs"), "--out", str(tmp_path / "a"),
                 "--save_refs", str(refs_file)]) == 0
     pred = read_json(tmp_path / "a" / "predictions.json")
-    assert pred["settings"]["inference"]["mode"] == "fasl"
+    assert pred["model"]["inference"]["mode"] == "fasl"
     assert all(0.0 <= r["score"] <= 1.0 for r in pred["images"])  # probabilities
     assert run([*args, "--load_refs", str(refs_file), "--out", str(tmp_path / "b")]) == 0
     assert [r["score"] for r in read_json(tmp_path / "b" / "predictions.json")["images"]] == \
@@ -245,7 +255,7 @@ def test_one_reference_uses_augmented_copies_and_overrides(data, tmp_path):
     out = tmp_path / "out"
     assert run(["--refs", str(data["refs"][0]), "--images", str(data["good"][0]), str(data["defects"][1]),
                 "--out", str(out), "--mode", "fd", "--fpr", "0.05"]) == 0
-    thr = read_json(out / "thresholds.json")
+    thr = read_json(out / "predictions.json")["references"]["thresholds"]
     assert thr["method"] == "augmented-self" and thr["fpr"] == 0.05
     scores = thr["fit"]["image_scores"]
     assert len(scores) == 8 and min(scores) > 1e-4  # not an exact self-match
@@ -255,8 +265,8 @@ def test_one_reference_uses_augmented_copies_and_overrides(data, tmp_path):
     assert run(["--refs", str(data["refs"][0]), "--images", str(data["good"][0]), "--out", str(out2),
                 "--mode", "fd", "--fpr", "0.05", "--image_threshold", "0"]) == 0
     pred = read_json(out2 / "predictions.json")
-    assert pred["thresholds"]["image"] == 0.0 and pred["thresholds"]["image_source"] == "override"
-    assert pred["thresholds"]["pixel"] == thr["pixel"] and pred["images"][0]["verdict"] == "defect"
+    assert pred["verdicts"]["image"] == 0.0 and pred["verdicts"]["source"] == "override"
+    assert pred["verdicts"]["pixel"] == thr["pixel"] and pred["images"][0]["verdict"] == "defect"
 
 
 def test_duplicate_stems_and_input_selection(tmp_path):
@@ -295,8 +305,15 @@ def test_parse_args_errors(capsys):
         predict.parse_args([*base, "--refs", "r.png", "--fpr", "1.5"])
     assert predict.parse_args([*base, "--refs", "r.png"]).mode == "fd"
     assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint_path", "c.pth"]).mode == "merged"
-    # the old spelling still works, out of --help
-    assert predict.parse_args([*base, "--refs", "r.png", "--checkpoint", "c.pth"]).checkpoint_path == "c.pth"
+    # the old spelling is refused with the new name; no prefix of a flag is taken for it
+    with pytest.raises(SystemExit):
+        predict.parse_args([*base, "--refs", "r.png", "--checkpoint", "c.pth"])
+    assert "--checkpoint_path" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict.parse_args([*base, "--refs", "r.png", "--checkpoint_pa", "c.pth"])
+    with pytest.raises(SystemExit):  # lot-aware scoring compares FD features of whole images
+        predict.parse_args([*base, "--refs", "r.png", "--lot", "on", "--winmode", "mul"])
+    assert "--mode fd and --winmode nan" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -381,35 +398,43 @@ def split_threshold(data, tmp_path):
     return (s[2] + s[3]) / 2
 
 
-def test_report_html_sorted_with_threshold_and_failures(data, tmp_path):
+def test_report_html_sections_histogram_and_failures(data, tmp_path):
     tiny = write(tmp_path / "in" / "dot & <b>.png", np.full((1, 1, 3), 128, np.uint8))  # smaller than the 8x8 grid
     broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(b"not a png")
     cut = split_threshold(data, tmp_path)
     out = tmp_path / "out"
     rc = run(["--refs", str(data["root"] / "refs"), "--images", str(data["root"] / "imgs"), str(tiny), str(broken),
-              "--out", str(out), "--mode", "fd", "--image_threshold", str(cut), "--pixel_threshold", "0.3"])
-    assert rc == 1  # two files could not be scored
+              "--out", str(out), "--mode", "fd", "--image_threshold", str(cut), "--pixel_threshold", "0.3",
+              "--ref_band", "0.3"])
+    assert rc == 1  # two files could not be used
     pred = read_json(out / "predictions.json")
     by_path = {r["path"]: r for r in pred["images"]}
     assert by_path[str(tiny)]["read_status"] == "failed" and "smaller than the model's" in by_path[str(tiny)]["error"]
     assert "verdict" not in by_path[str(tiny)]
     page = (out / "report.html").read_text()
-    scored = sorted((r for r in pred["images"] if r["read_status"] == "scored"), key=lambda r: -r["score"])
-    positions = [page.index(f'alt="overlay of {r["name"]}"') for r in scored]
-    assert positions == sorted(positions)  # highest score first
-    line = page.index('class="threshold"')
-    n_above = sum(r["score"] > cut for r in scored)
-    assert 0 < n_above < len(scored)  # the marker has images on both sides here
-    assert all(p < line for p in positions[:n_above]) and all(p > line for p in positions[n_above:])
-    failed_box = page[page.index('class="failed"'):page.index('class="grid"')]
+    scored = [r for r in pred["images"] if r["read_status"] == "scored"]
+    verdicts = {r["verdict"] for r in scored}
+    assert len(verdicts) >= 2  # the band of 30 % around a threshold inside the scores splits them
+    # review first, then defects, then good parts; each section highest score first
+    heads = [page.index(h) for h, v in (("<h2>To review", "review"), ("<h2>Defects", "defect"),
+                                        ("<h2>Good parts", "ok")) if v in verdicts]
+    assert heads == sorted(heads)
+    for v in verdicts:
+        mine = sorted((r for r in scored if r["verdict"] == v), key=lambda r: -r["score"])
+        positions = [page.index(f'alt="heat map of {r["name"]}"') for r in mine]
+        assert positions == sorted(positions)
+    failed_box = page[page.index('class="failed"'):page.index('class="facts"')]
     assert "dot &amp; &lt;b&gt;.png" in failed_box and "<b>.png" not in failed_box  # escaped, never markup
     assert "broken.png" in failed_box and "smaller than" in failed_box
-    # self-contained: every link is a file beside the page, nothing is fetched from anywhere
+    # self-contained: the run's files beside the page, the originals by their path relative to it; nothing fetched
     import re
-    links = re.findall(r'(?:src|href)="([^"]+)"', page)
-    assert links and all("/" not in link and ":" not in link for link in links)
+    from urllib.parse import unquote
+    links = [unquote(link) for link in re.findall(r'(?:src|href)="([^"]+)"', page)]
+    assert links and not any(":" in link for link in links)
     assert all((out / link).is_file() for link in links)
+    assert {"report_histogram.png", "report_colourbar.png"} <= set(links)
+    assert Image.open(out / "report_histogram.png").size == (640, 260)
 
 
 def _browser():
@@ -430,7 +455,7 @@ def test_report_renders_in_a_headless_browser(data, tmp_path):
                    check=True, capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape[:2] == (900, 1100)
-    red = ((pixels[..., 0] > 170) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)).sum()  # defect badges, line
+    red = ((pixels[..., 0] > 170) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)).sum()  # defect badges
     green = ((pixels[..., 1] > 100) & (pixels[..., 0] < 80) & (pixels[..., 2] < 80)).sum()  # ok badges
     dark = (pixels.sum(-1) < 60).sum()  # the overlays' black frames and the text
     assert red > 50 and green > 50 and dark > 1000
@@ -442,3 +467,97 @@ def test_documented_csv_columns_are_the_ones_written():
     m = re.search(r"\*\*`predictions\.csv`\*\* columns: `([^`]+)`", page.replace("\n  ", " "))
     assert m, "docs/predict.md lists the predictions.csv columns"
     assert tuple(c.strip() for c in m.group(1).split(",")) == predict.CSV_FIELDS
+
+
+# ----------------------------------------------------------------------------- lots
+
+@pytest.fixture(scope="module")
+def lot(tmp_path_factory):
+    """A lot of 14 images of one part (12 good, 2 with a pasted square) and 2 references."""
+    root = tmp_path_factory.mktemp("lot")
+    refs = [write(root / "refs" / f"r{i}.png", texture(96, 96, 100 + i)) for i in range(2)]
+    good = [write(root / "lot" / f"g{i:02d}.png", texture(96, 96, 200 + i)) for i in range(12)]
+    bad = [write(root / "lot" / "d0.png", with_defect(texture(96, 96, 300), (20, 30, 26))),
+           write(root / "lot" / "d1.png", with_defect(texture(96, 96, 301), (50, 10, 30)))]
+    return {"root": root, "refs": refs, "good": good, "bad": bad}
+
+
+def test_a_lot_is_scored_and_thresholded_as_a_lot(lot, tmp_path):
+    out = tmp_path / "out"
+    assert run(["--refs", *map(str, lot["refs"]), "--images", str(lot["root"] / "lot"), "--out", str(out)]) == 0
+    pred = read_json(out / "predictions.json")
+    assert pred["lot_aware"] and pred["verdicts"]["source"] == "lot"
+    assert len(pred["references"]["scores_as_lot_images"]) == 2
+    recs = {Path(r["path"]).name: r for r in pred["images"]}
+    bad = [recs[p.name] for p in lot["bad"]]
+    good = [recs[p.name] for p in lot["good"]]
+    assert min(r["score"] for r in bad) > max(r["score"] for r in good)
+    assert all(r["verdict"] != "ok" and r["regions"] for r in bad)
+    # the lot's rule, recomputed from the written scores
+    scores = np.log([r["score"] for r in pred["images"]])
+    qa, qb = np.quantile(scores, 0.5), np.quantile(scores, 0.2)
+    assert np.log(pred["verdicts"]["ok_at_most"]) == pytest.approx(qa + 2.0 * (qa - qb))
+    assert np.log(pred["verdicts"]["defect_above"]) == pytest.approx(qa + 3.0 * (qa - qb))
+    # the same lot listed in another order: the same scores and verdicts, image by image
+    listing = tmp_path / "lot.txt"
+    listing.write_text("\n".join(str(p) for p in (lot["bad"] + lot["good"])[::-1]) + "\n")
+    out2 = tmp_path / "out2"
+    assert run(["--refs", *map(str, lot["refs"]), "--images", str(listing), "--out", str(out2),
+                "--batch_size", "3"]) == 0
+    again = {Path(r["path"]).name: r for r in read_json(out2 / "predictions.json")["images"]}
+    assert again.keys() == recs.keys()
+    for name, r in recs.items():
+        assert again[name]["score"] == pytest.approx(r["score"], rel=1e-5) and again[name]["verdict"] == r["verdict"]
+    # --lot off: every image against the references alone
+    out3 = tmp_path / "out3"
+    assert run(["--refs", *map(str, lot["refs"]), "--images", str(lot["root"] / "lot"), "--out", str(out3),
+                "--lot", "off"]) == 0
+    off = read_json(out3 / "predictions.json")
+    assert not off["lot_aware"] and off["verdicts"]["source"] == "references"
+    with pytest.raises(ValueError, match="--lot on needs at least 10 images"):
+        run(["--refs", *map(str, lot["refs"]), "--images", *map(str, lot["good"][:4]), "--out", str(tmp_path / "x"),
+             "--lot", "on"])
+
+
+def test_a_reused_out_holds_only_the_new_run_and_redecide_needs_no_scoring(lot, tmp_path):
+    out = tmp_path / "out"
+    refs = ["--refs", *map(str, lot["refs"])]
+    assert run([*refs, "--images", str(lot["root"] / "lot"), "--out", str(out)]) == 0
+    first = read_json(out / "predictions.json")
+    (out / "notes.txt").write_text("mine")  # not predict.py's: left alone
+    # re-decided from the saved maps, same flags: the same verdicts, regions and masks
+    again = tmp_path / "again"
+    assert run(["--redecide", str(out), "--out", str(again)]) == 0
+    redone = read_json(again / "predictions.json")
+    assert [(r["score"], r["verdict"], r["regions"]) for r in redone["images"]] == \
+        [(r["score"], r["verdict"], r["regions"]) for r in first["images"]]
+    # ... and with a lower lot threshold more images are flagged, from the same scores
+    lower = tmp_path / "lower"
+    assert run(["--redecide", str(out), "--out", str(lower), "--lot_c", "0.5", "--lot_band", "0.5"]) == 0
+    flagged = lambda doc: sum(r["verdict"] != "ok" for r in doc["images"])  # noqa: E731
+    assert flagged(read_json(lower / "predictions.json")) > flagged(first)
+    # a smaller run into the same folder: only its files remain, and a fresh log
+    assert run([*refs, "--images", *map(str, lot["bad"]), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {n for n in names if n.endswith("_overlay.png")} == {"d0_overlay.png", "d1_overlay.png"}
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["d0.npy", "d1.npy"]
+    assert "notes.txt" in names
+    log = (out / "predict.log").read_text()
+    assert "2 image(s)" in log and "14 image(s)" not in log and "cleared" in log
+    # settings.json reads back through --config: the same settings, flags given still win
+    args = predict.parse_args(["--config", str(out / "settings.json"), *refs, "--images", "x.png", "--out", "o"])
+    assert args.settings == predict.parse_args([*refs, "--images", "x.png", "--out", "o"]).settings
+    args = predict.parse_args(["--config", str(out / "settings.json"), "--fpr", "0.1", *refs, "--images", "x",
+                               "--out", "o"])
+    assert args.fpr == 0.1
+
+
+def test_help_fits_one_screen(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) <= 60 and "--help_advanced" in text and "--pool_size" not in text
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--help_advanced"])
+    assert "--pool_size" in capsys.readouterr().out

@@ -190,7 +190,9 @@ def test_the_flags_default_by_model(capsys):
     assert (a.pretrained, a.image_size) == ("default", 224)
     a = predict.parse_args(["--model", "lite2", *common])
     assert (a.pretrained, a.image_size) == ("default", 256)
-    a = predict.parse_args(common)  # the program's own defaults are unchanged
+    a = predict.parse_args(common)  # predict's default: the embedded real backbone
+    assert (a.model, a.pretrained, a.image_size) == ("lite0", "default", 224)
+    a = test_few_shot.parse_args(["--data_path", "d", "--save_path", "s", "--mode", "fd"])  # the paper's workflow
     assert (a.model, a.pretrained, a.image_size) == ("ViT-L-14-336", "openai", 518)
     a = test_few_shot.parse_args(["--data_path", "d", "--save_path", "s", "--model", "lite2", "--mode", "fd",
                                   "--winmode", "mul", "--image_size", "320", "--pretrained", "none"])

@@ -137,9 +137,9 @@ def test_programs_end_to_end_with_a_timm_cnn(syn_datasets, tmp_path):
     refs = [str(syn_datasets["visa"] / s["img_path"]) for s in meta["train"][cls][:2]]
     images = [str(syn_datasets["visa"] / s["img_path"]) for s in meta["test"][cls][:3]]
     assert predict.main(["--refs", *refs, "--images", *images, "--out", str(tmp_path / "pred"),
-                         "--checkpoint", str(ckpt), "--mode", "merged", *backbone]) == 0
+                         "--checkpoint_path", str(ckpt), "--mode", "merged", *backbone]) == 0
     doc = json.loads((tmp_path / "pred" / "predictions.json").read_text())
-    assert len(doc["images"]) == 3 and doc["settings"]["model"]["family"] == "timm-cnn"
+    assert len(doc["images"]) == 3 and doc["model"]["family"] == "timm-cnn"
 
 
 def test_benchmark_runs_on_a_timm_model(tmp_path):
