@@ -1,40 +1,48 @@
-"""Decisions on real parts: how often predict.py's verdicts and masks are right.
+"""Decisions as an inspection line meets them: how often the verdicts, masks and regions are right
+on lots of real parts, every default chosen on other classes than the one it is reported on.
 
 For every class of an MVTec-layout folder (``<class>/train/good``, ``<class>/test/<kind>``,
-``<class>/ground_truth/<kind>/NNN_mask.png``), every k in --k_shot and reference seed in --seeds,
-it runs **predict.py's own path**: k good references drawn from ``train/good`` (the draw
-``test_few_shot.py`` makes), thresholds fitted on them alone (``predict.prepare_references``),
-every test image scored and decided (``predict.Decision.decide``: verdict, regions, mask at the
-image's own size). It reports, per class and mean over classes:
+``<class>/ground_truth/<kind>/NNN_mask.png``), every k in --k_shot and reference seed in --seeds:
+k good references are drawn from ``train/good`` (the draw test_few_shot.py makes) and a **lot** is
+inspected, made of
 
-* defects caught (TPR), false alarms (FPR), balanced accuracy = (TPR + 1 - FPR) / 2;
-* image AUROC of the scores, each image scored on its own (no test-set normalisation);
-* mask quality on the defective images: IoU and pixel F1 of the written mask with the ground
-  truth, over the defects caught (``iou_caught``, ``f1_caught``) and over all defective images
-  (a missed defect writes no mask: IoU 0; ``iou_all``), and the share of ground-truth regions
-  that a written region touches (``regions_hit``, pooled over the defective images).
+* ``full``: every test image plus every ``train/good`` image that is not a reference (a good part),
+  so false alarms are counted over every good image the class has;
+* ``low``: every good image of the lot and defects drawn to be about 10 % of it (the rate a line
+  meets);
+* ``repeat``: every good image and every image of the class's most frequent defect type (defects
+  that repeat through a lot and may vouch for one another).
 
-Several settings can be compared in one run (``--variant 'NAME: predict flags'``); the test images
-are encoded once per backbone setting and class, and every variant, k and seed is scored from those
-features. Writes ``decisions.json`` (every run, every image's score, verdict and IoU, the normal
-scores the thresholds were fitted on), ``decisions.md`` and ``decisions_<variant>.png`` (each
-class's scores of good and defective images divided by the image threshold: the line at 1 is
-the decision) to --out.
+Each lot is scored and decided by the decision layer predict.py uses (models/lot.py,
+models/decision.py: lot-aware scoring and lot thresholds where the lot is large enough, the
+references alone otherwise) and measured as an engineer meets it: defects caught (a defect sent to
+review counts as caught), false alarms over all goods (a good part sent to review counts: a person
+looks at it), balanced accuracy, the share sent to review, the same three without the review band,
+image and pixel AUROC, AUPRO, mask IoU of caught defects, the share of ground-truth regions a
+region touches and how many regions a touched one is split into, and seconds per image.
 
-    python bench/decisions.py --data_root /data/mvtec_subset --weights tf_efficientnet_lite0.pth
-    python bench/decisions.py --data_root /data/mvtec_subset --weights w.pth \\
-        --variant "default:" --variant "fpr5: --fpr 0.05"
+Variants (``--variant 'NAME: flags'``, predict.py's decision and scoring flags) are compared on the
+same encodings. ``--loco`` chooses a variant **leave-one-class-out**: for each class, the variant
+that does best on the *other* classes (mean balanced accuracy over every lot and k, less a penalty
+where false alarms pass 0.05 or the review share 0.10), reported on the held-out class: the
+headline figures of docs/predict.md.
+
+Writes decisions.json (every run, every image's score and verdict), decisions.md (the tables) and
+decisions_<variant>.png (each class's lot scores over the review band) to --out.
+
+    python bench/decisions.py --data_root /data/real --model lite0
+    python bench/decisions.py --data_root /data/real --model lite0 --variant "lot:" --variant "single: --lot off"
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import hashlib
 import json
-import logging
 import math
 import shlex
 import sys
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,23 +55,29 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import predict  # noqa: E402
-from data.images import image_to_tensor, load_image, load_mask  # noqa: E402
+from data.images import image_to_unit_tensor, load_image, load_mask, resize_mask  # noqa: E402
 from data.kshot import sample_kshot  # noqa: E402
 from data.meta import load_meta  # noqa: E402
 from data.mvtec import build_mvtec_meta  # noqa: E402
 from models import build_fasl_from_args  # noqa: E402
-from models.fasl import InferenceConfig  # noqa: E402
-from models.flags import map_post_from_args  # noqa: E402
-from utils.distributed import Dist  # noqa: E402
-from utils.metrics import image_metrics, label_regions  # noqa: E402
-from utils.misc import resolve_device, seed_everything, write_json  # noqa: E402
+from models.backbone import BackboneOutput  # noqa: E402
+from models.decision import DecisionSettings, decide, fit_lot, fit_references, reference_verdicts  # noqa: E402
+from models.fasl import Encoded, InferenceConfig  # noqa: E402
+from models.flags import (add_backbone_args, add_decision_args, add_inference_args, add_post_args,  # noqa: E402
+                          decision_settings_from_args, map_post_from_args)
+from models.lot import LotScorer, choose_pool, content_key  # noqa: E402
+from models.postprocess import MapPost  # noqa: E402
+from models.thresholds import reference_images  # noqa: E402
+from utils.metrics import image_metrics, label_regions, pixel_metrics  # noqa: E402
+from utils.misc import normalize_tensor, resolve_device, seed_everything, write_json  # noqa: E402
 
-DECISIONS_FORMAT = "fasl-decisions-v1"
-SUMMARY = ("tpr", "fpr", "balanced_accuracy", "image_auroc", "iou_caught", "f1_caught", "iou_all", "regions_hit")
-MASK_FIGURES = ("iou_caught", "f1_caught", "iou_all", "regions_hit")
-BACKBONE_FLAGS = ("model", "pretrained", "image_size", "features_list", "precision", "quick_gelu", "neighbourhood",
-                  "device", "seed")  # the seed draws random weights
+DECISIONS_FORMAT = "fasl-decisions-v2"
+LOTS = ("full", "low", "repeat")
+LOW_SHARE = 0.1  # defects in a low-defect lot
+SUMMARY = ("caught", "false_alarms", "balanced_accuracy", "review", "caught_no_band", "false_alarms_no_band",
+           "balanced_accuracy_no_band", "image_auroc", "pixel_auroc", "aupro", "iou_caught", "regions_hit",
+           "regions_per_hit", "s_per_image")
+FPR_TARGET, REVIEW_TARGET = 0.05, 0.10
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -71,9 +85,9 @@ BACKBONE_FLAGS = ("model", "pretrained", "image_size", "features_list", "precisi
 def mask_quality(pred: np.ndarray, gt: np.ndarray) -> dict:
     """Written mask vs ground truth of one defective image (both (H, W) bool).
 
-    iou = |P & G| / |P | G|; f1 = 2 |P & G| / (|P| + |G|) (pixel F1, the Dice coefficient);
-    regions: the ground truth's 8-connected regions, hit = how many of them hold a written pixel.
-    An empty ground truth gives NaN for iou and f1 and no regions.
+    iou = |P & G| / |P | G|; f1 = 2 |P & G| / (|P| + |G|); regions: the ground truth's 8-connected
+    regions, ``regions_hit`` how many hold a written pixel, ``pieces`` how many written regions
+    touch a ground-truth region (summed over those hit). An empty ground truth gives NaN.
     """
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
     if pred.shape != gt.shape:
@@ -83,35 +97,46 @@ def mask_quality(pred: np.ndarray, gt: np.ndarray) -> dict:
     total = int(pred.sum()) + int(gt.sum())
     labels, n = label_regions(gt[None])
     hit = len(set(np.unique(labels[0][pred]).tolist()) - {0}) if n else 0
+    pieces = 0
+    if hit:
+        plabels, _ = label_regions(pred[None])
+        for g in set(np.unique(labels[0][pred]).tolist()) - {0}:
+            pieces += len(set(np.unique(plabels[0][labels[0] == g]).tolist()) - {0})
     return {"iou": inter / union if gt.any() else math.nan, "f1": 2 * inter / total if gt.any() else math.nan,
-            "regions": int(n), "regions_hit": int(hit)}
+            "regions": int(n), "regions_hit": int(hit), "pieces": int(pieces)}
 
 
-def decision_metrics(labels, scores, verdicts, masks: list[dict | None]) -> dict:
-    """One run's figures. labels: (N,) 1 = defective; scores: (N,); verdicts: (N,) 'defect'/'ok';
-    masks: per image ``mask_quality`` of its written mask (None for good images).
+def decision_metrics(labels, scores, verdicts, no_band, masks: list[dict | None]) -> dict:
+    """One lot's figures. labels: (N,) 1 = defective; scores: (N,); verdicts: (N,) 'ok' / 'review'
+    / 'defect'; no_band: (N,) the verdicts of a single threshold ('ok' / 'defect'); masks: per
+    image ``mask_quality`` of its written mask (None for good images).
 
-    Rates with nothing to count (no good image: fpr; no caught defect: iou_caught) are NaN.
+    A defect sent to review counts as caught, a good part sent to review as a false alarm.
+    Rates with nothing to count are NaN.
     """
     labels = np.asarray(labels, dtype=int)
-    called = np.asarray([v == "defect" for v in verdicts])
     pos, neg = labels == 1, labels == 0
-    tp, fp = int((called & pos).sum()), int((called & neg).sum())
-    tpr = tp / pos.sum() if pos.any() else math.nan
-    fpr = fp / neg.sum() if neg.any() else math.nan
+    flagged = np.asarray([v != "ok" for v in verdicts])
+    flagged_nb = np.asarray([v != "ok" for v in no_band])
+    rate = lambda hit, of: float(hit[of].mean()) if of.any() else math.nan  # noqa: E731
+    tpr, fpr = rate(flagged, pos), rate(flagged, neg)
+    tpr_nb, fpr_nb = rate(flagged_nb, pos), rate(flagged_nb, neg)
     both = pos.any() and neg.any()
-    caught = [m for m, c, p in zip(masks, called, pos) if p and c and m is not None and not math.isnan(m["iou"])]
-    defective = [(m, c) for m, c, p in zip(masks, called, pos) if p and m is not None and not math.isnan(m["iou"])]
+    caught = [m for m, f, p in zip(masks, flagged, pos) if p and f and m is not None and not math.isnan(m["iou"])]
+    defective = [(m, f) for m, f, p in zip(masks, flagged, pos) if p and m is not None and not math.isnan(m["iou"])]
     regions = sum(m["regions"] for m, _ in defective)
+    hits = sum(m["regions_hit"] if f else 0 for m, f in defective)
     return {
-        "n_good": int(neg.sum()), "n_defective": int(pos.sum()), "caught": tp, "false_alarms": fp,
-        "tpr": float(tpr), "fpr": float(fpr),
-        "balanced_accuracy": float((tpr + 1 - fpr) / 2) if both else math.nan,
+        "n_good": int(neg.sum()), "n_defective": int(pos.sum()),
+        "caught": tpr, "false_alarms": fpr, "balanced_accuracy": (tpr + 1 - fpr) / 2 if both else math.nan,
+        "review": float(np.mean([v == "review" for v in verdicts])) if len(verdicts) else math.nan,
+        "caught_no_band": tpr_nb, "false_alarms_no_band": fpr_nb,
+        "balanced_accuracy_no_band": (tpr_nb + 1 - fpr_nb) / 2 if both else math.nan,
         "image_auroc": float(image_metrics(labels, scores)["auroc"]) if both else math.nan,
         "iou_caught": float(np.mean([m["iou"] for m in caught])) if caught else math.nan,
         "f1_caught": float(np.mean([m["f1"] for m in caught])) if caught else math.nan,
-        "iou_all": float(np.mean([m["iou"] if c else 0.0 for m, c in defective])) if defective else math.nan,
-        "regions_hit": sum(m["regions_hit"] if c else 0 for m, c in defective) / regions if regions else math.nan,
+        "regions_hit": hits / regions if regions else math.nan,
+        "regions_per_hit": sum(m["pieces"] for m in caught) / hits if hits else math.nan,
     }
 
 
@@ -127,24 +152,38 @@ def json_safe(obj):
 
 
 def mean_std(values) -> tuple[float, float]:
-    """Mean and (population) standard deviation of the finite values; NaN when there are none."""
+    """Mean and sample standard deviation (ddof 1; 0 for one value) of the finite values; NaN when
+    there are none."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if v.size == 0:
         return math.nan, math.nan
-    return float(v.mean()), float(v.std())
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
 # ----------------------------------------------------------------------------- data
 
 @dataclass
-class TestSet:
-    """A class's test images as predict.py reads them (each at its own size)."""
+class ClassImages:
+    """Every image of a class (its ``train/good`` images first, then its test images), read once.
+
+    raw: (N, 3, S, S) in [0, 1]; keys: each file's content digest (the lot's pool choice); sizes:
+    (H, W) of each original; masks: (H, W) bool ground truth (all False for good images);
+    labels: (N,) 1 = defective; kinds: the defect type ('good' for good images); train: (N,) bool.
+    """
 
     paths: list[Path]
-    images: torch.Tensor  # (N, 3, S, S), the model input
-    sizes: list[tuple[int, int]]  # (H, W) of each original image
-    masks: list[np.ndarray]  # (H, W) bool ground truth (all False for good images)
-    labels: np.ndarray  # (N,)
+    keys: list[str]
+    raw: torch.Tensor
+    sizes: list[tuple[int, int]]
+    masks: list[np.ndarray]
+    labels: np.ndarray
+    kinds: list[str]
+    train: np.ndarray
+    encoded: Encoded | None = None
+    encode_seconds: float = 0.0
+
+    def rel(self, root: Path) -> dict[str, int]:
+        return {p.relative_to(root).as_posix(): i for i, p in enumerate(self.paths)}
 
 
 def read_meta(root: Path) -> dict:
@@ -153,28 +192,66 @@ def read_meta(root: Path) -> dict:
     return load_meta(root) if (root / "meta.json").is_file() else build_mvtec_meta(root)
 
 
-def load_test_set(root: Path, meta: dict, cls: str, model) -> TestSet:
-    bb = model.backbone
-    paths, images, sizes, masks, labels = [], [], [], [], []
-    for s in meta["test"][cls]:
+def load_class(root: Path, meta: dict, cls: str, image_size: int) -> ClassImages:
+    """Read every image of ``cls`` (and its masks), checking each before any work."""
+    samples = [dict(s, train=True) for s in meta["train"][cls] if s["anomaly"] == 0] + \
+              [dict(s, train=False) for s in meta["test"][cls]]
+    paths, keys, raw, sizes, masks, labels, kinds, train = [], [], [], [], [], [], [], []
+    for s in samples:
         path = root / s["img_path"]
         img = load_image(path)
-        problem = predict.image_problem((img.height, img.width), model)
-        if problem is not None:
-            raise ValueError(f"{path}: {problem}")
         mask = load_mask(root / s["mask_path"] if s["mask_path"] else "", (img.height, img.width), path)
         if s["anomaly"] and not mask.any():
             raise ValueError(f"{path} is labelled defective but its mask {s['mask_path'] or '(none)'} is empty")
         paths.append(path)
-        images.append(image_to_tensor(img, bb.image_size, bb.mean, bb.std))
+        keys.append(content_key(path.read_bytes()))
+        raw.append(image_to_unit_tensor(img, image_size))
         sizes.append((img.height, img.width))
         masks.append(mask)
         labels.append(int(s["anomaly"]))
+        kinds.append(s["specie_name"] if s["anomaly"] else "good")
+        train.append(s["train"])
     labels = np.asarray(labels)
-    if not (labels == 0).any() or not (labels == 1).any():
-        raise ValueError(f"class {cls!r} needs good and defective test images (has {int((labels == 0).sum())} good, "
-                         f"{int((labels == 1).sum())} defective)")
-    return TestSet(paths, torch.stack(images), sizes, masks, labels)
+    if not (labels == 1).any():
+        raise ValueError(f"class {cls!r} has no defective test image")
+    return ClassImages(paths, keys, torch.stack(raw), sizes, masks, labels, kinds, np.asarray(train))
+
+
+def encode_class(model, cfg: InferenceConfig, c: ClassImages, batch_size: int) -> None:
+    """Encode every image of the class once (``c.encoded``), timing it."""
+    bb = model.backbone
+    t0 = time.perf_counter()
+    parts = [model.encode(normalize_tensor(c.raw[i:i + batch_size], bb.mean, bb.std), cfg)
+             for i in range(0, len(c.paths), batch_size)]
+    c.encode_seconds = (time.perf_counter() - t0) / len(c.paths)
+    feats = [p.features for p in parts]
+    tokens = [torch.cat(t) for t in zip(*(f.tokens for f in feats))]
+    emb = None if feats[0].embedding is None else torch.cat([f.embedding for f in feats])
+    c.encoded = Encoded(len(c.paths), BackboneOutput(tokens, emb, feats[0].grid), None, None)
+
+
+def select(enc: Encoded, index: list[int]) -> Encoded:
+    idx = torch.tensor(index, dtype=torch.long, device=enc.features.tokens[0].device)
+    return Encoded(len(index), enc.features.select(idx), None, None)
+
+
+def lot_members(c: ClassImages, refs: list[int], lot: str, seed: int) -> list[int]:
+    """The images of a ``lot`` (module docstring) for these references, in class order."""
+    taken = set(refs)
+    goods = [i for i in range(len(c.paths)) if c.labels[i] == 0 and i not in taken]
+    defects = [i for i in range(len(c.paths)) if c.labels[i] == 1]
+    if lot == "full":
+        return goods + defects
+    if lot == "low":
+        n = max(1, round(len(goods) * LOW_SHARE / (1 - LOW_SHARE)))
+        rng = np.random.default_rng([seed, 7141])
+        return goods + sorted(rng.choice(defects, size=min(n, len(defects)), replace=False).tolist())
+    if lot == "repeat":
+        by_kind: dict[str, list[int]] = {}
+        for i in defects:
+            by_kind.setdefault(c.kinds[i], []).append(i)
+        return goods + max(by_kind.values(), key=len)
+    raise ValueError(f"unknown lot {lot!r} (one of {', '.join(LOTS)})")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -182,89 +259,112 @@ def load_test_set(root: Path, meta: dict, cls: str, model) -> TestSet:
 @dataclass
 class Variant:
     name: str
-    args: argparse.Namespace  # predict.py's parsed flags (refs/images/out are placeholders)
+    cfg: InferenceConfig
+    post: MapPost
+    settings: DecisionSettings
+    flags: str
 
-    @property
-    def backbone_key(self) -> tuple:
-        return tuple(str(getattr(self.args, f, None)) for f in BACKBONE_FLAGS)
+
+def variant_parser() -> argparse.ArgumentParser:
+    """predict.py's scoring and decision flags, for --variant strings."""
+    p = argparse.ArgumentParser(prog="--variant", add_help=False, allow_abbrev=False)
+    add_inference_args(p, mode_default="fd", align_default="exhaustive")
+    add_post_args(p, MapPost(smooth_sigma=4.0, image_score="top", top_fraction=0.01))
+    add_decision_args(p)
+    return p
 
 
-def parse_variant(spec: str, common: list[str]) -> Variant:
+def parse_variant(spec: str, common: str, map_size: int) -> Variant:
     name, _, flags = spec.partition(":")
     name = name.strip()
     if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"--variant {spec!r}: give 'NAME: predict flags' with a plain NAME (letters, digits, - _)")
-    argv = [*common, *shlex.split(flags), "--refs", "_", "--images", "_", "--out", "_"]
+        raise ValueError(f"--variant {spec!r}: give 'NAME: flags' with a plain NAME (letters, digits, - _)")
+    argv = shlex.split(common) + shlex.split(flags)
     try:
-        args = predict.parse_args(argv)
+        args = variant_parser().parse_args(argv)
     except SystemExit as err:  # argparse has printed why
-        raise ValueError(f"--variant {name}: predict.py refuses the flags {shlex.join(argv[:-6])}") from err
-    if args.load_refs or args.save_refs:
-        raise ValueError(f"--variant {name}: --load_refs / --save_refs make no sense here")
-    return Variant(name, args)
+        raise ValueError(f"--variant {name}: the flags {shlex.join(argv)} are refused") from err
+    if args.mode != "fd":
+        raise ValueError(f"--variant {name}: the benchmark scores --mode fd (no trained heads)")
+    try:
+        return Variant(name, InferenceConfig.from_args(args, out_size=map_size), map_post_from_args(args),
+                       decision_settings_from_args(args), flags.strip())
+    except ValueError as err:
+        raise ValueError(f"--variant {name}: {err}") from None
 
 
-def run_one(variant: Variant, model, cfg: InferenceConfig, encoded: list, test: TestSet, ref_paths: list[Path],
-            log, mask_levels: tuple[float, ...] = ()) -> tuple[dict, list[dict], list[float]]:
-    """Fit on ``ref_paths`` and decide every test image, as predict.py does -> (metrics, per-image records,
-    the normal image scores the image threshold was fitted on). ``mask_levels``: other --mask_level
-    values whose mask figures are added as ``iou_caught@L`` etc. (same scores and verdicts)."""
-    args = copy.copy(variant.args)
-    args.refs = [str(p) for p in ref_paths]
-    post = map_post_from_args(args)
-    refs = predict.prepare_references(args, model, cfg, log, Dist(), post)
-    decision = predict.Decision.of(args, refs.thresholds)
-    others = {level: replace(decision, mask_level=level) for level in mask_levels}
-    other_q: dict[float, list] = {level: [] for level in mask_levels}
-    scores, verdicts, qualities, records = [], [], [], []
-    i = 0
-    for enc in encoded:
-        pred = post.apply(model.score(enc, refs.bank, cfg))
-        maps, batch_scores = pred.score_map.float().cpu().numpy(), pred.image_score.float().cpu().numpy()
-        for score_map, score in zip(maps, batch_scores):
-            outcome = decision.decide(score_map, float(score), test.sizes[i])
-            quality = mask_quality(outcome.found.mask, test.masks[i]) if test.labels[i] else None
-            for level, dec in others.items():
-                other_q[level].append(mask_quality(dec.decide(score_map, float(score), test.sizes[i]).found.mask,
-                                                   test.masks[i]) if test.labels[i] else None)
-            scores.append(float(score))
-            verdicts.append(outcome.verdict)
-            qualities.append(quality)
-            records.append({"path": str(test.paths[i]), "label": int(test.labels[i]), "score": float(score),
-                            "verdict": outcome.verdict, "n_regions": len(outcome.found.regions),
-                            "defect_area": outcome.found.area, **(quality or {})})
-            i += 1
-    metrics = decision_metrics(test.labels, scores, verdicts, qualities)
-    for level, q in other_q.items():
-        m = decision_metrics(test.labels, scores, verdicts, q)
-        metrics.update({f"{name}@{level:g}": m[name] for name in MASK_FIGURES})
-    metrics.update(image_threshold=refs.thresholds.image, pixel_threshold=refs.thresholds.pixel,
-                   min_region_fraction=refs.thresholds.min_region_fraction)
-    fit = refs.thresholds.fit
-    return metrics, records, (list(fit.image_scores) if fit is not None else [])
+def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], batch_size: int,
+            map_size: int, mask_levels: tuple[float, ...] = ()) -> tuple[dict, list[dict], dict]:
+    """Score and decide one lot -> (metrics, per-image records, the fit's record)."""
+    bb = model.backbone
+    t0 = time.perf_counter()
+    ref = reference_images(c.raw[refs], bb.mean, bb.std, bb.patch_size, v.settings.augment_refs,
+                           v.settings.normal_sample)
+    bank = model.build_memory(ref.bank, model.windows_for(v.cfg), window_batch=v.cfg.window_batch)
+    thresholds = fit_references(model, v.cfg, v.post, ref, bank, v.settings)
+    lot_aware = v.settings.lot_aware(len(lot))
+    scorer = LotScorer(model, v.cfg, v.post, v.settings.scoring if lot_aware else None)
+    members: list[int | None] = [None] * len(lot)
+    pool_tokens = None
+    if lot_aware:
+        pool = [lot[i] for i in choose_pool([c.keys[i] for i in lot], v.settings.scoring.pool_size)]
+        position = {img: j for j, img in enumerate(pool)}
+        members = [position.get(img) for img in lot]
+        pool_tokens = select(c.encoded, pool).features.tokens
+    scorer.fit(bank=bank, copies=ref.copies, pool_tokens=pool_tokens)
+    maps, scores = [], []
+    for s in range(0, len(lot), batch_size):
+        pred = scorer.score_encoded(select(c.encoded, lot[s:s + batch_size]), members[s:s + batch_size])
+        maps.append(pred.score_map.float().cpu())
+        scores.append(pred.image_score.float().cpu())
+    maps_t, scores_np = torch.cat(maps), torch.cat(scores).numpy()
+    if lot_aware:
+        ref_pred = scorer.score_references()
+        verdicts = fit_lot(scores_np, lambda keep: (maps_t[j].numpy() for j in keep), v.settings.rule,
+                           v.settings.fpr, ref_pred.image_score.tolist(), thresholds.image)
+    else:
+        verdicts = reference_verdicts(thresholds, v.settings)
+    records, qualities, verdict_list, no_band = [], [], [], []
+    other: dict[float, list] = {level: [] for level in mask_levels}
+    for j, img in enumerate(lot):
+        out = decide(verdicts, maps_t[j].numpy(), float(scores_np[j]), c.sizes[img], v.settings)
+        q = mask_quality(out.found.mask, c.masks[img]) if c.labels[img] else None
+        for level in mask_levels:
+            alt = decide(verdicts, maps_t[j].numpy(), float(scores_np[j]), c.sizes[img], v.settings, mask_level=level)
+            other[level].append(mask_quality(alt.found.mask, c.masks[img]) if c.labels[img] else None)
+        qualities.append(q)
+        verdict_list.append(out.verdict)
+        no_band.append(out.verdict_without_band)
+        records.append({"path": str(c.paths[img]), "label": int(c.labels[img]), "kind": c.kinds[img],
+                        "score": float(scores_np[j]), "verdict": out.verdict, "n_regions": len(out.found.regions),
+                        **({k: q[k] for k in ("iou", "regions", "regions_hit", "pieces")} if q else {})})
+    seconds = time.perf_counter() - t0
+    labels = c.labels[lot]
+    metrics = decision_metrics(labels, scores_np, verdict_list, no_band, qualities)
+    for level, q in other.items():
+        m = decision_metrics(labels, scores_np, verdict_list, no_band, q)
+        metrics.update({f"iou_caught@{level:g}": m["iou_caught"], f"regions_per_hit@{level:g}": m["regions_per_hit"]})
+    masks = np.stack([resize_mask(c.masks[i], map_size) for i in lot])
+    pix = pixel_metrics(masks, maps_t.numpy())
+    metrics.update(pixel_auroc=pix["auroc"], aupro=pix["aupro"],
+                   s_per_image=c.encode_seconds + seconds / len(lot), lot_aware=lot_aware,
+                   n_warnings=len(verdicts.warnings))
+    fit = {"verdicts": verdicts.to_dict()}
+    return metrics, records, fit
 
 
-def class_means(runs: list[dict], variant: str, k: int, classes: list[str], metric: str) -> dict:
-    """Each class's (mean, std) over seeds of ``metric`` for one (variant, k)."""
-    return {c: mean_std(r["metrics"][metric] for r in runs
-                        if r["variant"] == variant and r["k"] == k and r["class"] == c) for c in classes}
+# ----------------------------------------------------------------------------- summaries
 
-
-def summarise(runs: list[dict], variants: list[str], ks: list[int], classes: list[str]) -> dict:
-    """Per (variant, k): each class's mean and std over seeds, and the mean over classes (with the std
-    over seeds of the class mean)."""
-    out = {}
-    for v in variants:
-        for k in ks:
-            mine = [r for r in runs if r["variant"] == v and r["k"] == k]
-            by_metric = {m: class_means(mine, v, k, classes, m) for m in SUMMARY}
-            per_class = {c: {m: by_metric[m][c] for m in SUMMARY} for c in classes}
-            seeds = sorted({r["seed"] for r in mine})
-            by_seed = {m: [mean_std(r["metrics"][m] for r in mine if r["seed"] == s)[0] for s in seeds]
-                       for m in SUMMARY}
-            mean = {m: (mean_std(per_class[c][m][0] for c in classes)[0], mean_std(by_seed[m])[1]) for m in SUMMARY}
-            out[f"{v}|{k}"] = {"variant": v, "k": k, "classes": per_class, "mean": mean}
-    return out
+def cell_mean(runs: list[dict], metric: str, **match) -> tuple[float, float]:
+    """Mean over classes of each class's mean over seeds, and the sample std over seeds of the
+    class mean (the spread a reader sees from a reference draw)."""
+    mine = [r for r in runs if all(r[k] == v for k, v in match.items())]
+    classes = sorted({r["class"] for r in mine})
+    seeds = sorted({r["seed"] for r in mine})
+    per_class = [mean_std(r["metrics"].get(metric) for r in mine if r["class"] == c)[0] for c in classes]
+    per_seed = [mean_std(mean_std(r["metrics"].get(metric) for r in mine if r["class"] == c and r["seed"] == s)[0]
+                         for c in classes)[0] for s in seeds]
+    return mean_std(per_class)[0], mean_std(per_seed)[1]
 
 
 def _cell(ms: tuple[float, float]) -> str:
@@ -272,93 +372,73 @@ def _cell(ms: tuple[float, float]) -> str:
     return "–" if not math.isfinite(m) else f"{m:.3f} ± {s:.3f}"
 
 
-def tables(summary: dict, variants: list[str], ks: list[int], classes: list[str]) -> str:
-    """The markdown report: one line per (variant, k) of means over classes, then per-class tables."""
-    head = ["variant", "k", *SUMMARY]
-    rows = [[s["variant"], s["k"], *(_cell(s["mean"][m]) for m in SUMMARY)] for s in summary.values()]
-    text = ["## Mean over classes (± std over reference seeds)", "",
-            tabulate(rows, headers=head, tablefmt="github"), ""]
+def tables(runs: list[dict], variants: list[str], lots: list[str], ks: list[int], classes: list[str]) -> str:
+    """The markdown report: per variant and lot, one line per k of means over classes, then per
+    class."""
+    text = ["All figures: mean over classes of each class's mean over reference seeds; ± is the sample "
+            "standard deviation over seeds of the class mean. A reviewed defect counts as caught, a "
+            "reviewed good part as a false alarm.", ""]
+    head = ["variant", "lot", "k", *SUMMARY]
+    rows = [[v, lot, k, *(_cell(cell_mean(runs, m, variant=v, lot=lot, k=k)) for m in SUMMARY)]
+            for v in variants for lot in lots for k in ks]
+    text += ["## Mean over classes", "", tabulate(rows, headers=head, tablefmt="github"), ""]
     for v in variants:
-        rows = [[c, k, *(_cell(summary[f"{v}|{k}"]["classes"][c][m]) for m in SUMMARY)] for c in classes for k in ks]
-        text += [f"## {v}: per class (mean ± std over reference seeds)", "",
-                 tabulate(rows, headers=["class", "k", *SUMMARY], tablefmt="github"), ""]
-    for v in variants:
-        tpr = [summary[f"{v}|{k}"]["mean"]["tpr"][0] for k in ks]
-        ok = all(b >= a - 1e-12 for a, b in zip(tpr, tpr[1:]))
-        text.append(f"- {v}: defects caught over k = {', '.join(map(str, ks))}: "
-                    f"{' → '.join(f'{t:.3f}' for t in tpr)} ({'never fewer' if ok else 'FEWER with more references'})")
+        rows = [[c, lot, k, *(_cell(cell_mean(runs, m, variant=v, lot=lot, k=k, **{"class": c})) for m in SUMMARY)]
+                for c in classes for lot in lots for k in ks]
+        text += [f"## {v}: per class", "", tabulate(rows, headers=["class", "lot", "k", *SUMMARY],
+                                                    tablefmt="github"), ""]
+        for lot in lots:
+            caught = [cell_mean(runs, "caught", variant=v, lot=lot, k=k)[0] for k in ks]
+            ok = all(b >= a - 1e-12 for a, b in zip(caught, caught[1:]))
+            text.append(f"- {v}, {lot} lot: defects caught over k = {', '.join(map(str, ks))}: "
+                        f"{' → '.join(f'{t:.3f}' for t in caught)} "
+                        f"({'never fewer' if ok else 'FEWER with more references'})")
+        text.append("")
     return "\n".join(text) + "\n"
 
 
-def mask_table(runs: list[dict], variants: list[str], ks: list[int], levels: list[float]) -> str:
-    """Mean over classes of the mask figures at every --mask_levels value (same verdicts)."""
-    if not levels:
-        return ""
-    rows = []
-    for v in variants:
-        for level in levels:
-            row = [v, f"{level:g}"]
-            for k in ks:
-                classes = sorted({r["class"] for r in runs if r["variant"] == v and r["k"] == k})
-                for name in ("iou_caught", "f1_caught"):
-                    per = class_means(runs, v, k, classes, f"{name}@{level:g}")
-                    row.append(f"{mean_std(m for m, _ in per.values())[0]:.3f}")
-            rows.append(row)
-    head = ["variant", "mask_level", *[f"{n} k={k}" for k in ks for n in ("iou_caught", "f1_caught")]]
-    return "\n## Masks at other --mask_level values (mean over classes)\n\n" + \
-        tabulate(rows, headers=head, tablefmt="github") + "\n"
+def loco_score(runs: list[dict], variant: str, classes: list[str]) -> float:
+    """How a variant does on ``classes``: mean balanced accuracy over their lots and k, less twice
+    the mean false-alarm rate above FPR_TARGET and the mean review share above REVIEW_TARGET."""
+    mine = [r for r in runs if r["variant"] == variant and r["class"] in classes and r["lot"] != "repeat"]
+    ba = mean_std(r["metrics"]["balanced_accuracy"] for r in mine)[0]
+    fa = mean_std(r["metrics"]["false_alarms"] for r in mine)[0]
+    review = mean_std(r["metrics"]["review"] for r in mine)[0]
+    return ba - 2 * max(0.0, fa - FPR_TARGET) - 2 * max(0.0, review - REVIEW_TARGET)
 
 
-def threshold_grid(runs: list[dict], variant: str, fprs, margins) -> list[dict]:
-    """Re-decide a finished run's images under other image-threshold settings, from the normal scores
-    and image scores it stored (``models.thresholds.image_threshold``: max(mean + z std, empirical
-    quantile) at each fpr, x (1 + margin)): per (fpr, margin, k) the mean over classes of TPR, FPR and
-    balanced accuracy. The masks are not re-made (they need the maps)."""
-    from models.thresholds import image_threshold
-
-    out = []
-    ks = sorted({r["k"] for r in runs if r["variant"] == variant})
-    classes = sorted({r["class"] for r in runs if r["variant"] == variant})
-    for fpr in fprs:
-        for margin in margins:
-            for k in ks:
-                tprs, fps = [], []
-                for c in classes:
-                    t, f = [], []
-                    for r in runs:
-                        if r["variant"] != variant or r["k"] != k or r["class"] != c or not r["normal_scores"]:
-                            continue  # (thresholds given by hand store no normal scores)
-                        thr = image_threshold(np.asarray(r["normal_scores"]), fpr, margin).threshold
-                        lab = np.asarray([i["label"] for i in r["images"]])
-                        sc = np.asarray([i["score"] for i in r["images"]])
-                        t.append(float((sc[lab == 1] > thr).mean()))
-                        f.append(float((sc[lab == 0] > thr).mean()))
-                    if t:
-                        tprs.append(np.mean(t))
-                        fps.append(np.mean(f))
-                if not tprs:
-                    continue
-                tpr, fp = float(np.mean(tprs)), float(np.mean(fps))
-                out.append({"fpr": fpr, "margin": margin, "k": k, "tpr": tpr, "false_alarms": fp,
-                            "balanced_accuracy": (tpr + 1 - fp) / 2})
-    return out
+def loco(runs: list[dict], variants: list[str], classes: list[str], lots: list[str], ks: list[int]) -> tuple[str, dict]:
+    """Leave-one-class-out: per held-out class the variant ``loco_score`` prefers on the others,
+    and its figures on the held-out class -> (markdown, JSON)."""
+    chosen = {c: max(variants, key=lambda v: loco_score(runs, v, [o for o in classes if o != c])) for c in classes}
+    held = [dict(r, variant="held-out") for c in classes for r in runs if r["class"] == c and r["variant"] == chosen[c]]
+    rows = [[lot, k, *(_cell(cell_mean(held, m, lot=lot, k=k)) for m in SUMMARY)] for lot in lots for k in ks]
+    text = ["## Leave one class out: each class decided by the variant chosen on the other classes", "",
+            "chosen: " + ", ".join(f"{c} → {chosen[c]}" for c in classes), "",
+            tabulate(rows, headers=["lot", "k", *SUMMARY], tablefmt="github"), ""]
+    per = [[c, chosen[c], lot, k, *(_cell(cell_mean(held, m, lot=lot, k=k, **{"class": c})) for m in SUMMARY)]
+           for c in classes for lot in lots for k in ks]
+    text += ["### Held-out figures per class", "", tabulate(per, headers=["class", "chosen", "lot", "k", *SUMMARY],
+                                                            tablefmt="github"), ""]
+    doc = {"chosen": chosen, "mean": {f"{lot}|{k}": {m: cell_mean(held, m, lot=lot, k=k) for m in SUMMARY}
+                                      for lot in lots for k in ks}}
+    return "\n".join(text) + "\n", doc
 
 
 # ----------------------------------------------------------------------------- picture
 
-def strip_chart(runs: list[dict], variant: str, ks: list[int], classes: list[str], path: Path) -> Path:
-    """Each (class, k) a row: every test image of every seed as a dot at score / image threshold
-    (good green, defective red), the decision line at 1; the axis runs over 0.5-2 (log), dots
-    beyond it sit at its ends."""
+def strip_chart(runs: list[dict], variant: str, lot: str, ks: list[int], classes: list[str], path: Path) -> Path:
+    """Each (class, k) a row: every lot image of every seed as a dot at score / review threshold
+    (good green, defective red); the lines at 1 and at the band's upper edge; log axis 0.5-2, dots
+    beyond it at its ends."""
     font = ImageFont.load_default()
-    left, right, row_h, top = 150, 30, 22, 40
-    width = 760
+    left, right, row_h, top, width = 150, 30, 22, 40, 760
     rows = [(c, k) for c in classes for k in ks]
     img = Image.new("RGB", (width, top + row_h * len(rows) + 44), "white")
     d = ImageDraw.Draw(img)
     lo, hi = math.log(0.5), math.log(2.0)
     x_of = lambda r: left + (min(max(math.log(max(r, 1e-9)), lo), hi) - lo) / (hi - lo) * (width - left - right)  # noqa: E731
-    d.text((8, 8), f"{variant}: image score / image threshold (log axis; right of the line = called defect)",
+    d.text((8, 8), f"{variant}, {lot} lot: score / review threshold (log axis; right of the line: review or defect)",
            fill="black", font=font)
     for tick in (0.5, 0.75, 1.0, 1.5, 2.0):
         x = x_of(tick)
@@ -368,15 +448,19 @@ def strip_chart(runs: list[dict], variant: str, ks: list[int], classes: list[str
     for i, (c, k) in enumerate(rows):
         y = top + row_h * i + row_h // 2
         d.text((8, y - 6), f"{c}  k={k}", fill="black", font=font)
-        for r in (r for r in runs if r["variant"] == variant and r["class"] == c and r["k"] == k):
-            t = r["metrics"]["image_threshold"]
+        for r in (r for r in runs if r["variant"] == variant and r["lot"] == lot and r["class"] == c and r["k"] == k):
+            v = r["fit"]["verdicts"]
+            t = v["ok_at_most"]
+            xb = x_of(v["defect_above"] / t if t > 0 else 1.0)
+            d.line([(xb, y - 8), (xb, y + 8)], fill=(120, 120, 240), width=1)
             for j, rec in enumerate(r["images"]):
                 x = x_of(rec["score"] / t if t > 0 else math.inf)
-                dy = (j % 3 - 1) * 4  # spread overlapping dots a little
+                dy = (j % 3 - 1) * 4
                 colour = (200, 30, 30) if rec["label"] else (20, 150, 40)
                 d.ellipse([x - 3, y + dy - 3, x + 3, y + dy + 3], outline=colour, width=1)
     y = top + row_h * len(rows) + 28
-    for x, colour, label in ((width - 250, (200, 30, 30), "defective"), (width - 150, (20, 150, 40), "good")):
+    for x, colour, label in ((width - 330, (200, 30, 30), "defective"), (width - 230, (20, 150, 40), "good"),
+                             (width - 140, (120, 120, 240), "band's top")):
         d.ellipse([x - 3, y - 3, x + 3, y + 3], outline=colour, width=1)
         d.text((x + 8, y - 6), label, fill="black", font=font)
     img.save(path)
@@ -386,33 +470,27 @@ def strip_chart(runs: list[dict], variant: str, ks: list[int], classes: list[str
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--data_root", required=True, help="a folder in MVTec layout (meta.json optional; read only)")
     p.add_argument("--classes", nargs="+", default=None, help="classes to run (default: every class of --data_root)")
-    p.add_argument("--model", default="timm:tf_efficientnet_lite0", help="backbone, as predict.py --model "
-                                                                       "(default: %(default)s)")
-    p.add_argument("--weights", required=True, help="its weights: a local file, or 'none' for random weights")
-    p.add_argument("--image_size", type=int, default=224, help="(default: %(default)s)")
+    add_backbone_args(p)
+    p.set_defaults(model="lite0", pretrained="default", image_size=224)
     p.add_argument("--k_shot", type=int, nargs="+", default=[1, 2, 4], help="references (default: 1 2 4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reference seeds (default: 0 1 2)")
-    p.add_argument("--predict_args", default="", help="further predict.py flags for every variant, one string")
+    p.add_argument("--lots", nargs="+", choices=LOTS, default=list(LOTS), help="lot compositions (default: all)")
+    p.add_argument("--common", default="", help="predict.py decision / scoring flags for every variant, one string")
     p.add_argument("--variant", action="append", default=None, metavar="'NAME: FLAGS'",
-                   help="a setting to compare: a name and predict.py flags added to --predict_args; repeat for "
-                        "several (default: one variant 'default' = predict.py's defaults)")
+                   help="a setting to compare: a name and predict.py flags added to --common; repeat for several "
+                        "(default: one variant 'default' = predict.py's defaults)")
+    p.add_argument("--loco", action="store_true",
+                   help="also choose a variant leave-one-class-out and report its held-out figures")
     p.add_argument("--mask_levels", type=float, nargs="+", default=[],
-                   help="also report the mask figures at these --mask_level values (the verdicts are the same; "
-                        "summed up in decisions.md's mask table)")
-    p.add_argument("--batch_size", type=int, default=16, help="test images per forward pass (default: %(default)s)")
+                   help="also report the mask figures at these --mask_level values (same verdicts)")
+    p.add_argument("--batch_size", type=int, default=16, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=111,
+                   help="seed of random backbone weights, as predict.py's (default: %(default)s)")
     p.add_argument("--out", default="bench_out/decisions", help="output folder (default: %(default)s)")
-    p.add_argument("--grid", default=None, metavar="DECISIONS_JSON",
-                   help="no new run: re-decide a decisions.json's images over --grid_fpr x --grid_margin image-threshold "
-                        "settings (from its stored normal and image scores) and print the table")
-    p.add_argument("--grid_fpr", type=float, nargs="+", default=[0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5])
-    p.add_argument("--grid_margin", type=float, nargs="+", default=[-0.1, 0.0, 0.05, 0.1, 0.2, 0.25, 0.3])
-    if argv is None:
-        argv = sys.argv[1:]
-    if any(a == "--grid" or a.startswith("--grid=") for a in argv):  # the data flags are not needed then
-        argv = [*argv, "--data_root", "-", "--weights", "none"]
     args = p.parse_args(argv)
     if any(k < 1 for k in args.k_shot):
         p.error("--k_shot values must be >= 1")
@@ -426,20 +504,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.grid:
-        d = json.loads(Path(args.grid).read_text(encoding="utf-8"))
-        variants = sorted({r["variant"] for r in d["runs"]})
-        rows = [{"variant": v, **x} for v in variants for x in threshold_grid(d["runs"], v, args.grid_fpr, args.grid_margin)]
-        print(tabulate([[r["variant"], r["fpr"], r["margin"], r["k"], f"{r['tpr']:.3f}", f"{r['false_alarms']:.3f}",
-                         f"{r['balanced_accuracy']:.3f}"] for r in rows],
-                       headers=["variant", "fpr", "margin", "k", "tpr", "fpr (measured)", "balanced_accuracy"],
-                       tablefmt="github"))
-        return {"grid": rows}
     root = Path(args.data_root)
     if not root.is_dir():
         raise FileNotFoundError(f"--data_root {root} is not a folder")
-    if args.weights.lower() not in ("none", "random") and not Path(args.weights).is_file():
-        raise FileNotFoundError(f"--weights {args.weights} not found")
     meta = read_meta(root)
     classes = args.classes or sorted(meta["test"])
     unknown = [c for c in classes if c not in meta["test"] or c not in meta["train"]]
@@ -449,66 +516,58 @@ def main(argv=None) -> dict:
         n = sum(1 for s in meta["train"][c] if s["anomaly"] == 0)
         if max(args.k_shot) > n:
             raise ValueError(f"class {c!r} has {n} good training images, fewer than k = {max(args.k_shot)}")
-    common = ["--model", args.model, "--pretrained", args.weights, "--image_size", str(args.image_size),
-              *shlex.split(args.predict_args)]
-    variants = [parse_variant(v, common) for v in (args.variant or ["default:"])]
+    map_size = args.image_size
+    variants = [parse_variant(v, args.common, map_size) for v in (args.variant or ["default:"])]
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"--variant names repeat: {names}")
+    encodings = {(v.cfg.winmode, v.cfg.align != "exhaustive") for v in variants}
+    if len(encodings) > 1:
+        raise ValueError("--variant settings must share --winmode and the alignment's need for embeddings "
+                         "(the class is encoded once)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = logging.getLogger("fasl.decisions")
-    log.addHandler(logging.NullHandler())
-    log.propagate = False
+    seed_everything(args.seed)
+    model = build_fasl_from_args(args, resolve_device(args.device))
+    model.eval()
 
     runs: list[dict] = []
-    models: dict[tuple, object] = {}
-    tests: dict[tuple, TestSet] = {}  # the current class's, per backbone
-    total = len(variants) * len(classes) * len(args.k_shot) * len(args.seeds)
-    bar = tqdm(total=total, desc="decisions", unit="run", dynamic_ncols=True)
-    for v in variants:  # every model first (the seed draws random weights)
-        seed_everything(v.args.seed)
-        if v.backbone_key not in models:
-            models[v.backbone_key] = build_fasl_from_args(v.args, resolve_device(v.args.device))
-            models[v.backbone_key].eval()
-    for c in classes:  # a class's test images are encoded once per backbone and window layout
-        encodings: dict[tuple, list] = {}
+    total = len(classes) * len(variants) * len(args.k_shot) * len(args.seeds) * len(args.lots)
+    bar = tqdm(total=total, desc="decisions", unit="lot", dynamic_ncols=True)
+    for cls in classes:
+        c = load_class(root, meta, cls, model.backbone.image_size)
+        encode_class(model, variants[0].cfg, c, args.batch_size)
+        index = c.rel(root)
         for v in variants:
-            key = v.backbone_key
-            model = models[key]
-            cfg = InferenceConfig.from_args(v.args, out_size=v.args.map_size or v.args.image_size)
-            if key not in tests:
-                tests.clear()
-                tests[key] = load_test_set(root, meta, c, model)
-            test = tests[key]
-            enc_key = (key, cfg.winmode, cfg.win_size, cfg.win_stride, cfg.align != "exhaustive")
-            if enc_key not in encodings:
-                encodings[enc_key] = [model.encode(test.images[i:i + args.batch_size], cfg)
-                                      for i in range(0, len(test.paths), args.batch_size)]
             for k in args.k_shot:
                 for seed in args.seeds:
-                    ref_paths = [root / p for p in sample_kshot(meta, c, k, seed)]
-                    metrics, records, normal = run_one(v, model, cfg, encodings[enc_key], test, ref_paths, log,
-                                                       tuple(args.mask_levels))
-                    runs.append({"variant": v.name, "class": c, "k": k, "seed": seed, "metrics": metrics,
-                                 "references": [str(p) for p in ref_paths], "normal_scores": normal,
-                                 "images": records})
-                    bar.update(1)
-        tests.clear()
+                    refs = [index[p] for p in sample_kshot(meta, cls, k, seed)]
+                    for lot in args.lots:
+                        members = lot_members(c, refs, lot, seed)
+                        metrics, records, fit = run_one(model, v, c, refs, members, args.batch_size, map_size,
+                                                        tuple(args.mask_levels))
+                        runs.append({"variant": v.name, "class": cls, "k": k, "seed": seed, "lot": lot,
+                                     "metrics": metrics, "references": [str(c.paths[i]) for i in refs],
+                                     "fit": fit, "images": records})
+                        bar.update(1)
         write_json(out / "decisions.partial.json", json_safe({"format": DECISIONS_FORMAT, "runs": runs}))
     bar.close()
     (out / "decisions.partial.json").unlink(missing_ok=True)
-    summary = summarise(runs, names, args.k_shot, classes)
-    report = tables(summary, names, args.k_shot, classes) + mask_table(runs, names, args.k_shot, args.mask_levels)
-    settings = {"data_root": str(root), "classes": classes, "k_shot": args.k_shot, "seeds": args.seeds,
-                "model": args.model, "weights": args.weights, "image_size": args.image_size,
-                "variants": {v.name: {k: x for k, x in vars(v.args).items() if k not in ("refs", "images", "out")}
-                             for v in variants}}
-    result = {"format": DECISIONS_FORMAT, "settings": settings, "summary": summary, "runs": runs}
+    report = tables(runs, names, args.lots, args.k_shot, classes)
+    result = {"format": DECISIONS_FORMAT, "runs": runs,
+              "settings": {"data_root": str(root), "classes": classes, "k_shot": args.k_shot, "seeds": args.seeds,
+                           "lots": args.lots, "model": args.model, "pretrained": args.pretrained,
+                           "image_size": args.image_size, "common": args.common,
+                           "variants": {v.name: {"flags": v.flags, "settings": v.settings.to_dict(),
+                                                 "post": v.post.to_dict()} for v in variants}}}
+    if args.loco and len(classes) > 1:
+        text, doc = loco(runs, names, classes, args.lots, args.k_shot)
+        report = text + "\n" + report
+        result["loco"] = doc
     write_json(out / "decisions.json", json_safe(result))
     (out / "decisions.md").write_text(report, encoding="utf-8")
     for v in names:
-        strip_chart(runs, v, args.k_shot, classes, out / f"decisions_{v}.png")
+        strip_chart(runs, v, args.lots[0], args.k_shot, classes, out / f"decisions_{v}.png")
     print(report)
     print(f"wrote {out / 'decisions.json'}, {out / 'decisions.md'} and {len(names)} picture(s)")
     return result

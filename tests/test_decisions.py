@@ -1,5 +1,5 @@
-"""The decision benchmark (bench/decisions.py): its arithmetic checked by hand, its runs equal to
-predict.py's; and the pieces it measures: map post-processing (models/postprocess.py) and locally
+"""The decision benchmark (bench/decisions.py): its arithmetic checked by hand, its lots decided as
+predict.py decides them; and the pieces it measures: map post-processing (models/postprocess.py) and locally
 aware patches (models/backbone.py local_average)."""
 
 import csv
@@ -21,6 +21,7 @@ from data.kshot import sample_kshot  # noqa: E402
 from data.mvtec import build_mvtec_meta  # noqa: E402
 from models import build_fasl  # noqa: E402
 from models.backbone import check_neighbourhood, local_average  # noqa: E402
+from models.decision import SELF_VIEWS_MARGIN  # noqa: E402
 from models.fasl import CheckpointMismatch, Prediction  # noqa: E402
 from models.postprocess import MapPost, gaussian_blur, gaussian_kernel, top_mean  # noqa: E402
 
@@ -40,49 +41,54 @@ def test_mask_quality_by_hand():
     assert q["iou"] == pytest.approx(4 / 10)  # |P & G| = 4, |P | G| = 6 + 4
     assert q["f1"] == pytest.approx(2 * 4 / (6 + 8))
     assert (q["regions"], q["regions_hit"]) == (2, 1)
+    assert q["pieces"] == 1
     assert decisions.mask_quality(gt, gt)["iou"] == 1.0
-    assert decisions.mask_quality(np.zeros_like(gt), gt) == {"iou": 0.0, "f1": 0.0, "regions": 2, "regions_hit": 0}
+    assert decisions.mask_quality(np.zeros_like(gt), gt) == {"iou": 0.0, "f1": 0.0, "regions": 2, "regions_hit": 0,
+                                                             "pieces": 0}
+    wide = np.zeros((6, 6), bool)
+    wide[0:3, :] = True  # one ground-truth region, 18 px
+    split = np.zeros((6, 6), bool)
+    split[0, 0] = split[1, 4] = True  # two written pieces on it, not 8-connected
+    q = decisions.mask_quality(split, wide)
+    assert (q["regions"], q["regions_hit"], q["pieces"]) == (1, 1, 2)
     assert math.isnan(decisions.mask_quality(pred, np.zeros_like(gt))["iou"])
     with pytest.raises(ValueError, match="shapes differ"):
         decisions.mask_quality(pred, gt[:5])
 
 
 def test_decision_metrics_by_hand():
-    labels = [0, 0, 1, 1, 1]
-    scores = [0.1, 0.6, 0.7, 0.2, 0.9]
-    verdicts = ["ok", "defect", "defect", "ok", "defect"]
-    masks = [None, None,
-             {"iou": 0.5, "f1": 0.6, "regions": 1, "regions_hit": 1},
-             {"iou": 0.0, "f1": 0.0, "regions": 2, "regions_hit": 0},  # missed: nothing written
-             {"iou": 0.3, "f1": 0.4, "regions": 2, "regions_hit": 1}]
-    m = decisions.decision_metrics(labels, scores, verdicts, masks)
-    assert (m["caught"], m["false_alarms"], m["n_good"], m["n_defective"]) == (2, 1, 2, 3)
-    assert m["tpr"] == pytest.approx(2 / 3) and m["fpr"] == pytest.approx(1 / 2)
-    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
-    # pairs (defective, good) ordered right: 0.7 > both, 0.9 > both, 0.2 > 0.1 only -> 5 of 6
-    assert m["image_auroc"] == pytest.approx(5 / 6)
+    labels = [0, 0, 0, 1, 1, 1]
+    scores = [0.1, 0.6, 0.5, 0.7, 0.2, 0.9]
+    verdicts = ["ok", "defect", "review", "review", "ok", "defect"]  # review: caught / a false alarm
+    no_band = ["ok", "defect", "ok", "ok", "ok", "defect"]
+    masks = [None, None, None,
+             {"iou": 0.5, "f1": 0.6, "regions": 1, "regions_hit": 1, "pieces": 2},
+             {"iou": 0.0, "f1": 0.0, "regions": 2, "regions_hit": 0, "pieces": 0},  # missed: nothing written
+             {"iou": 0.3, "f1": 0.4, "regions": 2, "regions_hit": 1, "pieces": 1}]
+    m = decisions.decision_metrics(labels, scores, verdicts, no_band, masks)
+    assert (m["n_good"], m["n_defective"]) == (3, 3)
+    assert m["caught"] == pytest.approx(2 / 3) and m["false_alarms"] == pytest.approx(2 / 3)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 3) / 2) and m["review"] == pytest.approx(2 / 6)
+    assert m["caught_no_band"] == pytest.approx(1 / 3) and m["false_alarms_no_band"] == pytest.approx(1 / 3)
+    assert m["balanced_accuracy_no_band"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    # pairs (defective, good): 0.7 > all 3, 0.9 > all 3, 0.2 > 0.1 only -> 7 of 9
+    assert m["image_auroc"] == pytest.approx(7 / 9)
     assert m["iou_caught"] == pytest.approx((0.5 + 0.3) / 2) and m["f1_caught"] == pytest.approx(0.5)
-    assert m["iou_all"] == pytest.approx((0.5 + 0.0 + 0.3) / 3)
-    assert m["regions_hit"] == pytest.approx(2 / 5)
-    none_caught = decisions.decision_metrics(labels, scores, ["ok"] * 5, masks)
-    assert none_caught["tpr"] == 0 and math.isnan(none_caught["iou_caught"]) and none_caught["iou_all"] == 0
+    assert m["regions_hit"] == pytest.approx(2 / 5) and m["regions_per_hit"] == pytest.approx(3 / 2)
+    none = decisions.decision_metrics(labels, scores, ["ok"] * 6, ["ok"] * 6, masks)
+    assert none["caught"] == 0 and math.isnan(none["iou_caught"]) and none["review"] == 0
 
 
-def test_summary_means_over_classes_and_seeds():
-    def run(c, seed, tpr):
-        return {"variant": "v", "class": c, "k": 1, "seed": seed,
-                "metrics": {m: tpr if m == "tpr" else math.nan for m in decisions.SUMMARY}}
+def test_summary_means_over_classes_and_sample_std_over_seeds():
+    def run(c, seed, value):
+        return {"variant": "v", "class": c, "k": 1, "seed": seed, "lot": "full", "metrics": {"caught": value}}
 
-    runs = [run("a", 0, 1.0), run("a", 1, 0.5), run("b", 0, 0.0), run("b", 1, 0.5)]
-    s = decisions.summarise(runs, ["v"], [1], ["a", "b"])["v|1"]
-    assert s["classes"]["a"]["tpr"] == pytest.approx((0.75, 0.25))
-    assert s["mean"]["tpr"][0] == pytest.approx(0.5)  # mean of the class means
-    assert s["mean"]["tpr"][1] == pytest.approx(0.0)  # both seeds' class means are 0.5
-    assert math.isnan(s["mean"]["fpr"][0])
-    assert "never fewer" in decisions.tables({"v|1": s}, ["v"], [1], ["a", "b"])
+    runs = [run("a", 0, 1.0), run("a", 1, 0.5), run("b", 0, 0.0), run("b", 1, 1.0)]
+    mean, std = decisions.cell_mean(runs, "caught", variant="v", k=1)
+    assert mean == pytest.approx(0.625)  # the mean of the class means 0.75 and 0.5
+    assert std == pytest.approx(np.std([0.5, 0.75], ddof=1))  # seed 0's class mean 0.5, seed 1's 0.75
+    assert decisions.mean_std([2.0]) == (2.0, 0.0) and math.isnan(decisions.mean_std([None])[0])
 
-
-# ----------------------------------------------------------------------------- post-processing
 
 def test_gaussian_blur_equals_a_brute_force_convolution():
     rng = np.random.default_rng(0)
@@ -162,54 +168,62 @@ def mvtec(tmp_path_factory):
                               n_test=6, size=112)
 
 
-def test_benchmark_runs_predicts_own_path(mvtec, tmp_path):
-    """Every image's score and verdict in the benchmark equal predict.py's with the same references."""
+def test_benchmark_decides_as_predict_does(mvtec, tmp_path):
+    """Every image's score and verdict in the benchmark equal predict.py's on the same lot and references."""
     out = tmp_path / "bench"
-    flags = "--smooth_sigma 1 --image_score top"
-    result = decisions.main(["--data_root", str(mvtec), "--weights", "none", "--model", "fasl-tiny-vit",
-                             "--image_size", "112", "--k_shot", "1", "2", "--seeds", "0", "1",
-                             "--predict_args", "--features_list 1 2 3 4 --device cpu --mode fd",
-                             "--variant", "plain:", "--variant", f"post: {flags}", "--out", str(out)])
+    common = "--min_lot 5"  # the synthetic lots hold 8-9 images: lot-aware
+    result = decisions.main(["--data_root", str(mvtec), "--pretrained", "none", "--model", "fasl-tiny-vit",
+                             "--image_size", "112", "--features_list", "1", "2", "3", "4", "--k_shot", "1", "2",
+                             "--seeds", "0", "1", "--lots", "full", "low", "--common", common,
+                             "--variant", "lot:", "--variant", "single: --lot off", "--loco", "--out", str(out)])
     meta = build_mvtec_meta(mvtec)
     classes = sorted(meta["test"])
-    assert len(result["runs"]) == 2 * len(classes) * 2 * 2
-    for name in ("decisions.json", "decisions.md", "decisions_plain.png", "decisions_post.png"):
+    assert len(result["runs"]) == 2 * len(classes) * 2 * 2 * 2
+    for name in ("decisions.json", "decisions.md", "decisions_lot.png", "decisions_single.png"):
         assert (out / name).is_file()
-    assert json.loads((out / "decisions.json").read_text())["format"] == decisions.DECISIONS_FORMAT
+    doc = json.loads((out / "decisions.json").read_text())
+    assert doc["format"] == decisions.DECISIONS_FORMAT and set(doc["loco"]["chosen"]) == set(classes)
+    assert "Leave one class out" in (out / "decisions.md").read_text()
     cls = classes[1]
-    run = next(r for r in result["runs"] if r["variant"] == "post" and r["class"] == cls and r["k"] == 2
-               and r["seed"] == 1)
+    run = next(r for r in result["runs"] if r["variant"] == "lot" and r["class"] == cls and r["k"] == 2
+               and r["seed"] == 1 and r["lot"] == "full")
+    assert run["metrics"]["lot_aware"]
     refs = [str(mvtec / p) for p in sample_kshot(meta, cls, 2, 1)]
     assert run["references"] == refs
-    images = [str(mvtec / s["img_path"]) for s in meta["test"][cls]]
-    rc = predict.main(["--refs", *refs, "--images", *images, "--out", str(tmp_path / "pred"), *TINY, "--mode", "fd",
-                       *flags.split()])
+    lot = tmp_path / "lot.txt"
+    lot.write_text("\n".join(rec["path"] for rec in run["images"]) + "\n")
+    rc = predict.main(["--refs", *refs, "--images", str(lot), "--out", str(tmp_path / "pred"), *TINY,
+                       *common.split()])
     assert rc == 0
-    with open(tmp_path / "pred" / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["path"] for r in rows] == [rec["path"] for rec in run["images"]]
-    assert [float(r["score"]) for r in rows] == pytest.approx([rec["score"] for rec in run["images"]], abs=1e-6)
-    assert [r["verdict"] for r in rows] == [rec["verdict"] for rec in run["images"]]
-    assert [int(r["defect_area"]) for r in rows] == [rec["defect_area"] for rec in run["images"]]
-    thr = json.loads((tmp_path / "pred" / "thresholds.json").read_text())
-    assert thr["image"] == pytest.approx(run["metrics"]["image_threshold"])
+    pred = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert pred["lot_aware"]
+    assert [r["path"] for r in pred["images"]] == [rec["path"] for rec in run["images"]]
+    assert [r["score"] for r in pred["images"]] == pytest.approx([rec["score"] for rec in run["images"]], abs=1e-6)
+    assert [r["verdict"] for r in pred["images"]] == [rec["verdict"] for rec in run["images"]]
+    assert pred["verdicts"]["ok_at_most"] == pytest.approx(run["fit"]["verdicts"]["ok_at_most"], rel=1e-6)
     # the arithmetic of the run from its own images
-    labels = [rec["label"] for rec in run["images"]]
-    called = [rec["verdict"] == "defect" for rec in run["images"]]
-    assert run["metrics"]["caught"] == sum(c and l for c, l in zip(called, labels))
-    assert run["metrics"]["false_alarms"] == sum(c and not l for c, l in zip(called, labels))
+    labels = np.array([rec["label"] for rec in run["images"]])
+    flagged = np.array([rec["verdict"] != "ok" for rec in run["images"]])
+    assert run["metrics"]["caught"] == pytest.approx(flagged[labels == 1].mean())
+    assert run["metrics"]["false_alarms"] == pytest.approx(flagged[labels == 0].mean())
+    # a lot holds every good image but the references, and every defect (full) or about a tenth (low)
+    goods = [s for s in meta["train"][cls] if str(mvtec / s["img_path"]) not in refs] + \
+        [s for s in meta["test"][cls] if not s["anomaly"]]
+    assert run["metrics"]["n_good"] == len(goods)
 
 
 def test_benchmark_refuses_bad_input_before_work(mvtec, tmp_path):
-    base = ["--weights", "none", "--model", "fasl-tiny-vit", "--image_size", "112", "--out", str(tmp_path / "o")]
+    base = ["--pretrained", "none", "--model", "fasl-tiny-vit", "--image_size", "112", "--out", str(tmp_path / "o")]
     with pytest.raises(FileNotFoundError, match="nowhere"):
         decisions.main(["--data_root", str(tmp_path / "nowhere"), *base])
     with pytest.raises(ValueError, match="fewer than k = 50"):
         decisions.main(["--data_root", str(mvtec), *base, "--k_shot", "50"])
     with pytest.raises(ValueError, match="not in"):
         decisions.main(["--data_root", str(mvtec), *base, "--classes", "nosuch"])
-    with pytest.raises(ValueError, match="predict.py refuses"):
+    with pytest.raises(ValueError, match="--variant bad: fpr must lie strictly between 0 and 1, got 2.0"):
         decisions.main(["--data_root", str(mvtec), *base, "--variant", "bad: --fpr 2"])
+    with pytest.raises(ValueError, match="--variant typo: the flags --fpp 0.1 are refused"):
+        decisions.main(["--data_root", str(mvtec), *base, "--variant", "typo: --fpp 0.1"])
     assert not (tmp_path / "o").exists()
 
 
@@ -260,8 +274,9 @@ def test_predict_with_rotated_references(tmp_path):
         out = tmp_path / kind
         assert predict.main(["--refs", str(tmp_path / "refs"), "--images", str(tmp_path / "rot.png"), "--out",
                              str(out), *TINY, "--mode", "fd", "--align", "exhaustive", "--augment_refs", kind]) == 0
-        scores[kind] = json.loads((out / "predictions.json").read_text())["images"][0]["score"]
-        thr = json.loads((out / "thresholds.json").read_text())
+        pred = json.loads((out / "predictions.json").read_text())
+        scores[kind] = pred["images"][0]["score"]
+        thr = pred["references"]["thresholds"]
         assert len(thr["fit"]["image_scores"]) == 8  # rotations keep the flip views (they differ from every copy)
     assert scores["rot90"] < 1e-3 < scores["none"]  # the rotated part is in the bank as it is
 
@@ -334,23 +349,12 @@ def test_a_references_file_fitted_with_another_margin_is_refused(tmp_path):
     refs_file = tmp_path / "part.pt"
     assert predict.main(["--refs", str(tmp_path / "refs"), *base, "--out", str(tmp_path / "a"), "--margin", "0.2",
                          "--save_refs", str(refs_file)]) == 0
-    fit = json.loads((tmp_path / "a" / "thresholds.json").read_text())
+    fit = json.loads((tmp_path / "a" / "predictions.json").read_text())["references"]["thresholds"]
     assert fit["fit"]["margin"] == 0.2
     assert fit["image"] == pytest.approx(max(fit["fit"]["image_gaussian"], fit["fit"]["image_empirical"]) * 1.2)
     assert predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "b"), "--margin", "0.2"]) == 0
     with pytest.raises(ValueError, match="margin: file 0.2, now 0.0"):
         predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "c"), "--margin", "0"])
-
-
-def test_threshold_grid_redecides_from_the_stored_scores():
-    normal = [0.2, 0.3, 0.4]
-    images = [{"label": 0, "score": 0.35}, {"label": 0, "score": 0.5}, {"label": 1, "score": 0.45},
-              {"label": 1, "score": 0.9}]
-    runs = [{"variant": "v", "class": "a", "k": 2, "seed": 0, "normal_scores": normal, "images": images}]
-    rows = decisions.threshold_grid(runs, "v", [0.5], [0.0, 0.6])
-    # fpr 0.5: z = 0, the median 0.3 of the normal scores; margin 0.6 -> 0.48
-    assert [(r["margin"], r["tpr"], r["false_alarms"]) for r in rows] == [(0.0, 1.0, 1.0), (0.6, 0.5, 0.5)]
-    assert rows[1]["balanced_accuracy"] == pytest.approx(0.5)
 
 
 def test_a_single_reference_file_with_the_default_margin_loads_with_default_flags(tmp_path):
@@ -363,8 +367,8 @@ def test_a_single_reference_file_with_the_default_margin_loads_with_default_flag
     refs_file = tmp_path / "one.pt"
     assert predict.main(["--refs", str(tmp_path / "refs"), *base, "--out", str(tmp_path / "a"),
                          "--save_refs", str(refs_file)]) == 0
-    fit = json.loads((tmp_path / "a" / "thresholds.json").read_text())
-    assert fit["method"] == "augmented-self" and fit["fit"]["margin"] == predict.SELF_VIEWS_MARGIN
+    fit = json.loads((tmp_path / "a" / "predictions.json").read_text())["references"]["thresholds"]
+    assert fit["method"] == "augmented-self" and fit["fit"]["margin"] == SELF_VIEWS_MARGIN
     assert predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "b")]) == 0
     with pytest.raises(ValueError, match="margin: file 0.25, now 0.0"):
         predict.main(["--load_refs", str(refs_file), *base, "--out", str(tmp_path / "c"), "--margin", "0"])
@@ -377,8 +381,7 @@ def test_benchmark_and_flag_values_refused_up_front(capsys):
         with pytest.raises(SystemExit):
             predict.parse_args(["--refs", "a", "--images", "b", "--out", "c", *TINY, *argv])
         assert argv[0][2:] in capsys.readouterr().err
-    base = ["--data_root", "x", "--weights", "none"]
-    for argv in (["--mask_levels", "1.0"], ["--batch_size", "0"]):
+    base = ["--data_root", "x", "--pretrained", "none"]
+    for argv in (["--mask_levels", "1.0"], ["--batch_size", "0"], ["--data_ro", "y"]):
         with pytest.raises(SystemExit):
             decisions.parse_args([*base, *argv])
-    assert decisions.parse_args(["--grid=x.json"]).grid == "x.json"
