@@ -293,35 +293,52 @@ def parse_variant(spec: str, common: str, map_size: int) -> Variant:
         raise ValueError(f"--variant {name}: {err}") from None
 
 
+def scoring_key(v: Variant, refs: list[int], lot: list[int]) -> tuple:
+    """What a lot's scores depend on: variants that differ only in how scores become verdicts (the lot
+    rule, the bands, the masks) share them."""
+    s = v.settings
+    return (tuple(refs), tuple(lot), repr(v.cfg), repr(v.post), repr(s.scoring), s.lot_aware(len(lot)), s.fpr,
+            s.margin, s.normal_sample, s.augment_refs)
+
+
 def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], batch_size: int,
-            map_size: int, mask_levels: tuple[float, ...] = ()) -> tuple[dict, list[dict], dict]:
-    """Score and decide one lot -> (metrics, per-image records, the fit's record)."""
+            map_size: int, mask_levels: tuple[float, ...] = (), scored: dict | None = None) -> tuple[dict, list[dict], dict]:
+    """Score and decide one lot -> (metrics, per-image records, the fit's record). ``scored``: a cache
+    of scores by ``scoring_key`` kept by the caller for one class."""
     bb = model.backbone
     t0 = time.perf_counter()
-    ref = reference_images(c.raw[refs], bb.mean, bb.std, bb.patch_size, v.settings.augment_refs,
-                           v.settings.normal_sample)
-    bank = model.build_memory(ref.bank, model.windows_for(v.cfg), window_batch=v.cfg.window_batch)
-    thresholds = fit_references(model, v.cfg, v.post, ref, bank, v.settings)
+    key = scoring_key(v, refs, lot)
     lot_aware = v.settings.lot_aware(len(lot))
-    scorer = LotScorer(model, v.cfg, v.post, v.settings.scoring if lot_aware else None)
-    members: list[int | None] = [None] * len(lot)
-    pool_tokens = None
+    if scored is not None and key in scored:
+        maps_t, scores_np, ref_scores, thresholds, seconds_scoring = scored[key]
+    else:
+        ref = reference_images(c.raw[refs], bb.mean, bb.std, bb.patch_size, v.settings.augment_refs,
+                               v.settings.normal_sample)
+        bank = model.build_memory(ref.bank, model.windows_for(v.cfg), window_batch=v.cfg.window_batch)
+        thresholds = fit_references(model, v.cfg, v.post, ref, bank, v.settings)
+        scorer = LotScorer(model, v.cfg, v.post, v.settings.scoring if lot_aware else None)
+        members: list[int | None] = [None] * len(lot)
+        pool_tokens = None
+        if lot_aware:
+            pool = [lot[i] for i in choose_pool([c.keys[i] for i in lot], v.settings.scoring.pool_size)]
+            position = {img: j for j, img in enumerate(pool)}
+            members = [position.get(img) for img in lot]
+            pool_tokens = select(c.encoded, pool).features.tokens
+        scorer.fit(bank=bank, copies=ref.copies, pool_tokens=pool_tokens)
+        maps, scores = [], []
+        for s in range(0, len(lot), batch_size):
+            pred = scorer.score_encoded(select(c.encoded, lot[s:s + batch_size]), members[s:s + batch_size])
+            maps.append(pred.score_map.float().cpu())
+            scores.append(pred.image_score.float().cpu())
+        maps_t, scores_np = torch.cat(maps), torch.cat(scores).numpy()
+        ref_scores = scorer.score_references().image_score.tolist() if lot_aware else []
+        seconds_scoring = time.perf_counter() - t0
+        if scored is not None:
+            scored[key] = (maps_t, scores_np, ref_scores, thresholds, seconds_scoring)
+    t1 = time.perf_counter()
     if lot_aware:
-        pool = [lot[i] for i in choose_pool([c.keys[i] for i in lot], v.settings.scoring.pool_size)]
-        position = {img: j for j, img in enumerate(pool)}
-        members = [position.get(img) for img in lot]
-        pool_tokens = select(c.encoded, pool).features.tokens
-    scorer.fit(bank=bank, copies=ref.copies, pool_tokens=pool_tokens)
-    maps, scores = [], []
-    for s in range(0, len(lot), batch_size):
-        pred = scorer.score_encoded(select(c.encoded, lot[s:s + batch_size]), members[s:s + batch_size])
-        maps.append(pred.score_map.float().cpu())
-        scores.append(pred.image_score.float().cpu())
-    maps_t, scores_np = torch.cat(maps), torch.cat(scores).numpy()
-    if lot_aware:
-        ref_pred = scorer.score_references()
         verdicts = fit_lot(scores_np, lambda keep: (maps_t[j].numpy() for j in keep), v.settings.rule,
-                           v.settings.fpr, ref_pred.image_score.tolist(), thresholds.image)
+                           v.settings.fpr, ref_scores, thresholds.image)
     else:
         verdicts = reference_verdicts(thresholds, v.settings)
     records, qualities, verdict_list, no_band = [], [], [], []
@@ -338,7 +355,7 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
         records.append({"path": str(c.paths[img]), "label": int(c.labels[img]), "kind": c.kinds[img],
                         "score": float(scores_np[j]), "verdict": out.verdict, "n_regions": len(out.found.regions),
                         **({k: q[k] for k in ("iou", "regions", "regions_hit", "pieces")} if q else {})})
-    seconds = time.perf_counter() - t0
+    seconds = seconds_scoring + time.perf_counter() - t1
     labels = c.labels[lot]
     metrics = decision_metrics(labels, scores_np, verdict_list, no_band, qualities)
     for level, q in other.items():
@@ -395,6 +412,17 @@ def tables(runs: list[dict], variants: list[str], lots: list[str], ks: list[int]
                         f"({'never fewer' if ok else 'FEWER with more references'})")
         text.append("")
     return "\n".join(text) + "\n"
+
+
+def mask_table(runs: list[dict], variants: list[str], lots: list[str], ks: list[int], levels: list[float]) -> str:
+    """The mask figures at every --mask_levels value (the same verdicts), mean over classes."""
+    if not levels:
+        return ""
+    rows = [[v, lot, f"{level:g}", *(_cell(cell_mean(runs, f"{m}@{level:g}", variant=v, lot=lot, k=k))
+                                     for k in ks for m in ("iou_caught", "regions_per_hit"))]
+            for v in variants for lot in lots for level in levels]
+    head = ["variant", "lot", "mask_level", *(f"{m} k={k}" for k in ks for m in ("iou_caught", "regions_per_hit"))]
+    return "## Masks at other --mask_level values\n\n" + tabulate(rows, headers=head, tablefmt="github") + "\n"
 
 
 def loco_score(runs: list[dict], variant: str, classes: list[str]) -> float:
@@ -538,6 +566,7 @@ def main(argv=None) -> dict:
         c = load_class(root, meta, cls, model.backbone.image_size)
         encode_class(model, variants[0].cfg, c, args.batch_size)
         index = c.rel(root)
+        scored: dict = {}  # the class's lot scores, shared by variants that only decide differently
         for v in variants:
             for k in args.k_shot:
                 for seed in args.seeds:
@@ -545,7 +574,7 @@ def main(argv=None) -> dict:
                     for lot in args.lots:
                         members = lot_members(c, refs, lot, seed)
                         metrics, records, fit = run_one(model, v, c, refs, members, args.batch_size, map_size,
-                                                        tuple(args.mask_levels))
+                                                        tuple(args.mask_levels), scored)
                         runs.append({"variant": v.name, "class": cls, "k": k, "seed": seed, "lot": lot,
                                      "metrics": metrics, "references": [str(c.paths[i]) for i in refs],
                                      "fit": fit, "images": records})
@@ -553,7 +582,8 @@ def main(argv=None) -> dict:
         write_json(out / "decisions.partial.json", json_safe({"format": DECISIONS_FORMAT, "runs": runs}))
     bar.close()
     (out / "decisions.partial.json").unlink(missing_ok=True)
-    report = tables(runs, names, args.lots, args.k_shot, classes)
+    report = tables(runs, names, args.lots, args.k_shot, classes) + \
+        mask_table(runs, names, args.lots, args.k_shot, args.mask_levels)
     result = {"format": DECISIONS_FORMAT, "runs": runs,
               "settings": {"data_root": str(root), "classes": classes, "k_shot": args.k_shot, "seeds": args.seeds,
                            "lots": args.lots, "model": args.model, "pretrained": args.pretrained,
