@@ -1,43 +1,45 @@
 #!/usr/bin/env bash
-# FASL demo, offline, on a fresh clone after `pip install -r requirements.txt` (~2 min on 2 CPU cores):
-# generate a synthetic MVTec-layout and a synthetic VisA-layout dataset, train the ASL heads on
-# the MVTec-layout one with the tiny random-weight backbone, then test on the VisA-layout one
-# with k = 1 and LFE windows on. Prints the table and writes overlays to results/demo/.
+# FASL demo on a fresh clone, offline, with real features (ImageNet EfficientNet-Lite0, installed
+# with the requirements) on real photographs (scikit-image's brick, grass and gravel textures) with
+# synthetic defects. The first run installs what is missing into .venv (scripts/setup_env.sh).
 #
-# Random weights cannot match the paper's numbers (those need ViT-L-14-336 with OpenAI weights
-# and the real datasets); the demo shows the whole workflow running end to end. Override
-# anything with environment variables, e.g. DEMO_OUT=/tmp/demo EPOCHS=5 bash demo.sh
+#   1. an MVTec-layout dataset: grass + gravel to train on, brick to test on (data/textures.py)
+#   2. the ASL heads trained on grass + gravel (train.py --recipe new_parts: synthetic defects drawn
+#      on good images, as a user without masks trains)
+#   3. k = 1 few-shot test on brick, a part the heads never saw: FD alone and FD + heads
+#   4. predict.py on a lot of 27 brick images (8 defective) with one good reference: verdicts, masks,
+#      report.html
+#
+# About two minutes on two CPU cores after the install. Override with environment variables,
+# e.g. DEMO_OUT=/tmp/demo STEPS=30 bash demo.sh
 set -euo pipefail
 cd "$(dirname "$0")"
+source scripts/setup_env.sh
 OUT=${DEMO_OUT:-results/demo}
-EPOCHS=${EPOCHS:-8}
-PYTHON=${PYTHON:-$(command -v python >/dev/null 2>&1 && echo python || echo python3)}  # python3 where there is no python
-TINY=(--model fasl-tiny-vit --pretrained none --image_size 224 --features_list 1 2 3 4 --device cpu --seed 7)
+STEPS=${STEPS:-40}
+LITE0=(--model lite0 --device cpu --seed 7)
 
-echo "== 1/4 generating synthetic datasets under $OUT/data"
-"$PYTHON" data/synthetic.py --out "$OUT/data/mvtec" --layout mvtec --seed 0 --classes 2
-"$PYTHON" data/synthetic.py --out "$OUT/data/visa" --layout visa --seed 1 --classes 2
+echo "== 1/4 photographs with synthetic defects under $OUT/data"
+"$PYTHON" data/textures.py --out "$OUT/data/train" --classes grass gravel --seed 0 --n_train 12 --n_test 3
+"$PYTHON" data/textures.py --out "$OUT/data/test" --classes brick --seed 1 --n_train 16 --n_test 12
 
-echo "== 2/4 training the ASL heads + NAM on the MVTec-layout set ($EPOCHS epochs)"
-"$PYTHON" train.py --train_data_path "$OUT/data/mvtec" --dataset mvtec --save_path "$OUT/checkpoints" \
-    "${TINY[@]}" --k_shot 1 --epoch "$EPOCHS" --batch_size 8 --learning_rate 0.01  # tiny random ViT: 10x the paper's lr
+echo "== 2/4 training the ASL heads on grass + gravel ($STEPS steps, synthetic defects on their good images)"
+"$PYTHON" train.py --train_data_path "$OUT/data/train" --dataset textures --save_path "$OUT/checkpoints" \
+    --anomaly_source synthetic --recipe new_parts --steps "$STEPS" --batch_size 8 "${LITE0[@]}"
+CKPT=$(ls -t "$OUT"/checkpoints/epoch_*.pth | head -n 1)
 
-echo "== 3/4 few-shot test on the VisA-layout set (k=1, winmode mul: global + LFE windows)"
-"$PYTHON" test_few_shot.py --data_path "$OUT/data/visa" --dataset visa --save_path "$OUT/visa" \
-    --checkpoint_path "$OUT/checkpoints/epoch_$EPOCHS.pth" "${TINY[@]}" --k_shot 1 \
-    --winmode mul --win_size 8 --win_stride 2 --win_weight 0.5 --save_vis
+echo "== 3/4 few-shot test on brick (k = 1): FD alone, then FD + the heads"
+"$PYTHON" test_few_shot.py --data_path "$OUT/data/test" --dataset textures --save_path "$OUT/brick_fd" \
+    --mode fd --k_shot 1 --save_vis --no-resume "${LITE0[@]}"
+"$PYTHON" test_few_shot.py --data_path "$OUT/data/test" --dataset textures --save_path "$OUT/brick_heads" \
+    --mode merged --checkpoint_path "$CKPT" --k_shot 1 --save_vis --no-resume "${LITE0[@]}"
 
-echo "== 4/4 the training-free FD map on the same set, for comparison"
-"$PYTHON" test_few_shot.py --data_path "$OUT/data/visa" --dataset visa --save_path "$OUT/visa_fd" \
-    --mode fd "${TINY[@]}" --k_shot 1 --winmode mul --win_size 8 --win_stride 2 --save_vis
-
+echo "== 4/4 predict.py: one good brick as the reference; the lot: 15 more good bricks and the 12 test images"
+mkdir -p "$OUT/refs" "$OUT/lot"
+cp "$OUT/data/test/brick/train/good/000.png" "$OUT/refs/brick.png"
+for f in "$OUT"/data/test/brick/train/good/0*.png; do [ "$(basename "$f")" = 000.png ] || cp "$f" "$OUT/lot/train_$(basename "$f")"; done
+for d in "$OUT"/data/test/brick/test/*/; do for f in "$d"*.png; do cp "$f" "$OUT/lot/$(basename "$d")_$(basename "$f")"; done; done
+"$PYTHON" predict.py --refs "$OUT/refs" --images "$OUT/lot" --out "$OUT/predict"
 echo
-echo "results: $OUT/visa/results.json (trained heads), $OUT/visa_fd/results.json (FD map)"
-"$PYTHON" - "$OUT/visa/results.json" "$OUT/visa_fd/results.json" <<'PY'
-import json, sys
-heads, fd = (json.load(open(p))["mean"]["pixel_auroc"] for p in sys.argv[1:3])
-if heads < fd:
-    print(f"why the trained heads ({100 * heads:.1f}) lose to FD ({100 * fd:.1f}) here: the tiny backbone has random "
-          f"weights, so its features carry no learnable notion of a defect; see README, Measured on real images")
-PY
-echo "overlays (image | ground truth | heatmap): $OUT/visa/vis/ and $OUT/visa_fd/vis/"
+echo "heat maps: $OUT/brick_fd/vis/ and $OUT/brick_heads/vis/ (image | ground truth | heat map | colour bar)"
+echo "verdicts: $OUT/predict/predictions.csv; open $OUT/predict/report.html in a browser"
