@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from data.images import ImageReadError, image_to_tensor, image_to_unit_tensor, list_images, load_image
 from models import build_fasl_from_args
-from models.decision import (SMALL_LOT, DecisionSettings, Verdicts, decide, fit_lot, fit_references,
-                             reference_verdicts)
+from models.decision import (DecisionSettings, Verdicts, decide, fit_lot, fit_references, lot_floor,
+                             reference_verdicts, with_known_defects)
 from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import (add_backbone_args, add_decision_args, add_inference_args, add_post_args,
                           add_retired_flag, check_model_flags, check_post_flags, decision_settings_from_args,
@@ -94,6 +94,8 @@ def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
     g = add_decision_args(p, advanced)
     g.add_argument("--image_threshold", type=float, default=None, metavar="T", help="image threshold by hand (band: --ref_band)")
     g.add_argument("--pixel_threshold", type=float, default=None, metavar="T", help="pixel threshold by hand")
+    g.add_argument("--defect_refs", nargs="+", default=None, metavar="PATH",
+                   help="a few images of known bad parts: the review threshold is kept below their scores")
     g.add_argument("--save_refs", default=None, metavar="FILE", help="store the references' memory and thresholds in this file")
     g.add_argument("--load_refs", default=None, metavar="FILE", help="reuse a --save_refs file instead of --refs")
     g.add_argument("--redecide", default=None, metavar="OLD_OUT",
@@ -122,8 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     read_config(p, argv)
     args = p.parse_args(argv)
     if args.redecide:
-        if args.refs or args.images or args.load_refs:
-            p.error("--redecide decides saved maps again: give no --refs, --images or --load_refs with it")
+        if args.refs or args.images or args.load_refs or args.defect_refs:
+            p.error("--redecide decides saved maps again: give no --refs, --images, --load_refs or --defect_refs "
+                    "with it (the known defects' scores are in the old run's predictions.json)")
     else:
         if args.images is None:
             p.error("the following arguments are required: --images (or --redecide OLD_OUT)")
@@ -330,10 +333,25 @@ def prepare_references(args, model: FASL, cfg: InferenceConfig, post: MapPost, l
 
 # ----------------------------------------------------------------------------- score and decide
 
+def read_defect_refs(args, model: FASL) -> list[Path]:
+    """The --defect_refs images, each checked readable and large enough (an error names the file)."""
+    if not args.defect_refs:
+        return []
+    paths = list_images(args.defect_refs, "--defect_refs")
+    for path in paths:
+        img = load_image(path)
+        problem = image_problem((img.height, img.width), model)
+        if problem is not None:
+            raise ValueError(f"--defect_refs image {path} unusable: {problem}")
+    return paths
+
+
 def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: SavedReferences, copies: int, lot: Lot,
-              out: Path, log, d: Dist) -> tuple[dict[int, float], list[float], bool]:
+              out: Path, log, d: Dist, defect_refs: list[Path] = ()) -> tuple[dict[int, float], list[float], bool,
+                                                                             list[float]]:
     """Score every usable image (this process's share), saving its map under maps/ -> ({image:
-    score}, the references' scores as lot images (lot-aware only), whether lot-aware)."""
+    score}, the references' scores as lot images (lot-aware only), whether lot-aware, the known
+    defects' scores)."""
     s: DecisionSettings = args.settings
     usable = lot.usable
     lot_aware = s.lot_aware(len(usable)) and cfg.mode == "fd" and cfg.winmode == "nan"
@@ -367,7 +385,9 @@ def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: Save
         bar.update(len(batch))
     bar.close()
     ref_scores = scorer.score_references().image_score.tolist() if lot_aware and d.is_main else []
-    return scores, ref_scores, lot_aware
+    known = scorer.score(torch.stack([read_tensor(p, model) for p in defect_refs])).image_score.tolist() \
+        if defect_refs and d.is_main else []
+    return scores, ref_scores, lot_aware, known
 
 
 def load_map(out: Path, name: str) -> np.ndarray:
@@ -375,8 +395,9 @@ def load_map(out: Path, name: str) -> np.ndarray:
 
 
 def fit_verdicts(args, refs: SavedReferences, scores: dict[int, float], ref_scores: list[float], lot_aware: bool,
-                 lot: Lot, maps_dir: Path, log) -> Verdicts:
-    """The run's Verdicts: from the lot (lot-aware) or the references, warnings logged."""
+                 lot: Lot, maps_dir: Path, log, known: list[float] = ()) -> Verdicts:
+    """The run's Verdicts: from the lot (lot-aware) or the references, moved by the known defects'
+    scores (``known``), warnings logged."""
     s: DecisionSettings = args.settings
     t = refs.thresholds
     hand = args.image_threshold is not None or args.pixel_threshold is not None
@@ -385,12 +406,16 @@ def fit_verdicts(args, refs: SavedReferences, scores: dict[int, float], ref_scor
         values = [scores[i] for i in order]
         verdicts = fit_lot(values, lambda keep: (load_map(maps_dir, lot.names[order[j]]) for j in keep), s.rule,
                            s.fpr, ref_scores, t.image if t.fit is not None else None)
+        if known:
+            verdicts = with_known_defects(verdicts, known, lot_floor(values, s.rule))
     else:
         warnings = []
         if s.lot == "auto" and len(lot.usable) < s.min_lot:
             warnings.append(f"a lot of {len(lot.usable)} image(s) is too small for its own statistics (at least "
                             f"{s.min_lot}): thresholds from the {len(refs.refs)} reference(s) alone")
         verdicts = reference_verdicts(t, s, warnings)
+        if known and t.fit is not None and not hand:
+            verdicts = with_known_defects(verdicts, known, t.fit.image_empirical)
     for w in verdicts.warnings:
         log.warning("%s", w)
     return verdicts
@@ -520,6 +545,7 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
         raise ImageReadError(f"none of the {len(paths)} image(s) of --images can be read")
     if args.settings.lot == "on":
         args.settings.lot_aware(len(lot.usable))  # refuses a lot too small, before any work
+    defect_refs = read_defect_refs(args, model)
     refs, copies = prepare_references(args, model, cfg, post, log, d)
     # every input has passed its checks: the folder is this run's from here on
     if d.is_main:
@@ -530,14 +556,15 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
             log.info("cleared %d file(s) of an earlier run from %s", removed, out)
     else:
         run_log.start_file(log_path)
-    scores, ref_scores, lot_aware = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d)
+    scores, ref_scores, lot_aware, known = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d,
+                                                     defect_refs)
     gathered = gather_to_main((scores, [(i, lot.errors[i]) for i in range(len(paths)) if lot.errors[i]]), d)
     if d.is_main:
         for part_scores, part_errors in gathered:
             scores.update(part_scores)
             for i, e in part_errors:
                 lot.errors[i] = e
-        verdicts = fit_verdicts(args, refs, scores, ref_scores, lot_aware, lot, out, log)
+        verdicts = fit_verdicts(args, refs, scores, ref_scores, lot_aware, lot, out, log, known)
     else:
         verdicts = None
     verdicts = broadcast_from_main(verdicts, d)
@@ -555,7 +582,8 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
                     "summary": f"{args.model} ({bb.pretrained or 'random weights'}), {bb.image_size} px, "
                                f"--mode {args.mode}"}
     refs_record = {"paths": refs.refs, "file": args.load_refs, "thresholds": refs.thresholds.to_dict(),
-                   "scores_as_lot_images": ref_scores,
+                   "scores_as_lot_images": ref_scores, "defect_refs": [str(p) for p in defect_refs],
+                   "defect_ref_scores": known,
                    "summary": f"{len(refs.refs)} image(s)" + (f" from {args.load_refs}" if args.load_refs else "")}
     return write_outputs(args, out, refs_record, verdicts, records, lot_aware, model_record, log)
 
@@ -593,7 +621,7 @@ def redecide(args, out: Path) -> int:
             run_log.start_file(log_path)
             maps_dir = old
             verdicts = fit_verdicts(args, refs, scores, doc["references"].get("scores_as_lot_images", []),
-                                    doc["lot_aware"], lot, maps_dir, log)
+                                    doc["lot_aware"], lot, maps_dir, log, doc["references"].get("defect_ref_scores", []))
             records = decide_images(args, lot, scores, verdicts, out, maps_dir, Dist())
             for r in records:
                 r["map"] = str((maps_dir / r["map"]).resolve()) if out.resolve() != old.resolve() else r["map"]

@@ -61,7 +61,8 @@ from data.meta import load_meta  # noqa: E402
 from data.mvtec import build_mvtec_meta  # noqa: E402
 from models import build_fasl_from_args  # noqa: E402
 from models.backbone import BackboneOutput  # noqa: E402
-from models.decision import DecisionSettings, decide, fit_lot, fit_references, reference_verdicts  # noqa: E402
+from models.decision import (DecisionSettings, decide, fit_lot, fit_references, lot_floor,  # noqa: E402
+                             reference_verdicts, with_known_defects)
 from models.fasl import Encoded, InferenceConfig  # noqa: E402
 from models.flags import (add_backbone_args, add_decision_args, add_inference_args, add_post_args,  # noqa: E402
                           decision_settings_from_args, map_post_from_args)
@@ -254,6 +255,16 @@ def lot_members(c: ClassImages, refs: list[int], lot: str, seed: int) -> list[in
     raise ValueError(f"unknown lot {lot!r} (one of {', '.join(LOTS)})")
 
 
+def known_defects(c: ClassImages, lot: list[int], n: int, seed: int) -> list[int]:
+    """``n`` defects of the lot drawn by ``seed``, given as known bad parts (at most all but one)."""
+    defects = [i for i in lot if c.labels[i] == 1]
+    n = min(n, len(defects) - 1)
+    if n <= 0:
+        return []
+    rng = np.random.default_rng([seed, 5113])
+    return sorted(rng.choice(defects, size=n, replace=False).tolist())
+
+
 # ----------------------------------------------------------------------------- runs
 
 @dataclass
@@ -263,6 +274,7 @@ class Variant:
     post: MapPost
     settings: DecisionSettings
     flags: str
+    known_defects: int = 0  # defects taken out of each lot and given as --defect_refs
 
 
 def variant_parser() -> argparse.ArgumentParser:
@@ -271,6 +283,9 @@ def variant_parser() -> argparse.ArgumentParser:
     add_inference_args(p, mode_default="fd", align_default="exhaustive")
     add_post_args(p, MapPost(smooth_sigma=4.0, image_score="top", top_fraction=0.01))
     add_decision_args(p)
+    p.add_argument("--known_defects", type=int, default=0,
+                   help="benchmark only: take this many defects out of each lot (drawn by the seed) and give them "
+                        "as --defect_refs, known bad parts")
     return p
 
 
@@ -287,8 +302,10 @@ def parse_variant(spec: str, common: str, map_size: int) -> Variant:
     if args.mode != "fd":
         raise ValueError(f"--variant {name}: the benchmark scores --mode fd (no trained heads)")
     try:
+        if args.known_defects < 0:
+            raise ValueError(f"--known_defects must be >= 0, got {args.known_defects}")
         return Variant(name, InferenceConfig.from_args(args, out_size=map_size), map_post_from_args(args),
-                       decision_settings_from_args(args), flags.strip())
+                       decision_settings_from_args(args), flags.strip(), args.known_defects)
     except ValueError as err:
         raise ValueError(f"--variant {name}: {err}") from None
 
@@ -302,15 +319,17 @@ def scoring_key(v: Variant, refs: list[int], lot: list[int]) -> tuple:
 
 
 def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], batch_size: int,
-            map_size: int, mask_levels: tuple[float, ...] = (), scored: dict | None = None) -> tuple[dict, list[dict], dict]:
+            map_size: int, mask_levels: tuple[float, ...] = (), scored: dict | None = None,
+            known: list[int] = ()) -> tuple[dict, list[dict], dict]:
     """Score and decide one lot -> (metrics, per-image records, the fit's record). ``scored``: a cache
-    of scores by ``scoring_key`` kept by the caller for one class."""
+    of scores by ``scoring_key`` kept by the caller for one class; ``known``: images given as known
+    defects (not in the lot)."""
     bb = model.backbone
     t0 = time.perf_counter()
     key = scoring_key(v, refs, lot)
     lot_aware = v.settings.lot_aware(len(lot))
     if scored is not None and key in scored:
-        maps_t, scores_np, ref_scores, thresholds, seconds_scoring = scored[key]
+        maps_t, scores_np, ref_scores, thresholds, seconds_scoring, scorer = scored[key]
     else:
         ref = reference_images(c.raw[refs], bb.mean, bb.std, bb.patch_size, v.settings.augment_refs,
                                v.settings.normal_sample)
@@ -334,13 +353,18 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
         ref_scores = scorer.score_references().image_score.tolist() if lot_aware else []
         seconds_scoring = time.perf_counter() - t0
         if scored is not None:
-            scored[key] = (maps_t, scores_np, ref_scores, thresholds, seconds_scoring)
+            scored[key] = (maps_t, scores_np, ref_scores, thresholds, seconds_scoring, scorer)
     t1 = time.perf_counter()
     if lot_aware:
         verdicts = fit_lot(scores_np, lambda keep: (maps_t[j].numpy() for j in keep), v.settings.rule,
                            v.settings.fpr, ref_scores, thresholds.image)
+        floor = lot_floor(scores_np, v.settings.rule)
     else:
         verdicts = reference_verdicts(thresholds, v.settings)
+        floor = thresholds.fit.image_empirical
+    if known:
+        known_scores = scorer.score_encoded(select(c.encoded, list(known))).image_score.tolist()
+        verdicts = with_known_defects(verdicts, known_scores, floor)
     records, qualities, verdict_list, no_band = [], [], [], []
     other: dict[float, list] = {level: [] for level in mask_levels}
     for j, img in enumerate(lot):
@@ -573,8 +597,10 @@ def main(argv=None) -> dict:
                     refs = [index[p] for p in sample_kshot(meta, cls, k, seed)]
                     for lot in args.lots:
                         members = lot_members(c, refs, lot, seed)
+                        known = known_defects(c, members, v.known_defects, seed)
+                        members = [i for i in members if i not in known]
                         metrics, records, fit = run_one(model, v, c, refs, members, args.batch_size, map_size,
-                                                        tuple(args.mask_levels), scored)
+                                                        tuple(args.mask_levels), scored, known)
                         runs.append({"variant": v.name, "class": cls, "k": k, "seed": seed, "lot": lot,
                                      "metrics": metrics, "references": [str(c.paths[i]) for i in refs],
                                      "fit": fit, "images": records})

@@ -9,7 +9,7 @@ import torch
 def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None, image_size: int,
                device: torch.device | str = "cpu", input_bn: bool = True, precision: str = "auto",
                checkpoint: str | None = None, quick_gelu: bool = False, shared_nam: bool = True,
-               nam_residual: bool = False, neighbourhood: int = 1, fd_residual: bool = False,
+               nam_residual: bool = False, neighbourhood: int = 1, fd_residual: bool = False, border_pad: int = 0,
                head_input: str = "deviation"):
     """Backbone + heads on ``device``: untrained (layout from ``input_bn`` / ``shared_nam`` /
     ``nam_residual`` / ``fd_residual`` / ``head_input``), or
@@ -21,7 +21,8 @@ def build_fasl(model: str, pretrained: str | None, blocks: Sequence[int] | None,
     from models.fasl import FASL
 
     backbone = build_backbone(model, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
-                              precision=precision, quick_gelu=quick_gelu, neighbourhood=neighbourhood)
+                              precision=precision, quick_gelu=quick_gelu, neighbourhood=neighbourhood,
+                              border_pad=border_pad)
     if checkpoint is not None:
         layout = HeadLayout.from_config(backbone.widths, normalize_config(read_checkpoint(checkpoint)["config"]))
     else:
@@ -37,4 +38,5 @@ def build_fasl_from_args(args, device: torch.device | str, checkpoint: str | Non
     """``build_fasl`` from the backbone flags of models/flags.py ``add_backbone_args`` (every program)."""
     return build_fasl(args.model, args.pretrained, args.features_list, args.image_size, device,
                       precision=args.precision, checkpoint=checkpoint, quick_gelu=args.quick_gelu,
-                      neighbourhood=getattr(args, "neighbourhood", 1), **layout)
+                      neighbourhood=getattr(args, "neighbourhood", 1), border_pad=getattr(args, "border_pad", 0),
+                      **layout)

@@ -187,8 +187,12 @@ class Backbone(nn.Module):
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.precision = precision
 
-    def _finish_init(self, image_size: int, neighbourhood: int = 1) -> None:
+    def _finish_init(self, image_size: int, neighbourhood: int = 1, border_pad: int = 0) -> None:
         self.neighbourhood = check_neighbourhood(neighbourhood)
+        if border_pad < 0 or border_pad % self.patch_size:
+            raise ValueError(f"border_pad must be a multiple of the patch size {self.patch_size} (0 = off), "
+                             f"got {border_pad}")
+        self.border_pad = int(border_pad)
         if image_size % self.patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
         self.image_size = int(image_size)
@@ -241,6 +245,7 @@ class Backbone(nn.Module):
             "pretrained": self.pretrained,
             "activation": self.activation,
             "neighbourhood": self.neighbourhood,
+            "border_pad": self.border_pad,
         }
 
     def _encode(self, images: torch.Tensor, with_embedding: bool, grid: tuple[int, int]):
@@ -263,16 +268,23 @@ class Backbone(nn.Module):
         if H % P or W % P:
             raise ValueError(f"input size {H}x{W} is not a multiple of the patch size {P}")
         grid = (H // P, W // P)
+        c = self.border_pad // P  # cells of reflected border, encoded and cropped away
+        if c:
+            images = F.pad(images, (self.border_pad,) * 4, mode="reflect")
+        padded = (grid[0] + 2 * c, grid[1] + 2 * c)
         chunk = chunk or B
         tokens_parts: list[list[torch.Tensor]] = []
         emb_parts: list[torch.Tensor] = []
         feat_dtype = self.feature_dtype
         use_amp = feat_dtype != torch.float32
-        with self._at_grid(grid), torch.autocast(images.device.type, dtype=feat_dtype, enabled=use_amp):
+        with self._at_grid(padded), torch.autocast(images.device.type, dtype=feat_dtype, enabled=use_amp):
             for start in range(0, B, chunk):
-                toks, emb = self._encode(images[start:start + chunk], with_embedding, grid)
+                toks, emb = self._encode(images[start:start + chunk], with_embedding, padded)
                 if self.neighbourhood > 1:  # on the common grid (measured: better AUPRO than per CNN stage)
-                    toks = [local_average(t.float(), grid, self.neighbourhood) for t in toks]
+                    toks = [local_average(t.float(), padded, self.neighbourhood) for t in toks]
+                if c:  # [b, N', W] on the padded grid -> the image's own cells
+                    toks = [t.reshape(t.shape[0], *padded, -1)[:, c:c + grid[0], c:c + grid[1]].reshape(
+                        t.shape[0], grid[0] * grid[1], -1) for t in toks]
                 tokens_parts.append([F.normalize(t.float(), dim=-1).to(feat_dtype) for t in toks])  # each [b, N, W_l]
                 if with_embedding:
                     emb_parts.append(F.normalize(emb.float(), dim=-1).to(feat_dtype))
@@ -385,7 +397,7 @@ class ClipBackbone(Backbone):
 
     def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = "openai",
                  blocks: Sequence[int] | None = None, image_size: int = 518, device: torch.device | str = "cpu",
-                 precision: str = "auto", quick_gelu: bool = False, neighbourhood: int = 1):
+                 precision: str = "auto", quick_gelu: bool = False, neighbourhood: int = 1, border_pad: int = 0):
         import open_clip
 
         super().__init__(precision)
@@ -446,7 +458,7 @@ class ClipBackbone(Backbone):
         self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
-        self._finish_init(image_size, neighbourhood)
+        self._finish_init(image_size, neighbourhood, border_pad)
 
     def grid_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1 + gh * gw, W) positional embedding for ``grid``, derived from the native one (cached)."""
@@ -534,7 +546,7 @@ class TimmBackbone(Backbone):
 
     def __init__(self, model: str, pretrained: str | None = None, blocks: Sequence[int] | None = None,
                  image_size: int = 224, device: torch.device | str = "cpu", precision: str = "auto",
-                 neighbourhood: int = 1):
+                 neighbourhood: int = 1, border_pad: int = 0):
         import timm
 
         super().__init__(precision)
@@ -591,7 +603,7 @@ class TimmBackbone(Backbone):
             chosen = [info[b - 1] for b in self.blocks]
             self.widths = tuple(int(f["num_chs"]) for f in chosen)
             self.patch_size = int(min(f["reduction"] for f in chosen))
-        self._finish_init(image_size, neighbourhood)
+        self._finish_init(image_size, neighbourhood, border_pad)
 
     def _encode(self, images, with_embedding, grid):
         indices = [b - 1 for b in self.blocks]
@@ -662,7 +674,7 @@ def backbone_geometry(model: str, blocks: Sequence[int] | None = None) -> tuple[
 
 def build_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = "openai", blocks: Sequence[int] | None = None,
                    image_size: int | None = 518, device: torch.device | str = "cpu", precision: str = "auto",
-                   quick_gelu: bool = False, neighbourhood: int = 1) -> Backbone:
+                   quick_gelu: bool = False, neighbourhood: int = 1, border_pad: int = 0) -> Backbone:
     """``--model`` -> a Backbone: ``timm:<name>`` builds a :class:`TimmBackbone`, anything else an
     open_clip :class:`ClipBackbone`. ``quick_gelu`` applies to open_clip ViTs only; ``neighbourhood``
     (odd, 1 = off) averages each patch with its neighbours before normalisation (``local_average``).
@@ -691,6 +703,7 @@ def build_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = "openai"
             raise ValueError("--quick_gelu applies to open_clip models; a timm model brings its own activation")
         name = model[len(TIMM_PREFIX):]
         return TimmBackbone(name, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
-                            precision=precision, neighbourhood=neighbourhood)
+                            precision=precision, neighbourhood=neighbourhood, border_pad=border_pad)
     return ClipBackbone(model, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
-                        precision=precision, quick_gelu=quick_gelu, neighbourhood=neighbourhood)
+                        precision=precision, quick_gelu=quick_gelu, neighbourhood=neighbourhood,
+                        border_pad=border_pad)

@@ -18,7 +18,8 @@ from models.backbone import unreadable_file_reason
 CHECKPOINT_FORMAT = "fasl-heads-v1"
 
 # what a checkpoint's backbone and heads must agree on (image_size may differ: the heads see features)
-BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation", "neighbourhood")
+BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation", "neighbourhood",
+                 "border_pad")
 HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual", "fd_residual", "head_input")
 
 
@@ -33,6 +34,7 @@ def normalize_config(config: dict) -> dict:
     config = dict(config)
     config.setdefault("family", "open_clip")
     config.setdefault("neighbourhood", 1)  # files from before --neighbourhood: plain patches
+    config.setdefault("border_pad", 0)  # files from before --border_pad: borders encoded as they are
     if config["family"] == "open_clip":
         config.setdefault("activation", "gelu")
     if "widths" not in config and "width" in config:

@@ -25,7 +25,7 @@ not drawn with its whole halo and a weaker second defect keeps its own outline.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
 import cv2
@@ -55,6 +55,7 @@ class LotRule:
     base: float = 0.2
     c: float = 2.5
     band: float = 0.5
+    known_floor: float = 1.0  # known defects never pull the review threshold below anchor + this many spreads
 
     def __post_init__(self):
         if not 0.0 < self.base < self.anchor < 1.0:
@@ -248,6 +249,40 @@ def fit_lot(scores: Sequence[float], load_maps: Callable[[list[int]], Iterable[n
              "reference_scores": refs, "share_above_reference_threshold": above_refs,
              "pixel_fpr": pixel_fpr, "n_good_maps": len(good)}
     return Verdicts(ok_at_most, defect_above, image, pixel, "lot", colour_range(median, ok_at_most), stats, warnings)
+
+
+def with_known_defects(verdicts: Verdicts, defect_scores: Sequence[float], floor: float,
+                       margin: float = 0.03) -> Verdicts:
+    """Verdicts moved by a few images of known bad parts (``--defect_refs``), scored as the lot is.
+
+    When a known defect scores at or below the review threshold, that kind of defect would pass
+    as ok: the review threshold moves to just below the lowest known defect (``1 - margin`` of its
+    score), never below ``floor`` (where the good parts' scores would start to flood the review
+    pile), and the defect threshold keeps its ratio to it. Known defects scoring above the review
+    threshold change nothing. The scores and the move are recorded in ``stats``."""
+    scores = [float(x) for x in defect_scores]
+    if not scores:
+        return verdicts
+    lowest = min(scores)
+    stats = dict(verdicts.stats, known_defect_scores=scores, known_defect_floor=floor)
+    warnings = list(verdicts.warnings)
+    target = max(floor, lowest * (1.0 - margin))
+    if lowest > verdicts.ok_at_most or target >= verdicts.ok_at_most:
+        if lowest <= verdicts.ok_at_most:
+            warnings.append(f"a known defect scores {lowest:.4g}, below the review threshold, and the threshold cannot "
+                            f"go lower than {floor:.4g} without flooding the review pile with good parts: such "
+                            f"defects may pass as ok")
+        return replace(verdicts, stats=stats, warnings=warnings)
+    ratio = verdicts.defect_above / verdicts.ok_at_most
+    stats["moved_by_known_defects"] = {"ok_at_most": verdicts.ok_at_most, "to": target}
+    return replace(verdicts, ok_at_most=target, image=target * math.sqrt(ratio), defect_above=target * ratio,
+                   stats=stats, warnings=warnings)
+
+
+def lot_floor(scores: Sequence[float], rule: LotRule) -> float:
+    """The lowest review threshold known defects may move a lot's to: anchor + ``known_floor`` spreads."""
+    qa, qb = _log_quantiles(np.asarray(scores, dtype=np.float64), rule)
+    return math.exp(qa + rule.known_floor * max(qa - qb, 0.0))
 
 
 def from_references(image: float, pixel: float, pixel_median: float, band: float, source: str = "references",

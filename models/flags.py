@@ -35,6 +35,10 @@ def add_backbone_args(p: argparse.ArgumentParser, advanced: argparse._ArgumentGr
     g.add_argument("--device", default="cpu",
                    help="'cpu', 'cuda', 'cuda:N' or a bare CUDA index N (default: %(default)s)")
     g = advanced if advanced is not None else g
+    g.add_argument("--border_pad", type=int, default=0, metavar="PX",
+                   help="pad every image by this many pixels of its own reflection before encoding and crop the "
+                        "features back, so the encoder's zero padding is not read as part of the image; a "
+                        "multiple of the patch size (default: %(default)s = off)")
     g.add_argument("--pretrained", default=None,
                    help="open_clip: a pretrained tag (downloaded and cached by open_clip), a local weights file, "
                         "or 'none' for random weights; timm: 'default' (timm's own weights, downloaded), a local "
@@ -154,6 +158,9 @@ def check_model_flags(p: argparse.ArgumentParser, args: argparse.Namespace, wind
     if geometry is None:
         return
     patch, depth = geometry
+    pad = getattr(args, "border_pad", 0)
+    if pad < 0 or (patch is not None and pad % patch):
+        p.error(f"--border_pad {pad} must be a multiple of the patch size {patch} of {args.model} (0 = off)")
     if patch is not None and args.image_size % patch:
         p.error(f"--image_size {args.image_size} is not a multiple of the patch size {patch} of {args.model} "
                 f"(e.g. {max(patch, args.image_size // patch * patch)} or {(args.image_size // patch + 1) * patch})")

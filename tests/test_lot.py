@@ -222,3 +222,41 @@ def test_decide_keeps_the_region_a_defect_verdict_rests_on():
     peak[4, 4] = 0.95
     low = decide(v, peak, 0.95, (3, 3), settings)
     assert low.verdict == "review" and low.found.regions
+
+
+def test_border_pad_encodes_a_reflected_border_and_crops_it_away():
+    import torch.nn.functional as F
+
+    from models.backbone import build_backbone
+
+    torch.manual_seed(0)
+    plain = build_backbone("timm:tf_efficientnet_lite0", pretrained=None, image_size=64, precision="fp32")
+    padded = build_backbone("timm:tf_efficientnet_lite0", pretrained=None, image_size=64, precision="fp32",
+                            border_pad=16)
+    padded.net.load_state_dict(plain.net.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    got = padded(x, with_embedding=False)
+    big = plain(F.pad(x, (16, 16, 16, 16), mode="reflect"), with_embedding=False)  # 12 x 12 cells
+    assert got.grid == (8, 8)
+    for g, b in zip(got.tokens, big.tokens):
+        want = b.reshape(2, 12, 12, -1)[:, 2:10, 2:10].reshape(2, 64, -1)
+        torch.testing.assert_close(g, want)
+    assert padded.config()["border_pad"] == 16 and plain.config()["border_pad"] == 0
+    with pytest.raises(ValueError, match="multiple of the patch size 8"):
+        build_backbone("timm:tf_efficientnet_lite0", pretrained=None, image_size=64, border_pad=12)
+
+
+def test_known_defects_pull_the_review_threshold_down_to_a_floor():
+    from models.decision import with_known_defects
+
+    v = from_references(image=2.0, pixel=1.0, pixel_median=0.5, band=0.1)  # ok <= 1.8, defect > 2.2
+    assert with_known_defects(v, [], floor=1.0) is v
+    same = with_known_defects(v, [1.9, 3.0], floor=1.0)  # every known defect already flagged
+    assert same.ok_at_most == v.ok_at_most and same.stats["known_defect_scores"] == [1.9, 3.0]
+    moved = with_known_defects(v, [1.5, 3.0], floor=1.0)
+    assert moved.ok_at_most == pytest.approx(1.5 * 0.97) and moved.verdict(1.5) != "ok"
+    assert moved.defect_above / moved.ok_at_most == pytest.approx(2.2 / 1.8)  # the band keeps its ratio
+    floored = with_known_defects(v, [0.5], floor=1.0)
+    assert floored.ok_at_most == 1.0 and floored.verdict(0.5) == "ok"
+    stuck = with_known_defects(v, [0.5], floor=1.9)  # the floor lies above the threshold: nothing moves, a warning
+    assert stuck.ok_at_most == v.ok_at_most and any("may pass as ok" in w for w in stuck.warnings)

@@ -561,3 +561,19 @@ def test_help_fits_one_screen(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         predict.parse_args(["--help_advanced"])
     assert "--pool_size" in capsys.readouterr().out
+
+
+def test_defect_refs_keep_the_review_threshold_below_known_defects(lot, tmp_path):
+    base = ["--refs", *map(str, lot["refs"]), "--images", str(lot["root"] / "lot"), "--lot_c", "6"]  # a high threshold
+    assert run([*base, "--out", str(tmp_path / "a")]) == 0
+    plain = read_json(tmp_path / "a" / "predictions.json")
+    known = lot["bad"][0]
+    assert run([*base, "--out", str(tmp_path / "b"), "--defect_refs", str(known)]) == 0
+    pred = read_json(tmp_path / "b" / "predictions.json")
+    [score] = pred["references"]["defect_ref_scores"]
+    assert pred["verdicts"]["stats"]["known_defect_scores"] == [score]
+    assert pred["verdicts"]["ok_at_most"] <= max(0.97 * score, pred["verdicts"]["stats"]["known_defect_floor"])
+    assert pred["verdicts"]["ok_at_most"] <= plain["verdicts"]["ok_at_most"]
+    with pytest.raises(FileNotFoundError, match="--defect_refs: .*nothere.png is no file"):
+        run([*base, "--out", str(tmp_path / "c"), "--defect_refs", str(tmp_path / "nothere.png")])
+    assert not (tmp_path / "c").exists()  # refused before anything is written
