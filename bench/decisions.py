@@ -11,7 +11,8 @@ inspected, made of
 * ``low``: every good image of the lot and defects drawn to be about 10 % of it (the rate a line
   meets);
 * ``repeat``: every good image and every image of the class's most frequent defect type (defects
-  that repeat through a lot and may vouch for one another).
+  that repeat through a lot and may vouch for one another);
+* ``test``: the test split alone (what earlier rounds measured; not in the default --lots).
 
 Each lot is scored and decided by the decision layer predict.py uses (models/lot.py,
 models/decision.py: lot-aware scoring and lot thresholds where the lot is large enough, the
@@ -73,7 +74,7 @@ from utils.metrics import image_metrics, label_regions, pixel_metrics  # noqa: E
 from utils.misc import normalize_tensor, resolve_device, seed_everything, write_json  # noqa: E402
 
 DECISIONS_FORMAT = "fasl-decisions-v2"
-LOTS = ("full", "low", "repeat")
+LOTS = ("full", "low", "repeat", "test")
 LOW_SHARE = 0.1  # defects in a low-defect lot
 SUMMARY = ("caught", "false_alarms", "balanced_accuracy", "review", "caught_no_band", "false_alarms_no_band",
            "balanced_accuracy_no_band", "image_auroc", "pixel_auroc", "aupro", "iou_caught", "regions_hit",
@@ -247,6 +248,8 @@ def lot_members(c: ClassImages, refs: list[int], lot: str, seed: int) -> list[in
         n = max(1, round(len(goods) * LOW_SHARE / (1 - LOW_SHARE)))
         rng = np.random.default_rng([seed, 7141])
         return goods + sorted(rng.choice(defects, size=min(n, len(defects)), replace=False).tolist())
+    if lot == "test":
+        return [i for i in range(len(c.paths)) if not c.train[i]]
     if lot == "repeat":
         by_kind: dict[str, list[int]] = {}
         for i in defects:
@@ -530,7 +533,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.set_defaults(model="lite0", pretrained="default", image_size=224)
     p.add_argument("--k_shot", type=int, nargs="+", default=[1, 2, 4], help="references (default: 1 2 4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reference seeds (default: 0 1 2)")
-    p.add_argument("--lots", nargs="+", choices=LOTS, default=list(LOTS), help="lot compositions (default: all)")
+    p.add_argument("--lots", nargs="+", choices=LOTS, default=list(LOTS[:3]),
+                   help="lot compositions (default: full low repeat)")
     p.add_argument("--common", default="", help="predict.py decision / scoring flags for every variant, one string")
     p.add_argument("--variant", action="append", default=None, metavar="'NAME: FLAGS'",
                    help="a setting to compare: a name and predict.py flags added to --common; repeat for several "
