@@ -231,6 +231,57 @@ def test_a_killed_evaluation_resumes_and_ends_as_an_uninterrupted_one(syn_datase
     assert scored == classes
 
 
+def test_a_resumed_class_writes_the_outputs_asked_for_that_its_earlier_run_did_not(syn_datasets, tmp_path,
+                                                                                    monkeypatch):
+    """Issue 28.1: a class is done only if the outputs asked for now (--save_maps, --save_vis) were
+    written by its earlier run and are still there; outputs asked for earlier and not now do not
+    make a class be scored again."""
+    data = syn_datasets["visa"]
+    meta = load_meta(data)
+    classes = sorted(meta["test"])
+    out = tmp_path / "run"
+    argv = ["--data_path", str(data), "--dataset", "visa", *FD_TEST, "--save_path", str(out)]
+    scored = []
+    score_unit = test_few_shot.score_unit
+    monkeypatch.setattr(test_few_shot, "score_unit", lambda *a, **k: scored.append(a[4].cls) or score_unit(*a, **k))
+    first = test_few_shot.main(argv)
+    assert scored == classes and not (out / "vis").exists() and not (out / "maps").exists()
+    record = json.loads((out / "classes" / f"{classes[0]}.json").read_text())
+    assert record["outputs"] == {"maps": False, "vis": False}
+
+    def pictures(cls):
+        return sorted(p.name for p in (out / "vis" / cls).glob("*.png"))
+
+    expected = {c: sorted(Path(s["img_path"]).with_suffix("").as_posix().replace("/", "__") + ".png"
+                          for s in meta["test"][c]) for c in classes}
+    scored.clear()
+    again = test_few_shot.main([*argv, "--save_vis"])
+    assert scored == classes, "no class had its pictures: every class is scored again"
+    assert {c: pictures(c) for c in classes} == expected
+    assert again == first, "the same settings give the same metrics"
+    assert json.loads((out / "classes" / f"{classes[0]}.json").read_text())["outputs"] == {"maps": False,
+                                                                                          "vis": True}
+
+    # pictures written and still there: done; one picture deleted: that class again; maps added: all again
+    scored.clear()
+    test_few_shot.main([*argv, "--save_vis"])
+    assert scored == []
+    (out / "vis" / classes[1] / expected[classes[1]][0]).unlink()
+    test_few_shot.main([*argv, "--save_vis"])
+    assert scored == [classes[1]] and pictures(classes[1]) == expected[classes[1]]
+    scored.clear()
+    test_few_shot.main([*argv, "--save_maps", "--save_vis"])
+    assert scored == classes
+    assert sorted(p.name for p in (out / "maps" / classes[0]).iterdir()) == sorted(
+        ["image_scores.npy", "paths.txt", *(n.replace(".png", "_map.npy") for n in expected[classes[0]]),
+         *(n.replace(".png", "_mask.npy") for n in expected[classes[0]])])
+    # fewer outputs than the earlier run wrote: nothing is missing, nothing is scored
+    scored.clear()
+    assert test_few_shot.main(argv) == first and scored == []
+    assert json.loads((out / "classes" / f"{classes[0]}.json").read_text())["outputs"] == {"maps": True,
+                                                                                          "vis": True}
+
+
 def test_a_class_that_fails_keeps_the_classes_before_it_and_logs_why(syn_datasets, tmp_path):
     data = tmp_path / "visa"
     shutil.copytree(syn_datasets["visa"], data)
