@@ -174,6 +174,37 @@ def test_resume_refusals_are_written_into_the_log_and_another_image_size_is_one(
     assert not (tmp_path / "run" / "references.json").exists(), "written only once every check has passed"
 
 
+def test_resume_at_another_encoder_dtype_is_refused_and_the_same_dtype_resumes(syn_datasets, mvtec_ckpt,
+                                                                                tiny_backbone_args, train_args,
+                                                                                tmp_path):
+    """Issue 28.2: the shared checkpoint was trained under --precision auto, float32 here (the suite
+    pins it); its run records that dtype. Another dtype is refused, naming the flag that gives the
+    checkpoint's; --precision fp32 is the same dtype and resumes; a checkpoint from before the dtype
+    was recorded resumes at the dtype asked for, and the log says so."""
+    assert torch.load(mvtec_ckpt, weights_only=True)["run"]["encoder_dtype"] == "float32"
+    (tmp_path / "run").mkdir()
+    shutil.copy(mvtec_ckpt, tmp_path / "run" / "epoch_1.pth")
+    argv = ["--train_data_path", str(syn_datasets["mvtec"]), "--dataset", "mvtec", "--save_path",
+            str(tmp_path / "run"), *train_args, *tiny_backbone_args, "--epoch", "2", "--resume"]
+    with pytest.raises(ValueError, match=r"^--resume: .*epoch_1\.pth belongs to a run with other settings "
+                                         r"\(encoder_dtype: checkpoint 'float32', now 'bfloat16' \(--precision "
+                                         r"fp32 runs the encoder in float32\)\); use another --save_path or the "
+                                         r"same settings$"):
+        train.main([*argv, "--precision", "bf16"])
+    assert not (tmp_path / "run" / "epoch_2.pth").exists()
+    assert train.main([*argv, "--precision", "fp32"]) == tmp_path / "run" / "epoch_2.pth"
+    assert torch.load(tmp_path / "run" / "epoch_2.pth", weights_only=True)["run"]["encoder_dtype"] == "float32"
+
+    older = torch.load(mvtec_ckpt, weights_only=True)
+    del older["run"]["encoder_dtype"]
+    (tmp_path / "old").mkdir()
+    torch.save(older, tmp_path / "old" / "epoch_1.pth")
+    argv[argv.index("--save_path") + 1] = str(tmp_path / "old")
+    assert train.main(argv) == tmp_path / "old" / "epoch_2.pth"
+    log = (tmp_path / "old" / "train.log").read_text()
+    assert "records no encoder dtype: resumed at float32 (--precision auto)" in log
+
+
 # ----------------------------------------------------------------------------- nothing lost
 
 def _comparable(doc: dict) -> dict:
