@@ -122,9 +122,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "seed, the epoch whose heads score best (mean of pixel AUROC and AUPRO) on the real defects of "
                         "the *other* classes, which synthetic-defect training never sees (synthetic sources only)")
     p.add_argument("--merge_weights", type=float, nargs="+", default=[], metavar="W",
-                   help="also score w * heads + FD for each w (w = 1: merged; the image score is summed the same "
-                        "way) and add '<merged name> weighted', the w chosen per test class on the other classes; "
-                        "needs the NAM-less or NAM head mode of the same merge in --learned_modes (default: none)")
+                   help="also score w * heads + L * FD for each w, L the number of blocks, from the two methods' "
+                        "maps and image scores (at w = 1 the map is merged's; the image score is w * the heads' + "
+                        "L * FD's, each the mean over blocks of the block's maximum: not merged's image score, the "
+                        "maximum of the summed block maps, lower where the two peak on different patches) and add "
+                        "'<merged name> weighted', the w chosen per test class on the other classes; needs the "
+                        "NAM-less or NAM head mode of the same merge in --learned_modes (default: none)")
     p.add_argument("--label", default="",
                    help="a name for this run's training recipe, added to every learned method's name "
                         "(e.g. 'merged [masks, residual]'), so runs of several recipes can be --combine'd")
@@ -342,9 +345,13 @@ def epoch_records(records: list[dict]) -> list[dict]:
 
 def weighted_merges(args, data, run: dict, name: str, train_seed: int, heads: Prediction, fd: Prediction,
                     blocks: int) -> list[dict]:
-    """Records of ``w * heads + blocks * FD`` for each --merge_weights w (w = 1 is ``merged``): the
-    map and the image score each summed so. The weight chosen on the other classes is the method
-    '<merged name> weighted'."""
+    """Records of ``w * heads + blocks * FD`` for each --merge_weights w, summed from the two
+    Predictions: the map (at w = 1 ``merged``'s map) and the image score, ``w * heads.image_score +
+    blocks * fd.image_score``, the sum of each one's mean over blocks of the block's maximum. At
+    w = 1 that is not merged's image score (the mean over blocks of the maximum of
+    ``ASL_l + blocks * FD_l``): it is at least that, higher where the two peak on different
+    patches, so image metrics of ``w=1`` and ``merged`` can differ. The weight chosen on the other
+    classes is the method '<merged name> weighted'."""
     merged = name.replace("asl", "merged", 1)
     out = []
     for w in args.merge_weights:
