@@ -43,7 +43,7 @@ from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import (add_advanced_scoring_args, add_backbone_args, add_inference_args, add_post_args,
                           add_retired_flag, check_model_flags, check_post_flags, map_post_from_args)
 from models.postprocess import MapPost
-from utils.cli import run_cli
+from utils.cli import InputValueError, run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
 from utils.metrics import CLASS_KEYS, class_metrics, format_table, transductive_scores, write_results
 from utils.misc import atomic_write_text, check_output_folder, fatal_errors_logged, start_run, write_json
@@ -343,7 +343,7 @@ def _evaluate(args, cfg: InferenceConfig, run) -> dict:
     classes = select_classes(meta, "test", args.classes)
     empty = [c for c in classes if not meta["test"][c]]
     if empty:
-        raise ValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
+        raise InputValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
     runs = Runs(args, meta, classes)
     # every image, mask and reference the run reads, before the model is built
     check_files(args.data_path, [*split_files(meta, "test", classes),

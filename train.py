@@ -45,7 +45,7 @@ from models.checkpoint import read_checkpoint
 from models.fasl import upsample
 from models.flags import add_align_arg, add_backbone_args, add_hidden_alias, add_retired_flag, check_model_flags
 from utils.losses import dice_loss, focal_loss
-from utils.cli import run_cli
+from utils.cli import InputValueError, run_cli
 from utils.distributed import Dist, barrier, broadcast_from_main, reduce_sum, shutdown
 from utils.misc import atomic_torch_save, check_output_folder, fatal_errors_logged, start_run, write_json
 
@@ -213,10 +213,10 @@ def _folder_references(args, paths: list[str]) -> list[str]:
     if args.refs_file:
         refs = load_kshot(args.refs_file).get(args.class_name)
         if refs is None:
-            raise ValueError(f"{args.refs_file} has no references for class {args.class_name!r}")
+            raise InputValueError(f"{args.refs_file} has no references for class {args.class_name!r}")
         unknown = [r for r in refs if r not in set(paths)]
         if unknown:
-            raise ValueError(f"{args.refs_file}: reference {unknown[0]!r} is not one of the --train_images")
+            raise InputValueError(f"{args.refs_file}: reference {unknown[0]!r} is not one of the --train_images")
         return refs
     return draw_references(paths, args.class_name, args.k_shot, args.seed, at_most=True, where="--train_images")
 
@@ -362,8 +362,8 @@ def _train(args, run) -> Path:
             if state["config"].get("image_size") != args.image_size:  # the heads saw features at that size
                 diffs.append(f"image_size: checkpoint {state['config'].get('image_size')!r}, now {args.image_size!r}")
             if diffs:
-                raise ValueError(f"--resume: {found[1]} belongs to a run with other settings ({'; '.join(diffs)}); "
-                                 f"use another --save_path or the same settings")
+                raise InputValueError(f"--resume: {found[1]} belongs to a run with other settings "
+                                      f"({'; '.join(diffs)}); use another --save_path or the same settings")
             resumed, resumed_path = state, found[1]
 
     banks = {}

@@ -58,6 +58,7 @@ from models.asl import HeadLayout  # noqa: E402
 from models.backbone import PRECISIONS  # noqa: E402
 from models.backbone import BackboneOutput  # noqa: E402
 from models.fasl import FASL, Encoded, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
+from utils.cli import InputValueError  # noqa: E402
 from utils.metrics import class_metrics, transductive_scores  # noqa: E402
 from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
 
@@ -274,7 +275,7 @@ def evaluate(args) -> list[dict]:
     meta = load_meta(args.data_root)
     classes = sorted(meta["test"])
     if len(classes) < 2:
-        raise ValueError(f"{args.data_root}: heads trained without the test class need two classes or more")
+        raise InputValueError(f"{args.data_root}: heads trained without the test class need two classes or more")
     torch.manual_seed(0)
     base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device,
                       precision=args.precision).eval()
@@ -284,7 +285,7 @@ def evaluate(args) -> list[dict]:
     all_methods = methods(args)
     unknown = sorted(set(args.test_classes or []) - set(classes))
     if unknown:
-        raise ValueError(f"--test_classes {unknown} are not classes of {args.data_root} ({classes})")
+        raise InputValueError(f"--test_classes {unknown} are not classes of {args.data_root} ({classes})")
     for cls in [c for c in classes if c in (args.test_classes or classes)]:
         ckpts = {(s, nam, seed): trained_heads(args, meta, cls, s, nam or args.nam_runs == "shared", seed)
                  for s, nam, seed in product(args.sources, (False, True), args.train_seeds)}
@@ -375,7 +376,7 @@ def chosen_on_other_classes(records: list[dict]) -> list[dict]:
         mine = [r for r in candidates if (r["winmode"], r["choice_of"], r["train_seed"]) == (winmode, name, train_seed)]
         classes = sorted({r["class"] for r in mine})
         if len(classes) < 2:
-            raise ValueError(f"{name}: a choice made on the other classes needs two test classes or more")
+            raise InputValueError(f"{name}: a choice made on the other classes needs two test classes or more")
         values = sorted({r["choice"] for r in mine})
 
         def score(value, cls, rows=mine):
@@ -616,7 +617,7 @@ def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: 
     names = methods_shown or list(panels[0][1])
     unknown = [n for n in names if n not in panels[0][1]]
     if unknown:
-        raise ValueError(f"--picture_methods: {unknown} were not measured (measured: {list(panels[0][1])})")
+        raise InputValueError(f"--picture_methods: {unknown} were not measured (measured: {list(panels[0][1])})")
     groups = [g for g in next(iter(panels[0][1].values()))] if names else []
     W, H, left, right, top, panel_h = 1500, 0, 70, 300, 40, 380
     H = top + len(panels) * (panel_h + 50) + 10
@@ -694,7 +695,7 @@ def combined_records(paths: list[str]) -> list[dict]:
             if name == "fd":
                 continue
             if name in seen:
-                raise ValueError(f"{path} and {seen[name]} both measured {name!r}: give each run its own --label")
+                raise InputValueError(f"{path} and {seen[name]} both measured {name!r}: give each run its own --label")
             seen[name] = path
         records += [r for r in mine if r["method"] != "fd" or i == 0]
     return records

@@ -30,7 +30,8 @@ from models.fasl import CheckpointMismatch, InferenceConfig, read_checkpoint
 from models.memory import PatchMemory
 from models.references import SavedReferences
 from models.thresholds import Thresholds
-from utils.cli import run_cli
+from data.meta import MetaError
+from utils.cli import InputError, InputFileNotFoundError, InputValueError, run_cli
 from utils.misc import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,8 +55,17 @@ def _raise(err):
 # ----------------------------------------------------------------------------- which errors get one line
 
 def test_own_input_errors_get_one_line_and_everything_else_its_traceback(capsys):
-    assert _exit(_raise(ValueError("bad\nvalue"))) == "prog.py: error: bad value (FASL_DEBUG=1 shows the traceback)"
+    assert _exit(_raise(InputValueError("bad\nvalue"))) == \
+        "prog.py: error: bad value (FASL_DEBUG=1 shows the traceback)"
+    assert _exit(_raise(InputFileNotFoundError("no x"))) == "prog.py: error: no x (FASL_DEBUG=1 shows the traceback)"
     assert "file not found: x.png" in _exit(_raise(ImageReadError("file not found: x.png")))
+    # the input-error types are still the built-in kinds, so ``except ValueError`` keeps catching them
+    assert issubclass(InputValueError, ValueError) and issubclass(InputFileNotFoundError, FileNotFoundError)
+    assert issubclass(CheckpointMismatch, InputError) and issubclass(MetaError, InputError)
+    # a plain ValueError / FileNotFoundError is not the user's, wherever it was raised (issue 28.4)
+    for err in (ValueError("bug"), FileNotFoundError("bug")):
+        with pytest.raises(type(err), match="bug"):
+            run_cli(_raise(err), "prog.py")
     if not torch.cuda.is_available():
         assert "CUDA is not available" in _exit(lambda: resolve_device("cuda"))
     # a RuntimeError of the project's own, a shape bug inside torch, a ValueError inside a library
@@ -65,6 +75,62 @@ def test_own_input_errors_get_one_line_and_everything_else_its_traceback(capsys)
         run_cli(lambda: torch.cat([torch.zeros(2, 3), torch.zeros(2, 4)], dim=0), "prog.py")
     with pytest.raises(ValueError, match="same shape"):
         run_cli(lambda: np.stack([np.zeros(2), np.zeros(3)]), "prog.py")
+
+
+def test_a_value_error_of_the_projects_own_tensor_code_keeps_its_traceback(syn_datasets, tmp_path, monkeypatch):
+    """Issue 28.4: a shape ValueError raised inside the project's own code is a bug, not an input
+    error: run_cli lets it through with its traceback, and the run's log holds the traceback too."""
+    from models.lfe import merge_windows, window_grid
+
+    grid = window_grid((4, 4), 2, 2)
+    with pytest.raises(ValueError, match=r"do not match 4 windows of 2") as caught:
+        run_cli(lambda: merge_windows(torch.zeros(1, 3, 1, 2, 2), grid), "prog.py")
+    assert caught.traceback[-1].path.name == "lfe.py"
+
+    def broken(*a, **k):
+        return merge_windows(torch.zeros(1, 3, 1, 2, 2), grid)
+
+    monkeypatch.setattr(test_few_shot, "score_unit", broken)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="do not match"):
+        run_cli(lambda: test_few_shot.main(["--data_path", str(syn_datasets["visa"]), "--save_path", str(out),
+                                            *FD_TEST]), "test_few_shot.py")
+    log = (out / "test.log").read_text()
+    assert "Traceback" in log and "in merge_windows" in log
+
+
+def test_input_errors_of_the_programs_stay_one_line(syn_datasets, mvtec_ckpt, tmp_path):
+    """What the user gave wrong, one program each: a missing --data_path, more references than a
+    class has good images, a checkpoint of another backbone, a --refs_file without the class, a
+    resume with other settings, a dataset folder without classes, an unknown device."""
+    from data import mvtec
+
+    visa = ["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "t")]
+    assert re.fullmatch(r"prog\.py: error: \S+meta\.json not found; .+ \(FASL_DEBUG=1 shows the traceback\)",
+                        _exit(lambda: test_few_shot.main(["--data_path", str(tmp_path / "none"), "--save_path",
+                                                          str(tmp_path / "t"), *FD_TEST])))
+    assert re.fullmatch(r"prog\.py: error: k=9 reference images requested for class '\w+', but .+ has only 3 normal "
+                        r"images \(FASL_DEBUG=1 shows the traceback\)",
+                        _exit(lambda: test_few_shot.main([*visa, *FD_TEST, "--k_shot", "9"])))
+    message = _exit(lambda: test_few_shot.main([*visa, "--mode", "fasl", "--checkpoint_path", str(mvtec_ckpt),
+                                                "--eval_size", "32", *TINY, "--features_list", "1", "2", "3"]))
+    assert message.startswith(f"prog.py: error: checkpoint {mvtec_ckpt} does not fit this backbone (")
+    assert f"blocks: checkpoint {mvtec_ckpt} has [1, 2, 3, 4], this model has [1, 2, 3]" in message
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"references": {}}))
+    assert _exit(lambda: test_few_shot.main([*visa, *FD_TEST, "--refs_file", str(refs)])).startswith(
+        f"prog.py: error: {refs} has no references for class(es) [")
+    (tmp_path / "run").mkdir()
+    shutil.copy(mvtec_ckpt, tmp_path / "run" / "epoch_1.pth")
+    assert _exit(lambda: train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path",
+                                     str(tmp_path / "run"), "--k_shot", "1", "--batch_size", "6", "--seed", "8",
+                                     *TINY, "--epoch", "2", "--resume"])).startswith(
+        "prog.py: error: --resume: ")
+    (tmp_path / "empty").mkdir()
+    assert _exit(lambda: mvtec.main(["--data_root", str(tmp_path / "empty")])).startswith(
+        f"prog.py: error: no class folders under {tmp_path / 'empty'}")
+    assert _exit(lambda: resolve_device("gpu")) == \
+        "prog.py: error: invalid device 'gpu': use 'cpu', 'cuda', 'cuda:N' or N (FASL_DEBUG=1 shows the traceback)"
 
 
 def test_out_of_memory_keeps_its_traceback_and_says_what_lowers_memory(capsys):
