@@ -56,7 +56,7 @@ from models.lot import LotScorer, choose_pool, content_key
 from models.postprocess import MapPost
 from models.references import SavedReferences
 from models.thresholds import Thresholds, reference_images
-from utils.cli import run_cli
+from utils.cli import InputFileNotFoundError, InputValueError, run_cli
 from utils.distributed import Dist, broadcast_from_main, gather_to_main, init_distributed, shard, shutdown
 from utils.misc import check_output_folder, fatal_errors_logged, get_logger, resolve_device, seed_everything, write_json
 from utils.report import write_report
@@ -310,7 +310,7 @@ def prepare_references(args, model: FASL, cfg: InferenceConfig, post: MapPost, l
                 raise ImageReadError(f"reference image unusable ({err}); every reference is needed") from err
             problem = image_problem((img.height, img.width), model)
             if problem is not None:
-                raise ValueError(f"reference image {path} unusable: {problem}")
+                raise InputValueError(f"reference image {path} unusable: {problem}")
             raw.append(image_to_unit_tensor(img, model.backbone.image_size))
         bb = model.backbone
         ref = reference_images(torch.stack(raw), bb.mean, bb.std, bb.patch_size, s.augment_refs, s.normal_sample)
@@ -595,13 +595,13 @@ def redecide(args, out: Path) -> int:
     try:
         doc = json.loads((old / "predictions.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"--redecide {old}: no readable predictions.json of a predict.py run ({err})") from None
+        raise InputFileNotFoundError(f"--redecide {old}: no readable predictions.json of a predict.py run ({err})") from None
     if doc.get("format") != PREDICTIONS_FORMAT:
-        raise ValueError(f"--redecide {old}: predictions.json is not of format {PREDICTIONS_FORMAT} (rerun predict.py)")
+        raise InputValueError(f"--redecide {old}: predictions.json is not of format {PREDICTIONS_FORMAT} (rerun predict.py)")
     scored = [r for r in doc["images"] if r["read_status"] == "scored"]
     missing = [r["map"] for r in scored if not (old / r["map"]).is_file()]
     if missing:
-        raise FileNotFoundError(f"--redecide {old}: {len(missing)} saved map(s) missing, e.g. {old / missing[0]}")
+        raise InputFileNotFoundError(f"--redecide {old}: {len(missing)} saved map(s) missing, e.g. {old / missing[0]}")
     run_log = RunLog("fasl.predict")
     log_path = out / "predict.log"
     log = run_log.log

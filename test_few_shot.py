@@ -43,7 +43,7 @@ from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import (add_advanced_scoring_args, add_backbone_args, add_inference_args, add_post_args,
                           add_retired_flag, check_model_flags, check_post_flags, map_post_from_args)
 from models.postprocess import MapPost
-from utils.cli import run_cli
+from utils.cli import InputValueError, run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
 from utils.metrics import CLASS_KEYS, class_metrics, format_table, transductive_scores, write_results
 from utils.misc import atomic_write_text, check_output_folder, fatal_errors_logged, start_run, write_json
@@ -81,8 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write image | ground truth | heat map | colour bar PNGs under vis/")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="each class's results are written as it finishes (classes/<class>.json in the run's folder); "
-                        "a rerun skips the classes done with the same settings and ends with the results.json an "
-                        "uninterrupted run writes (default: on; --no-resume computes every class again)")
+                        "a rerun skips the classes done with the same settings whose --save_maps / --save_vis "
+                        "files asked for are there, and ends with the results.json an uninterrupted run writes "
+                        "(default: on; --no-resume computes every class again)")
     p.add_argument("--check_args", action="store_true",
                    help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
     add_advanced_scoring_args(p)  # last in --help
@@ -110,6 +111,20 @@ def _file_stem(img_path: str) -> str:
     return Path(img_path).with_suffix("").as_posix().replace("/", "__")
 
 
+# what --save_maps and --save_vis write, by their name in a class's record
+OUTPUT_FLAGS = {"maps": "save_maps", "vis": "save_vis"}
+
+
+def output_files(out: Path, cls: str, paths: list[str], kind: str) -> list[Path]:
+    """The files ``save_outputs`` writes for ``kind`` ("maps" or "vis") of class ``cls`` whose test
+    images are ``paths``, in the run folder ``out``."""
+    if kind == "vis":
+        return [out / "vis" / cls / f"{_file_stem(p)}.png" for p in paths]
+    folder = out / "maps" / cls
+    return [*(folder / f"{_file_stem(p)}_{what}.npy" for p in paths for what in ("map", "mask")),
+            folder / "image_scores.npy", folder / "paths.txt"]
+
+
 class Runs:
     """The (k, seed) runs of an invocation, their references and where each is written."""
 
@@ -124,7 +139,8 @@ class Runs:
         return self.root / f"{k}shot" / f"seed{s}" if self.sweep else self.root
 
 
-# flags that choose what is run or written, not the numbers of a class (those are in its record)
+# flags that choose what is run or written, not the numbers of a class (those are in its record; the
+# outputs written, --save_maps / --save_vis, are in it too, and checked apart: see ClassRecords.done)
 _NOT_CLASS_SETTINGS = ("save_path", "check_args", "resume", "classes", "k_shot", "seeds", "seed", "sweep",
                        "refs_file", "save_maps", "save_vis", "batch_size", "device")
 
@@ -142,7 +158,8 @@ def file_digest(path) -> str | None:
 
 class ClassRecords:
     """Each class's metrics, written as the class finishes (``<run folder>/classes/<class>.json``)
-    with everything its numbers depend on, so a rerun can skip the classes already done."""
+    with everything its numbers depend on and the outputs written (``{"maps": bool, "vis": bool}``),
+    so a rerun can skip the classes already done."""
 
     def __init__(self, args, meta: dict, runs: Runs, model, cfg: InferenceConfig, device_type: str):
         common = {k: v for k, v in vars(args).items() if k not in _NOT_CLASS_SETTINGS}
@@ -150,6 +167,7 @@ class ClassRecords:
                       device_type=device_type, encoder_dtype=str(model.bank_dtype).replace("torch.", ""),
                       search_dtype=resolved_search_dtype(model, cfg))
         self.common, self.meta, self.runs = common, meta, runs
+        self.outputs = {kind: bool(getattr(args, flag)) for kind, flag in OUTPUT_FLAGS.items()}
 
     def path(self, key, cls: str) -> Path:
         return self.runs.folder(key) / "classes" / f"{cls.replace('/', '__')}.json"
@@ -162,10 +180,13 @@ class ClassRecords:
 
     def write(self, key, cls: str, metrics: dict) -> None:
         write_json(self.path(key, cls), {"settings": self.settings(key, cls), "metrics": metrics,
-                                         "order": list(metrics)})  # the JSON's keys are sorted
+                                         "order": list(metrics),  # the JSON's keys are sorted
+                                         "outputs": self.outputs})
 
     def done(self, key, cls: str) -> dict | None:
-        """The metrics of an earlier run of ``cls`` with the same settings, or None."""
+        """The metrics of an earlier run of ``cls`` with the same settings, or None; None too when an
+        output asked for now (--save_maps, --save_vis) was not written by that run (a record without
+        ``outputs`` wrote none) or one of its files is gone, so that the class is scored again."""
         path = self.path(key, cls)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -173,6 +194,12 @@ class ClassRecords:
             return None
         if not isinstance(doc, dict) or doc.get("settings") != self.settings(key, cls):
             return None
+        written = doc.get("outputs") if isinstance(doc.get("outputs"), dict) else {}
+        paths = [s["img_path"] for s in self.meta["test"][cls]]
+        for kind, wanted in self.outputs.items():
+            if wanted and not (written.get(kind) is True and
+                               all(f.is_file() for f in output_files(self.runs.folder(key), cls, paths, kind))):
+                return None
         metrics = doc.get("metrics") or {}
         return {k: metrics[k] for k in doc.get("order", metrics) if k in metrics} or None
 
@@ -233,18 +260,18 @@ def save_outputs(args, out: Path, cls, paths, maps, masks, scores) -> None:
     bar, every map of the class drawn on one colour scale (the class's 1st to 99.9th percentile of
     scores), so colours compare across its images and a map of small values is not all blue."""
     value_range = class_range(maps) if args.save_vis and len(maps) else (0.0, 1.0)
-    for path, score_map, mask, score in zip(paths, maps, masks, scores):
-        stem = _file_stem(path)
-        if args.save_maps:
-            (out / "maps" / cls).mkdir(parents=True, exist_ok=True)
-            np.save(out / "maps" / cls / f"{stem}_map.npy", score_map.astype(np.float32))
-            np.save(out / "maps" / cls / f"{stem}_mask.npy", mask.astype(np.uint8))
-        if args.save_vis:
-            image = resize_image(load_image(Path(args.data_path) / path), args.eval_size)
-            save_png(out / "vis" / cls / f"{stem}.png", triptych(image, mask, score_map, value_range))
     if args.save_maps:
-        np.save(out / "maps" / cls / "image_scores.npy", scores.astype(np.float32))
-        (out / "maps" / cls / "paths.txt").write_text("\n".join(paths) + "\n")
+        files = output_files(out, cls, paths, "maps")  # map and mask per image, then scores and paths
+        files[0].parent.mkdir(parents=True, exist_ok=True)
+        for i, (score_map, mask) in enumerate(zip(maps, masks)):
+            np.save(files[2 * i], score_map.astype(np.float32))
+            np.save(files[2 * i + 1], mask.astype(np.uint8))
+        np.save(files[-2], scores.astype(np.float32))
+        files[-1].write_text("\n".join(paths) + "\n")
+    if args.save_vis:
+        for path, file, score_map, mask in zip(paths, output_files(out, cls, paths, "vis"), maps, masks):
+            image = resize_image(load_image(Path(args.data_path) / path), args.eval_size)
+            save_png(file, triptych(image, mask, score_map, value_range))
 
 
 def write_sweep(root: Path, results: dict, runs: Runs, classes: list[str]) -> dict:
@@ -316,7 +343,7 @@ def _evaluate(args, cfg: InferenceConfig, run) -> dict:
     classes = select_classes(meta, "test", args.classes)
     empty = [c for c in classes if not meta["test"][c]]
     if empty:
-        raise ValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
+        raise InputValueError(f"class(es) {empty} have no test images in {args.data_path}/meta.json")
     runs = Runs(args, meta, classes)
     # every image, mask and reference the run reads, before the model is built
     check_files(args.data_path, [*split_files(meta, "test", classes),
@@ -336,8 +363,9 @@ def _evaluate(args, cfg: InferenceConfig, run) -> dict:
     done = broadcast_from_main(sorted({c for per in results.values() for c in per}), d)
     todo = [c for c in classes if c not in done]
     if done:
-        log.info("%d class(es) already done with these settings, their results reused (%s; --no-resume computes "
-                 "them again): %s", len(done), "classes/<class>.json", ", ".join(c for c in classes if c in done))
+        log.info("%d class(es) already done with these settings and outputs, their results reused (%s; "
+                 "--no-resume computes them again): %s", len(done), "classes/<class>.json",
+                 ", ".join(c for c in classes if c in done))
     if d.is_main:
         for key in runs.keys:
             save_kshot(runs.folder(key) / "references.json", runs.refs[key],

@@ -45,7 +45,7 @@ from models.checkpoint import read_checkpoint
 from models.fasl import upsample
 from models.flags import add_align_arg, add_backbone_args, add_hidden_alias, add_retired_flag, check_model_flags
 from utils.losses import dice_loss, focal_loss
-from utils.cli import run_cli
+from utils.cli import InputValueError, run_cli
 from utils.distributed import Dist, barrier, broadcast_from_main, reduce_sum, shutdown
 from utils.misc import atomic_torch_save, check_output_folder, fatal_errors_logged, start_run, write_json
 
@@ -213,10 +213,10 @@ def _folder_references(args, paths: list[str]) -> list[str]:
     if args.refs_file:
         refs = load_kshot(args.refs_file).get(args.class_name)
         if refs is None:
-            raise ValueError(f"{args.refs_file} has no references for class {args.class_name!r}")
+            raise InputValueError(f"{args.refs_file} has no references for class {args.class_name!r}")
         unknown = [r for r in refs if r not in set(paths)]
         if unknown:
-            raise ValueError(f"{args.refs_file}: reference {unknown[0]!r} is not one of the --train_images")
+            raise InputValueError(f"{args.refs_file}: reference {unknown[0]!r} is not one of the --train_images")
         return refs
     return draw_references(paths, args.class_name, args.k_shot, args.seed, at_most=True, where="--train_images")
 
@@ -261,12 +261,18 @@ def build_training_set(args, data: TrainingData, mean, std):
     return SynthesizedAnomalyDataset.from_meta(data.root, data.meta, data.classes, exclude=data.refs, **common)
 
 
-def run_settings(args) -> dict:
-    """What a resumed run must share with the checkpoint it continues (plain values only)."""
+def run_settings(args, encoder_dtype: torch.dtype) -> dict:
+    """What a resumed run must share with the checkpoint it continues (plain values only).
+    ``encoder_dtype``: the dtype ``--precision`` resolved to on this device (the heads were trained
+    on features of that dtype; ``auto`` and ``fp32`` on a CPU without AMX are the same float32)."""
     keys = ("seed", "dataset", "anomaly_source", "k_shot", "align", "learning_rate", "batch_size",
             "aug_rate", "crop_rate", "crop_small_rate", "nam", "dice_smooth", "class_batches", "balance_classes",
             "clean_rate", "synth_kinds", "refs_file", "classes", "train_images")
-    return {k: getattr(args, k) for k in keys}
+    return {**{k: getattr(args, k) for k in keys}, "encoder_dtype": str(encoder_dtype).replace("torch.", "")}
+
+
+# the --precision value that runs the encoder in a dtype, by the dtype's name in run_settings
+PRECISION_OF_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
@@ -345,14 +351,19 @@ def _train(args, run) -> Path:
         else:
             state = broadcast_from_main(read_checkpoint(found[1]) if d.is_main else None, d)
             model.apply_checkpoint(state, found[1])
-            stored = state.get("run", {})
-            diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {v!r}" for k, v in run_settings(args).items()
+            stored, settings = state.get("run", {}), run_settings(args, model.bank_dtype)
+            if "encoder_dtype" not in stored:  # written before the dtype was recorded: nothing to compare
+                log.warning("--resume: %s records no encoder dtype: resumed at %s (--precision %s)", found[1],
+                            settings.pop("encoder_dtype"), args.precision)
+            dtype = stored.get("encoder_dtype")
+            how = {"encoder_dtype": f" (--precision {PRECISION_OF_DTYPE.get(dtype, '?')} runs the encoder in {dtype})"}
+            diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {v!r}{how.get(k, '')}" for k, v in settings.items()
                      if stored.get(k) != v]
             if state["config"].get("image_size") != args.image_size:  # the heads saw features at that size
                 diffs.append(f"image_size: checkpoint {state['config'].get('image_size')!r}, now {args.image_size!r}")
             if diffs:
-                raise ValueError(f"--resume: {found[1]} belongs to a run with other settings ({'; '.join(diffs)}); "
-                                 f"use another --save_path or the same settings")
+                raise InputValueError(f"--resume: {found[1]} belongs to a run with other settings "
+                                      f"({'; '.join(diffs)}); use another --save_path or the same settings")
             resumed, resumed_path = state, found[1]
 
     banks = {}
@@ -410,7 +421,8 @@ def _train(args, run) -> Path:
         path = save_path / f"epoch_{epoch + 1}.pth"
         if d.is_main:
             atomic_torch_save(model.checkpoint_state(optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                                                     seed=args.seed, dataset=args.dataset, run=run_settings(args),
+                                                     seed=args.seed, dataset=args.dataset,
+                                                     run=run_settings(args, model.bank_dtype),
                                                      **source_info), path)
         log.info("%sepoch %d/%d  loss %.4f  %.1fs  -> %s", d.tag, epoch + 1, args.epoch, total / max(steps, 1),
                  time.time() - t0, path)

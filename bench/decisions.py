@@ -70,6 +70,7 @@ from models.flags import (add_backbone_args, add_decision_args, add_inference_ar
 from models.lot import LotScorer, choose_pool, content_key  # noqa: E402
 from models.postprocess import MapPost  # noqa: E402
 from models.thresholds import reference_images  # noqa: E402
+from utils.cli import InputFileNotFoundError, InputValueError  # noqa: E402
 from utils.metrics import image_metrics, label_regions, pixel_metrics  # noqa: E402
 from utils.misc import normalize_tensor, resolve_device, seed_everything, write_json  # noqa: E402
 
@@ -204,7 +205,7 @@ def load_class(root: Path, meta: dict, cls: str, image_size: int) -> ClassImages
         img = load_image(path)
         mask = load_mask(root / s["mask_path"] if s["mask_path"] else "", (img.height, img.width), path)
         if s["anomaly"] and not mask.any():
-            raise ValueError(f"{path} is labelled defective but its mask {s['mask_path'] or '(none)'} is empty")
+            raise InputValueError(f"{path} is labelled defective but its mask {s['mask_path'] or '(none)'} is empty")
         paths.append(path)
         keys.append(content_key(path.read_bytes()))
         raw.append(image_to_unit_tensor(img, image_size))
@@ -215,7 +216,7 @@ def load_class(root: Path, meta: dict, cls: str, image_size: int) -> ClassImages
         train.append(s["train"])
     labels = np.asarray(labels)
     if not (labels == 1).any():
-        raise ValueError(f"class {cls!r} has no defective test image")
+        raise InputValueError(f"class {cls!r} has no defective test image")
     return ClassImages(paths, keys, torch.stack(raw), sizes, masks, labels, kinds, np.asarray(train))
 
 
@@ -296,21 +297,21 @@ def parse_variant(spec: str, common: str, map_size: int) -> Variant:
     name, _, flags = spec.partition(":")
     name = name.strip()
     if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"--variant {spec!r}: give 'NAME: flags' with a plain NAME (letters, digits, - _)")
+        raise InputValueError(f"--variant {spec!r}: give 'NAME: flags' with a plain NAME (letters, digits, - _)")
     argv = shlex.split(common) + shlex.split(flags)
     try:
         args = variant_parser().parse_args(argv)
     except SystemExit as err:  # argparse has printed why
-        raise ValueError(f"--variant {name}: the flags {shlex.join(argv)} are refused") from err
+        raise InputValueError(f"--variant {name}: the flags {shlex.join(argv)} are refused") from err
     if args.mode != "fd":
-        raise ValueError(f"--variant {name}: the benchmark scores --mode fd (no trained heads)")
+        raise InputValueError(f"--variant {name}: the benchmark scores --mode fd (no trained heads)")
     try:
         if args.known_defects < 0:
             raise ValueError(f"--known_defects must be >= 0, got {args.known_defects}")
         return Variant(name, InferenceConfig.from_args(args, out_size=map_size), map_post_from_args(args),
                        decision_settings_from_args(args), flags.strip(), args.known_defects)
     except ValueError as err:
-        raise ValueError(f"--variant {name}: {err}") from None
+        raise InputValueError(f"--variant {name}: {err}") from None
 
 
 def scoring_key(v: Variant, refs: list[int], lot: list[int]) -> tuple:
@@ -562,25 +563,25 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     root = Path(args.data_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"--data_root {root} is not a folder")
+        raise InputFileNotFoundError(f"--data_root {root} is not a folder")
     meta = read_meta(root)
     classes = args.classes or sorted(meta["test"])
     unknown = [c for c in classes if c not in meta["test"] or c not in meta["train"]]
     if unknown:
-        raise ValueError(f"classes {unknown} not in {root} (it has {sorted(meta['test'])})")
+        raise InputValueError(f"classes {unknown} not in {root} (it has {sorted(meta['test'])})")
     for c in classes:  # k larger than the references there are: say so before any work
         n = sum(1 for s in meta["train"][c] if s["anomaly"] == 0)
         if max(args.k_shot) > n:
-            raise ValueError(f"class {c!r} has {n} good training images, fewer than k = {max(args.k_shot)}")
+            raise InputValueError(f"class {c!r} has {n} good training images, fewer than k = {max(args.k_shot)}")
     map_size = args.image_size
     variants = [parse_variant(v, args.common, map_size) for v in (args.variant or ["default:"])]
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
-        raise ValueError(f"--variant names repeat: {names}")
+        raise InputValueError(f"--variant names repeat: {names}")
     encodings = {(v.cfg.winmode, v.cfg.align != "exhaustive") for v in variants}
     if len(encodings) > 1:
-        raise ValueError("--variant settings must share --winmode and the alignment's need for embeddings "
-                         "(the class is encoded once)")
+        raise InputValueError("--variant settings must share --winmode and the alignment's need for embeddings "
+                              "(the class is encoded once)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)

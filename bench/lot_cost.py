@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 from data.images import list_images  # noqa: E402
 from models.hardware import cpu_summary  # noqa: E402
+from utils.cli import InputValueError  # noqa: E402
 from utils.misc import write_json  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     images = list_images(args.images, "--images")
     if len(images) < args.n:
-        raise ValueError(f"--images selects {len(images)} image(s), fewer than --n {args.n}")
+        raise InputValueError(f"--images selects {len(images)} image(s), fewer than --n {args.n}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     listing = out / "lot.txt"

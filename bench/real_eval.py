@@ -58,6 +58,7 @@ from models.asl import HeadLayout  # noqa: E402
 from models.backbone import PRECISIONS  # noqa: E402
 from models.backbone import BackboneOutput  # noqa: E402
 from models.fasl import FASL, Encoded, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
+from utils.cli import InputValueError  # noqa: E402
 from utils.metrics import class_metrics, transductive_scores  # noqa: E402
 from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
 
@@ -122,9 +123,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "seed, the epoch whose heads score best (mean of pixel AUROC and AUPRO) on the real defects of "
                         "the *other* classes, which synthetic-defect training never sees (synthetic sources only)")
     p.add_argument("--merge_weights", type=float, nargs="+", default=[], metavar="W",
-                   help="also score w * heads + FD for each w (w = 1: merged; the image score is summed the same "
-                        "way) and add '<merged name> weighted', the w chosen per test class on the other classes; "
-                        "needs the NAM-less or NAM head mode of the same merge in --learned_modes (default: none)")
+                   help="also score w * heads + L * FD for each w, L the number of blocks, from the two methods' "
+                        "maps and image scores (at w = 1 the map is merged's; the image score is w * the heads' + "
+                        "L * FD's, each the mean over blocks of the block's maximum: not merged's image score, the "
+                        "maximum of the summed block maps, lower where the two peak on different patches) and add "
+                        "'<merged name> weighted', the w chosen per test class on the other classes; needs the "
+                        "NAM-less or NAM head mode of the same merge in --learned_modes (default: none)")
     p.add_argument("--label", default="",
                    help="a name for this run's training recipe, added to every learned method's name "
                         "(e.g. 'merged [masks, residual]'), so runs of several recipes can be --combine'd")
@@ -271,7 +275,7 @@ def evaluate(args) -> list[dict]:
     meta = load_meta(args.data_root)
     classes = sorted(meta["test"])
     if len(classes) < 2:
-        raise ValueError(f"{args.data_root}: heads trained without the test class need two classes or more")
+        raise InputValueError(f"{args.data_root}: heads trained without the test class need two classes or more")
     torch.manual_seed(0)
     base = build_fasl(args.model, args.weights, args.features_list, args.image_size, device,
                       precision=args.precision).eval()
@@ -281,7 +285,7 @@ def evaluate(args) -> list[dict]:
     all_methods = methods(args)
     unknown = sorted(set(args.test_classes or []) - set(classes))
     if unknown:
-        raise ValueError(f"--test_classes {unknown} are not classes of {args.data_root} ({classes})")
+        raise InputValueError(f"--test_classes {unknown} are not classes of {args.data_root} ({classes})")
     for cls in [c for c in classes if c in (args.test_classes or classes)]:
         ckpts = {(s, nam, seed): trained_heads(args, meta, cls, s, nam or args.nam_runs == "shared", seed)
                  for s, nam, seed in product(args.sources, (False, True), args.train_seeds)}
@@ -342,9 +346,13 @@ def epoch_records(records: list[dict]) -> list[dict]:
 
 def weighted_merges(args, data, run: dict, name: str, train_seed: int, heads: Prediction, fd: Prediction,
                     blocks: int) -> list[dict]:
-    """Records of ``w * heads + blocks * FD`` for each --merge_weights w (w = 1 is ``merged``): the
-    map and the image score each summed so. The weight chosen on the other classes is the method
-    '<merged name> weighted'."""
+    """Records of ``w * heads + blocks * FD`` for each --merge_weights w, summed from the two
+    Predictions: the map (at w = 1 ``merged``'s map) and the image score, ``w * heads.image_score +
+    blocks * fd.image_score``, the sum of each one's mean over blocks of the block's maximum. At
+    w = 1 that is not merged's image score (the mean over blocks of the maximum of
+    ``ASL_l + blocks * FD_l``): it is at least that, higher where the two peak on different
+    patches, so image metrics of ``w=1`` and ``merged`` can differ. The weight chosen on the other
+    classes is the method '<merged name> weighted'."""
     merged = name.replace("asl", "merged", 1)
     out = []
     for w in args.merge_weights:
@@ -368,7 +376,7 @@ def chosen_on_other_classes(records: list[dict]) -> list[dict]:
         mine = [r for r in candidates if (r["winmode"], r["choice_of"], r["train_seed"]) == (winmode, name, train_seed)]
         classes = sorted({r["class"] for r in mine})
         if len(classes) < 2:
-            raise ValueError(f"{name}: a choice made on the other classes needs two test classes or more")
+            raise InputValueError(f"{name}: a choice made on the other classes needs two test classes or more")
         values = sorted({r["choice"] for r in mine})
 
         def score(value, cls, rows=mine):
@@ -609,7 +617,7 @@ def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: 
     names = methods_shown or list(panels[0][1])
     unknown = [n for n in names if n not in panels[0][1]]
     if unknown:
-        raise ValueError(f"--picture_methods: {unknown} were not measured (measured: {list(panels[0][1])})")
+        raise InputValueError(f"--picture_methods: {unknown} were not measured (measured: {list(panels[0][1])})")
     groups = [g for g in next(iter(panels[0][1].values()))] if names else []
     W, H, left, right, top, panel_h = 1500, 0, 70, 300, 40, 380
     H = top + len(panels) * (panel_h + 50) + 10
@@ -687,7 +695,7 @@ def combined_records(paths: list[str]) -> list[dict]:
             if name == "fd":
                 continue
             if name in seen:
-                raise ValueError(f"{path} and {seen[name]} both measured {name!r}: give each run its own --label")
+                raise InputValueError(f"{path} and {seen[name]} both measured {name!r}: give each run its own --label")
             seen[name] = path
         records += [r for r in mine if r["method"] != "fd" or i == 0]
     return records

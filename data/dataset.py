@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from data.augment import defect_crop_box, quadrant_sizes, tile_2x2
 from data.images import load_image, load_mask, mask_to_tensor, normalize, resize_image, resize_mask
 from data.meta import SPLITS, load_meta
+from utils.cli import InputValueError
 
 
 class Sample(NamedTuple):
@@ -37,7 +38,7 @@ def select_classes(meta: dict, split: str, classes: str | Sequence[str] | None) 
     wanted = [classes] if isinstance(classes, str) else list(classes)
     unknown = [c for c in wanted if c not in meta[split]]
     if unknown:
-        raise ValueError(f"class(es) {unknown} not in the {split} split; available: {available}")
+        raise InputValueError(f"class(es) {unknown} not in the {split} split; available: {available}")
     return wanted
 
 

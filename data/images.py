@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.cli import InputError
+from utils.cli import InputError, InputFileNotFoundError
 from utils.misc import normalize_tensor  # noqa: F401  (data.images.normalize_tensor stays importable)
 
 # CLIP's own normalisation (open_clip OPENAI_DATASET_MEAN / STD).
@@ -270,14 +270,14 @@ def list_images(specs: str | Sequence[str], flag: str = "--images") -> list[Path
             files = [path.parent / ln for ln in lines if ln and not ln.startswith("#")]
             missing = [str(p) for p in files if not p.is_file()]
             if missing:
-                raise FileNotFoundError(f"{flag}: {spec} lists {len(missing)} missing file(s), e.g. {missing[0]}")
+                raise InputFileNotFoundError(f"{flag}: {spec} lists {len(missing)} missing file(s), e.g. {missing[0]}")
             what = f"list {spec}"
         elif path.is_file():
             files, what = [path], None
         else:
-            raise FileNotFoundError(f"{flag}: {spec} is no file, folder or pattern")
+            raise InputFileNotFoundError(f"{flag}: {spec} is no file, folder or pattern")
         if not files:
-            raise FileNotFoundError(f"{flag}: {what} selects no image (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+            raise InputFileNotFoundError(f"{flag}: {what} selects no image (extensions: {', '.join(IMAGE_EXTENSIONS)})")
         found += files
     unique, seen = [], set()
     for p in found:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from data.images import image_to_tensor, load_image
+from utils.cli import InputFileNotFoundError, InputValueError
 
 
 def stable_hash(text: str) -> int:
@@ -24,8 +25,8 @@ def stable_hash(text: str) -> int:
 def normal_train_images(meta: dict, cls_name: str) -> list[str]:
     """Sorted relative paths of the normal images of ``cls_name`` in the train split."""
     if cls_name not in meta["train"]:
-        raise ValueError(f"class {cls_name!r} not in the train split; available: "
-                         f"{sorted(meta['train'])}")
+        raise InputValueError(f"class {cls_name!r} not in the train split; available: "
+                              f"{sorted(meta['train'])}")
     return sorted(s["img_path"] for s in meta["train"][cls_name] if s["anomaly"] == 0)
 
 
@@ -44,8 +45,8 @@ def draw_references(pool: Sequence[str], cls_name: str, k: int, seed: int, at_mo
     if at_most:
         k = min(k, len(pool))
     if k > len(pool) or not pool:
-        raise ValueError(f"k={k} reference images requested for class {cls_name!r}, but {where} has only "
-                         f"{len(pool)} normal images")
+        raise InputValueError(f"k={k} reference images requested for class {cls_name!r}, but {where} has only "
+                              f"{len(pool)} normal images")
     rng = np.random.default_rng([int(seed), stable_hash(cls_name)])
     idx = rng.choice(len(pool), size=k, replace=False)
     return [pool[j] for j in idx]
@@ -79,23 +80,23 @@ def load_kshot(path: str | Path, meta: dict | None = None) -> dict[str, list[str
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"k-shot file not found: {path}")
+        raise InputFileNotFoundError(f"k-shot file not found: {path}")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         refs = doc["references"]
         ok = isinstance(refs, dict) and all(
             isinstance(v, list) and all(isinstance(p, str) for p in v) for v in refs.values())
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a k-shot file ({err!r})") from err
+        raise InputValueError(f"{path} is not a k-shot file ({err!r})") from err
     if not ok:
-        raise ValueError(f"{path}: 'references' must map class names to lists of paths")
+        raise InputValueError(f"{path}: 'references' must map class names to lists of paths")
     if meta is not None:
         for cls, paths in refs.items():
             allowed = set(normal_train_images(meta, cls))
             for p in paths:
                 if p not in allowed:
-                    raise ValueError(f"{path}: reference {p!r} of class {cls!r} is not a "
-                                     f"normal train image of that class in meta.json")
+                    raise InputValueError(f"{path}: reference {p!r} of class {cls!r} is not a "
+                                          f"normal train image of that class in meta.json")
     return {c: list(v) for c, v in refs.items()}
 
 
@@ -109,7 +110,7 @@ def choose_references(meta: dict, classes: Sequence[str], k: int, seed: int,
     refs = load_kshot(refs_file, meta)
     missing = [c for c in classes if c not in refs]
     if missing:
-        raise ValueError(f"{refs_file} has no references for class(es) {missing}")
+        raise InputValueError(f"{refs_file} has no references for class(es) {missing}")
     return {c: refs[c] for c in classes}
 
 

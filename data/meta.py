@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from utils.cli import InputFileNotFoundError, InputValueError
+
 META_NAME = "meta.json"
 SPLITS = ("train", "test")
 SAMPLE_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
@@ -27,7 +29,7 @@ BUILD_HINT = ("build it with `python data/mvtec.py --data_root {root}` (MVTec AD
               "`python data/visa.py --data_root {root}` (VisA layout)")
 
 
-class MetaError(ValueError):
+class MetaError(InputValueError):
     """meta.json exists but does not follow the schema; the message names the bad key/sample."""
 
 
@@ -74,7 +76,7 @@ def load_meta(root: str | Path) -> dict:
     root = Path(root)
     path = root / META_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; " + BUILD_HINT.format(root=root))
+        raise InputFileNotFoundError(f"{path} not found; " + BUILD_HINT.format(root=root))
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -143,8 +145,8 @@ def check_files(root: str | Path, paths, what: str = "meta.json", show: int = 5)
     missing = missing_files(root, paths)
     if missing:
         more = f" and {len(missing) - show} more" if len(missing) > show else ""
-        raise FileNotFoundError(f"{len(missing)} file(s) listed in {what} are missing under {root}: "
-                                f"{', '.join(missing[:show])}{more}")
+        raise InputFileNotFoundError(f"{len(missing)} file(s) listed in {what} are missing under {root}: "
+                                     f"{', '.join(missing[:show])}{more}")
 
 
 def split_files(meta: dict, split: str, classes, with_masks: bool = True) -> list[str]:

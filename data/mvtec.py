@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `import data` resolve to 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.meta import IMAGE_EXTENSIONS, is_image_file, make_sample, write_meta_and_report  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import InputFileNotFoundError, InputValueError, run_cli  # noqa: E402
 
 NORMAL = "good"
 
@@ -34,12 +34,12 @@ def discover_classes(root: str | Path) -> list[str]:
     """Sorted names of the folders under ``root`` that hold ``train/good`` and ``test/``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
+        raise InputFileNotFoundError(f"dataset root not found or not a directory: {root}")
     classes = sorted(d.name for d in root.iterdir()
                      if (d / "train" / NORMAL).is_dir() and (d / "test").is_dir())
     if not classes:
-        raise FileNotFoundError(f"no class folders under {root}: a class is a folder holding "
-                                f"'train/{NORMAL}/' and 'test/' (MVTec AD layout)")
+        raise InputFileNotFoundError(f"no class folders under {root}: a class is a folder holding "
+                                     f"'train/{NORMAL}/' and 'test/' (MVTec AD layout)")
     return classes
 
 
@@ -59,8 +59,8 @@ def find_mask(root: Path, cls: str, defect: str, image: Path) -> Path:
             for cand in (gt / f"{name}{ext}", gt / f"{name}{ext.upper()}"):
                 if cand.is_file():
                     return cand
-    raise FileNotFoundError(f"no mask for defect image {image}: expected "
-                            f"{gt / (image.stem + '_mask.png')}")
+    raise InputFileNotFoundError(f"no mask for defect image {image}: expected "
+                                 f"{gt / (image.stem + '_mask.png')}")
 
 
 def build_mvtec_meta(root: str | Path) -> dict:
@@ -77,7 +77,7 @@ def build_mvtec_meta(root: str | Path) -> dict:
         train_dir = root / cls / "train" / NORMAL
         train = [make_sample(rel(p), "", cls, NORMAL, 0) for p in _images(train_dir)]
         if not train:
-            raise ValueError(f"class {cls!r} has no training images in {train_dir}")
+            raise InputValueError(f"class {cls!r} has no training images in {train_dir}")
         test = []
         test_dir = root / cls / "test"
         for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
@@ -89,7 +89,7 @@ def build_mvtec_meta(root: str | Path) -> dict:
                     mask = find_mask(root, cls, defect, img)
                     test.append(make_sample(rel(img), rel(mask), cls, defect, 1))
         if not test:
-            raise ValueError(f"class {cls!r} has no test images in {test_dir}")
+            raise InputValueError(f"class {cls!r} has no test images in {test_dir}")
         meta["train"][cls] = train
         meta["test"][cls] = test
     return meta

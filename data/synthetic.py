@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: make `import data` resolve to 
 from data.meta import write_meta  # noqa: E402
 from data.mvtec import build_mvtec_meta  # noqa: E402
 from data.visa import build_visa_meta  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import InputFileExistsError, InputValueError, run_cli  # noqa: E402
 
 LAYOUTS = ("mvtec", "visa")
 DEFAULT_SIZE = {"mvtec": (256, 256), "visa": (320, 240)}  # (width, height)
@@ -446,16 +446,16 @@ def generate(out: str | Path, layout: str = "mvtec", seed: int = 0, classes: int
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     specs = CLASSES[layout]
     if not 1 <= classes <= len(specs):
-        raise ValueError(f"classes must be in 1..{len(specs)} for layout {layout!r}, got {classes}")
+        raise InputValueError(f"classes must be in 1..{len(specs)} for layout {layout!r}, got {classes}")
     if n_train < 1 or n_test < 3:
-        raise ValueError(f"need n_train >= 1 and n_test >= 3 (one normal + two defect kinds), "
-                         f"got n_train={n_train}, n_test={n_test}")
+        raise InputValueError(f"need n_train >= 1 and n_test >= 3 (one normal + two defect kinds), "
+                              f"got n_train={n_train}, n_test={n_test}")
     w, h = (size, size) if isinstance(size, int) else (size or DEFAULT_SIZE[layout])
     if min(w, h) < 64:
-        raise ValueError(f"size must be at least 64×64, got {w}×{h}")
+        raise InputValueError(f"size must be at least 64×64, got {w}×{h}")
     out = Path(out)
     if (out / "meta.json").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'meta.json'} exists; pass overwrite=True to replace it")
+        raise InputFileExistsError(f"{out / 'meta.json'} exists; pass overwrite=True to replace it")
     for stale in [s.name for s in specs] + ["split_csv", "meta.json"]:
         p = out / stale
         if p.is_dir():

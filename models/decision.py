@@ -37,6 +37,7 @@ from models.lot import LotScoring
 from models.memory import MemoryBank
 from models.postprocess import MapPost
 from models.thresholds import ReferenceImages, Thresholds, score_references
+from utils.cli import InputValueError
 from utils.regions import Region, Regions, resize_map
 
 VERDICTS = ("ok", "review", "defect")
@@ -114,8 +115,8 @@ class DecisionSettings:
         """Whether a lot of ``n`` images is scored and thresholded as a lot (``on`` refuses a lot
         smaller than ``min_lot``)."""
         if self.lot == "on" and n < self.min_lot:
-            raise ValueError(f"--lot on needs at least {self.min_lot} images (the smallest lot whose statistics were "
-                             f"measured to hold), got {n}; use --lot auto or off")
+            raise InputValueError(f"--lot on needs at least {self.min_lot} images (the smallest lot whose statistics were "
+                                  f"measured to hold), got {n}; use --lot auto or off")
         return self.lot == "on" or (self.lot == "auto" and n >= self.min_lot)
 
     def to_dict(self) -> dict:

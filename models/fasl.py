@@ -25,6 +25,7 @@ from models.fd import fd_scores
 from models.hardware import cpu_has_amx
 from models.lfe import WindowGrid, merge_windows, split_windows, window_grid
 from models.memory import ALIGN_MODES, DEFAULT_MAX_BYTES, Alignment, MemoryBank
+from utils.cli import InputValueError
 
 WINMODES = ("nan", "mul", "onlywin")
 SCORE_MODES = ("fasl", "fd", "merged")
@@ -120,11 +121,15 @@ class InferenceConfig:
 
     @classmethod
     def from_args(cls, args, out_size: int) -> "InferenceConfig":
-        """From the flags of models/flags.py ``add_inference_args`` (shared by every program)."""
-        return cls(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
-                   win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
-                   win_radius=args.win_radius, win_topk=args.win_topk, search_precision=args.search_precision,
-                   window_batch=args.window_batch, out_size=out_size)
+        """From the flags of models/flags.py ``add_inference_args`` (shared by every program): a
+        value refused is the user's, an :class:`InputValueError` (built in code, a ValueError)."""
+        try:
+            return cls(mode=args.mode, use_nam=args.nam, winmode=args.winmode, win_size=args.win_size,
+                       win_stride=args.win_stride, win_weight=args.win_weight, align=args.align,
+                       win_radius=args.win_radius, win_topk=args.win_topk, search_precision=args.search_precision,
+                       window_batch=args.window_batch, out_size=out_size)
+        except ValueError as err:
+            raise InputValueError(str(err)) from err
 
     @property
     def uses_windows(self) -> bool:
@@ -367,8 +372,8 @@ class FASL(nn.Module):
         """Around every scoring call: refuse NAM on heads trained without it, and run the heads
         in eval mode (BatchNorm running statistics), restoring their train/eval mode after."""
         if cfg.uses_heads and cfg.use_nam and not self.nam_trained:
-            raise ValueError("these heads were trained without NAM (train.py --no-nam): score them with --no-nam "
-                             "(useNAM 0)")
+            raise InputValueError("these heads were trained without NAM (train.py --no-nam): score them with --no-nam "
+                                  "(useNAM 0)")
         was_training = self.heads.training
         self.heads.eval()
         try:

@@ -37,7 +37,7 @@ from typing import Mapping
 
 import torch
 
-from utils.cli import InputError
+from utils.cli import InputError, InputValueError
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_co
 _TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
 
 
-class WeightsConversionError(ValueError):
+class WeightsConversionError(InputValueError):
     """A state dict that cannot be renamed into the timm model: the message names the keys."""
 
 

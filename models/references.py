@@ -23,6 +23,7 @@ from models.fasl import FASL, InferenceConfig, resolved_search_dtype
 from models.memory import MemoryBank
 from models.postprocess import MapPost
 from models.thresholds import Thresholds
+from utils.cli import InputFileNotFoundError, InputValueError
 from utils.misc import atomic_torch_save
 
 REFS_FORMAT = "fasl-refs-v2"
@@ -76,9 +77,9 @@ def check_precision(state: dict, source: str, model: FASL, cfg: InferenceConfig,
         return
     encoded = [f"{k}: file {stored.get(k)}, now {now[k]}" for k in ("encoder", "bank") if stored.get(k) != now[k]]
     if encoded and check_scoring:
-        raise ValueError(f"{source} was encoded under other dtypes ({'; '.join(encoded)}: another --precision or "
-                         f"device), so its thresholds do not fit this run's scores; use the same --precision and "
-                         f"device, rebuild it with --refs, or give both --image_threshold and --pixel_threshold")
+        raise InputValueError(f"{source} was encoded under other dtypes ({'; '.join(encoded)}: another --precision or "
+                              f"device), so its thresholds do not fit this run's scores; use the same --precision and "
+                              f"device, rebuild it with --refs, or give both --image_threshold and --pixel_threshold")
     searched = [f"{k}: file {stored.get(k)}, now {now[k]}" for k in ("search", "window_search")
                 if stored.get(k) is not None and now[k] is not None and stored.get(k) != now[k]]
     if encoded or searched:
@@ -141,13 +142,14 @@ class SavedReferences:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"references file not found: {path}")
+            raise InputFileNotFoundError(f"references file not found: {path}")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors of every kind: the file is not ours or is damaged
-            raise ValueError(f"cannot read {path} as a FASL references file: {unreadable_file_reason(err)}") from None
+            raise InputValueError(f"cannot read {path} as a FASL references file: "
+                                  f"{unreadable_file_reason(err)}") from None
         if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
-            raise ValueError(f"{path} is not a FASL references file (format {REFS_FORMAT})")
+            raise InputValueError(f"{path} is not a FASL references file (format {REFS_FORMAT})")
         check_fit(state, path, model, cfg, fpr, check_scoring, post, margin)
 
         windows = model.windows_for(cfg)
@@ -158,8 +160,8 @@ class SavedReferences:
         if windows is not None:
             wt = _blocks(state["window_tokens"])
             if wt[0].shape[0] != bank.k * windows.num_windows:
-                raise ValueError(f"references file {path}: window memory has {wt[0].shape[0]} entries, "
-                                 f"expected {bank.k} x {windows.num_windows}")
+                raise InputValueError(f"references file {path}: window memory has {wt[0].shape[0]} entries, "
+                                      f"expected {bank.k} x {windows.num_windows}")
             bank.window_memory.fill([t.to(dev) for t in wt], state["window_embedding"].to(dev), dtype=dtype)
         thresholds = Thresholds.from_dict(state["thresholds"]).from_file(path)
         return cls(bank=bank, thresholds=thresholds, refs=list(state["refs"]))
@@ -174,8 +176,8 @@ def check_fit(state: dict, path: Path, model: FASL, cfg: InferenceConfig, fpr: f
         have = "no windows (--winmode nan)" if state["window"] is None else \
             f"windows of size {state['window']['size']}, stride {state['window']['stride']}"
         asked = "no windows" if not cfg.uses_windows else f"windows of size {cfg.win_size}, stride {cfg.win_stride}"
-        raise ValueError(f"{source} holds {have}, but --winmode {cfg.winmode} --win_size/--win_stride ask for "
-                         f"{asked}; use matching flags or rebuild it with --refs")
+        raise InputValueError(f"{source} holds {have}, but --winmode {cfg.winmode} --win_size/--win_stride ask for "
+                              f"{asked}; use matching flags or rebuild it with --refs")
     check_precision(state, source, model, cfg, check_scoring)
     if not check_scoring:
         return
@@ -191,7 +193,7 @@ def check_fit(state: dict, path: Path, model: FASL, cfg: InferenceConfig, fpr: f
     if fpr is not None and stored_fpr is not None and not math.isclose(fpr, stored_fpr):
         diffs.append(f"fpr: file {stored_fpr}, now {fpr}")
     if diffs:
-        raise ValueError(f"the thresholds in {path} were fitted with other scoring settings ({'; '.join(diffs)}); "
-                         f"use the same flags, rebuild with --refs, or give both --image_threshold and "
-                         f"--pixel_threshold")
+        raise InputValueError(f"the thresholds in {path} were fitted with other scoring settings ({'; '.join(diffs)}); "
+                              f"use the same flags, rebuild with --refs, or give both --image_threshold and "
+                              f"--pixel_threshold")
 

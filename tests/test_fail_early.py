@@ -30,7 +30,8 @@ from models.fasl import CheckpointMismatch, InferenceConfig, read_checkpoint
 from models.memory import PatchMemory
 from models.references import SavedReferences
 from models.thresholds import Thresholds
-from utils.cli import run_cli
+from data.meta import MetaError
+from utils.cli import InputError, InputFileNotFoundError, InputValueError, run_cli
 from utils.misc import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,8 +55,17 @@ def _raise(err):
 # ----------------------------------------------------------------------------- which errors get one line
 
 def test_own_input_errors_get_one_line_and_everything_else_its_traceback(capsys):
-    assert _exit(_raise(ValueError("bad\nvalue"))) == "prog.py: error: bad value (FASL_DEBUG=1 shows the traceback)"
+    assert _exit(_raise(InputValueError("bad\nvalue"))) == \
+        "prog.py: error: bad value (FASL_DEBUG=1 shows the traceback)"
+    assert _exit(_raise(InputFileNotFoundError("no x"))) == "prog.py: error: no x (FASL_DEBUG=1 shows the traceback)"
     assert "file not found: x.png" in _exit(_raise(ImageReadError("file not found: x.png")))
+    # the input-error types are still the built-in kinds, so ``except ValueError`` keeps catching them
+    assert issubclass(InputValueError, ValueError) and issubclass(InputFileNotFoundError, FileNotFoundError)
+    assert issubclass(CheckpointMismatch, InputError) and issubclass(MetaError, InputError)
+    # a plain ValueError / FileNotFoundError is not the user's, wherever it was raised (issue 28.4)
+    for err in (ValueError("bug"), FileNotFoundError("bug")):
+        with pytest.raises(type(err), match="bug"):
+            run_cli(_raise(err), "prog.py")
     if not torch.cuda.is_available():
         assert "CUDA is not available" in _exit(lambda: resolve_device("cuda"))
     # a RuntimeError of the project's own, a shape bug inside torch, a ValueError inside a library
@@ -65,6 +75,62 @@ def test_own_input_errors_get_one_line_and_everything_else_its_traceback(capsys)
         run_cli(lambda: torch.cat([torch.zeros(2, 3), torch.zeros(2, 4)], dim=0), "prog.py")
     with pytest.raises(ValueError, match="same shape"):
         run_cli(lambda: np.stack([np.zeros(2), np.zeros(3)]), "prog.py")
+
+
+def test_a_value_error_of_the_projects_own_tensor_code_keeps_its_traceback(syn_datasets, tmp_path, monkeypatch):
+    """Issue 28.4: a shape ValueError raised inside the project's own code is a bug, not an input
+    error: run_cli lets it through with its traceback, and the run's log holds the traceback too."""
+    from models.lfe import merge_windows, window_grid
+
+    grid = window_grid((4, 4), 2, 2)
+    with pytest.raises(ValueError, match=r"do not match 4 windows of 2") as caught:
+        run_cli(lambda: merge_windows(torch.zeros(1, 3, 1, 2, 2), grid), "prog.py")
+    assert caught.traceback[-1].path.name == "lfe.py"
+
+    def broken(*a, **k):
+        return merge_windows(torch.zeros(1, 3, 1, 2, 2), grid)
+
+    monkeypatch.setattr(test_few_shot, "score_unit", broken)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="do not match"):
+        run_cli(lambda: test_few_shot.main(["--data_path", str(syn_datasets["visa"]), "--save_path", str(out),
+                                            *FD_TEST]), "test_few_shot.py")
+    log = (out / "test.log").read_text()
+    assert "Traceback" in log and "in merge_windows" in log
+
+
+def test_input_errors_of_the_programs_stay_one_line(syn_datasets, mvtec_ckpt, tmp_path):
+    """What the user gave wrong, one program each: a missing --data_path, more references than a
+    class has good images, a checkpoint of another backbone, a --refs_file without the class, a
+    resume with other settings, a dataset folder without classes, an unknown device."""
+    from data import mvtec
+
+    visa = ["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "t")]
+    assert re.fullmatch(r"prog\.py: error: \S+meta\.json not found; .+ \(FASL_DEBUG=1 shows the traceback\)",
+                        _exit(lambda: test_few_shot.main(["--data_path", str(tmp_path / "none"), "--save_path",
+                                                          str(tmp_path / "t"), *FD_TEST])))
+    assert re.fullmatch(r"prog\.py: error: k=9 reference images requested for class '\w+', but .+ has only 3 normal "
+                        r"images \(FASL_DEBUG=1 shows the traceback\)",
+                        _exit(lambda: test_few_shot.main([*visa, *FD_TEST, "--k_shot", "9"])))
+    message = _exit(lambda: test_few_shot.main([*visa, "--mode", "fasl", "--checkpoint_path", str(mvtec_ckpt),
+                                                "--eval_size", "32", *TINY, "--features_list", "1", "2", "3"]))
+    assert message.startswith(f"prog.py: error: checkpoint {mvtec_ckpt} does not fit this backbone (")
+    assert f"blocks: checkpoint {mvtec_ckpt} has [1, 2, 3, 4], this model has [1, 2, 3]" in message
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"references": {}}))
+    assert _exit(lambda: test_few_shot.main([*visa, *FD_TEST, "--refs_file", str(refs)])).startswith(
+        f"prog.py: error: {refs} has no references for class(es) [")
+    (tmp_path / "run").mkdir()
+    shutil.copy(mvtec_ckpt, tmp_path / "run" / "epoch_1.pth")
+    assert _exit(lambda: train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path",
+                                     str(tmp_path / "run"), "--k_shot", "1", "--batch_size", "6", "--seed", "8",
+                                     *TINY, "--epoch", "2", "--resume"])).startswith(
+        "prog.py: error: --resume: ")
+    (tmp_path / "empty").mkdir()
+    assert _exit(lambda: mvtec.main(["--data_root", str(tmp_path / "empty")])).startswith(
+        f"prog.py: error: no class folders under {tmp_path / 'empty'}")
+    assert _exit(lambda: resolve_device("gpu")) == \
+        "prog.py: error: invalid device 'gpu': use 'cpu', 'cuda', 'cuda:N' or N (FASL_DEBUG=1 shows the traceback)"
 
 
 def test_out_of_memory_keeps_its_traceback_and_says_what_lowers_memory(capsys):
@@ -174,6 +240,37 @@ def test_resume_refusals_are_written_into_the_log_and_another_image_size_is_one(
     assert not (tmp_path / "run" / "references.json").exists(), "written only once every check has passed"
 
 
+def test_resume_at_another_encoder_dtype_is_refused_and_the_same_dtype_resumes(syn_datasets, mvtec_ckpt,
+                                                                                tiny_backbone_args, train_args,
+                                                                                tmp_path):
+    """Issue 28.2: the shared checkpoint was trained under --precision auto, float32 here (the suite
+    pins it); its run records that dtype. Another dtype is refused, naming the flag that gives the
+    checkpoint's; --precision fp32 is the same dtype and resumes; a checkpoint from before the dtype
+    was recorded resumes at the dtype asked for, and the log says so."""
+    assert torch.load(mvtec_ckpt, weights_only=True)["run"]["encoder_dtype"] == "float32"
+    (tmp_path / "run").mkdir()
+    shutil.copy(mvtec_ckpt, tmp_path / "run" / "epoch_1.pth")
+    argv = ["--train_data_path", str(syn_datasets["mvtec"]), "--dataset", "mvtec", "--save_path",
+            str(tmp_path / "run"), *train_args, *tiny_backbone_args, "--epoch", "2", "--resume"]
+    with pytest.raises(ValueError, match=r"^--resume: .*epoch_1\.pth belongs to a run with other settings "
+                                         r"\(encoder_dtype: checkpoint 'float32', now 'bfloat16' \(--precision "
+                                         r"fp32 runs the encoder in float32\)\); use another --save_path or the "
+                                         r"same settings$"):
+        train.main([*argv, "--precision", "bf16"])
+    assert not (tmp_path / "run" / "epoch_2.pth").exists()
+    assert train.main([*argv, "--precision", "fp32"]) == tmp_path / "run" / "epoch_2.pth"
+    assert torch.load(tmp_path / "run" / "epoch_2.pth", weights_only=True)["run"]["encoder_dtype"] == "float32"
+
+    older = torch.load(mvtec_ckpt, weights_only=True)
+    del older["run"]["encoder_dtype"]
+    (tmp_path / "old").mkdir()
+    torch.save(older, tmp_path / "old" / "epoch_1.pth")
+    argv[argv.index("--save_path") + 1] = str(tmp_path / "old")
+    assert train.main(argv) == tmp_path / "old" / "epoch_2.pth"
+    log = (tmp_path / "old" / "train.log").read_text()
+    assert "records no encoder dtype: resumed at float32 (--precision auto)" in log
+
+
 # ----------------------------------------------------------------------------- nothing lost
 
 def _comparable(doc: dict) -> dict:
@@ -229,6 +326,57 @@ def test_a_killed_evaluation_resumes_and_ends_as_an_uninterrupted_one(syn_datase
     scored.clear()
     test_few_shot.main([*argv, "--save_path", str(killed), "--eval_size", "48", "--no-resume"])
     assert scored == classes
+
+
+def test_a_resumed_class_writes_the_outputs_asked_for_that_its_earlier_run_did_not(syn_datasets, tmp_path,
+                                                                                    monkeypatch):
+    """Issue 28.1: a class is done only if the outputs asked for now (--save_maps, --save_vis) were
+    written by its earlier run and are still there; outputs asked for earlier and not now do not
+    make a class be scored again."""
+    data = syn_datasets["visa"]
+    meta = load_meta(data)
+    classes = sorted(meta["test"])
+    out = tmp_path / "run"
+    argv = ["--data_path", str(data), "--dataset", "visa", *FD_TEST, "--save_path", str(out)]
+    scored = []
+    score_unit = test_few_shot.score_unit
+    monkeypatch.setattr(test_few_shot, "score_unit", lambda *a, **k: scored.append(a[4].cls) or score_unit(*a, **k))
+    first = test_few_shot.main(argv)
+    assert scored == classes and not (out / "vis").exists() and not (out / "maps").exists()
+    record = json.loads((out / "classes" / f"{classes[0]}.json").read_text())
+    assert record["outputs"] == {"maps": False, "vis": False}
+
+    def pictures(cls):
+        return sorted(p.name for p in (out / "vis" / cls).glob("*.png"))
+
+    expected = {c: sorted(Path(s["img_path"]).with_suffix("").as_posix().replace("/", "__") + ".png"
+                          for s in meta["test"][c]) for c in classes}
+    scored.clear()
+    again = test_few_shot.main([*argv, "--save_vis"])
+    assert scored == classes, "no class had its pictures: every class is scored again"
+    assert {c: pictures(c) for c in classes} == expected
+    assert again == first, "the same settings give the same metrics"
+    assert json.loads((out / "classes" / f"{classes[0]}.json").read_text())["outputs"] == {"maps": False,
+                                                                                          "vis": True}
+
+    # pictures written and still there: done; one picture deleted: that class again; maps added: all again
+    scored.clear()
+    test_few_shot.main([*argv, "--save_vis"])
+    assert scored == []
+    (out / "vis" / classes[1] / expected[classes[1]][0]).unlink()
+    test_few_shot.main([*argv, "--save_vis"])
+    assert scored == [classes[1]] and pictures(classes[1]) == expected[classes[1]]
+    scored.clear()
+    test_few_shot.main([*argv, "--save_maps", "--save_vis"])
+    assert scored == classes
+    assert sorted(p.name for p in (out / "maps" / classes[0]).iterdir()) == sorted(
+        ["image_scores.npy", "paths.txt", *(n.replace(".png", "_map.npy") for n in expected[classes[0]]),
+         *(n.replace(".png", "_mask.npy") for n in expected[classes[0]])])
+    # fewer outputs than the earlier run wrote: nothing is missing, nothing is scored
+    scored.clear()
+    assert test_few_shot.main(argv) == first and scored == []
+    assert json.loads((out / "classes" / f"{classes[0]}.json").read_text())["outputs"] == {"maps": True,
+                                                                                          "vis": True}
 
 
 def test_a_class_that_fails_keeps_the_classes_before_it_and_logs_why(syn_datasets, tmp_path):

@@ -2,11 +2,15 @@
 the test class, and trained heads are reused."""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -267,3 +271,40 @@ def test_weighted_merges_at_one_equal_merged_and_the_weight_is_chosen_per_class(
     with pytest.raises(SystemExit):  # no head map to weigh
         real_eval.parse_args(["--data_root", "x", "--weights", "none", "--learned_modes", "merged+nam",
                               "--merge_weights", "0.5"])
+
+
+def test_a_weighted_merge_sums_the_image_scores_so_at_one_it_is_not_mergeds_image_score(monkeypatch):
+    """Issue 28.3: ``w * heads + L * FD`` is summed on the maps (at w = 1 merged's map) and on the
+    two image scores, each the mean over blocks of the block's maximum; merged's image score is the
+    mean over blocks of the maximum of the summed block maps, which is lower where the heads and FD
+    peak on different patches. Hand values: L = 2 blocks on a 2 x 2 grid, the heads peak top left
+    (1), FD bottom right (1): sum of the maxima 1 + 2 * 1 = 3, maximum of the sums 2."""
+    from models.fasl import InferenceConfig, combine_maps
+
+    heads_grid = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).expand(1, 2, 2, 2)  # (B, L, G, G)
+    fd_grid = torch.tensor([[0.0, 0.0], [0.0, 1.0]]).expand(1, 2, 2, 2)
+    cfg = InferenceConfig(winmode="nan", out_size=3)
+    heads, fd = combine_maps([heads_grid], cfg), combine_maps([fd_grid], cfg)
+    merged = combine_maps([heads_grid + 2 * fd_grid], cfg)  # merged's block grids: ASL_l + L * FD_l
+    assert merged.image_score.tolist() == [2.0]
+
+    seen = []
+    monkeypatch.setattr(real_eval, "metrics_of", lambda args, data, m, s: seen.append((m, s)) or {})
+    args = argparse.Namespace(merge_weights=[1.0, 0.5])
+    records = real_eval.weighted_merges(args, None, {"class": "c"}, "asl+nam [x]", 0, heads, fd, blocks=2)
+    assert [r["method"] for r in records] == ["merged+nam [x] w=1", "merged+nam [x] w=0.5"]
+    (one_map, one_score), (half_map, half_score) = seen
+    assert one_score.tolist() == [3.0] and half_score.tolist() == [2.5]
+    assert torch.allclose(one_map, merged.score_map)
+    assert torch.allclose(half_map, 0.5 * heads.score_map + 2 * fd.score_map)
+
+    # the texts say so: --merge_weights' help and weighted_merges' docstring
+    flag_help = _help().split("\n  --merge_weights")[1].split("\n  --label")[0]
+    for doc in (flag_help, real_eval.weighted_merges.__doc__):
+        assert "not merged's image score" in " ".join(doc.replace("``", "").split()), doc
+
+
+def _help() -> str:
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
+        real_eval.parse_args(["--help"])
+    return out.getvalue()

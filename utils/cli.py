@@ -1,16 +1,22 @@
 """The common ending of every command-line program (no heavy imports: the dataset builders use it).
 
-Which errors are the user's: the project's own input errors (a bad value, a missing or unreadable
-file, a device the machine lacks) are reported in one line; anything else (a bug, CUDA
-out-of-memory, an NCCL failure, a shape error inside torch) keeps its traceback, because a one-line
-"error" would hide where it happened. An out-of-memory error also says which settings lower memory.
+Which errors are the user's: those the project raises as an :class:`InputError` (a bad flag value,
+a missing or unreadable file, a file's content, k larger than the images there are, a checkpoint of
+another backbone, a device the machine lacks) are reported in one line; anything else keeps its
+traceback, because a one-line "error" would hide where it happened: a bug, a plain ValueError of an
+internal check (a shape that cannot be, in the project's own tensor code too), CUDA out-of-memory,
+an NCCL failure, a shape error inside torch. An out-of-memory error also says which settings lower
+memory.
+
+A check that reports what the user gave raises an input-error type that is also the built-in kind
+(:class:`InputValueError` is a ValueError, :class:`InputFileNotFoundError` a FileNotFoundError, ...),
+so ``except ValueError`` keeps catching it; an internal invariant raises the plain built-in.
 """
 from __future__ import annotations
 
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Any, Callable
 
 
@@ -19,38 +25,30 @@ class InputError(Exception):
     always reported in one line."""
 
 
+class InputValueError(InputError, ValueError):
+    """A value the user gave (a flag, a file's content, a number of images) that cannot work."""
+
+
+class InputFileNotFoundError(InputError, FileNotFoundError):
+    """A file or folder the user named, or one a dataset lists, is not there."""
+
+
+class InputFileExistsError(InputError, FileExistsError):
+    """A path the user gave as an output is an existing file where a folder is needed, or is taken."""
+
+
 class DeviceError(InputError, RuntimeError):
     """The device asked for does not exist on this machine."""
 
 
-# raised by the project's own code (never by a library's): a value, a file
-_OWN_KINDS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
-USER_ERRORS = (InputError, *_OWN_KINDS)  # the kinds that may be input errors (see is_input_error)
-
-_PROJECT = Path(__file__).resolve().parent.parent
 OOM_HINT = ("lower --batch_size (images per forward pass) and, with LFE windows (--winmode mul / onlywin), "
             "--window_batch (windows per backbone call); --align image_index searches less than exhaustive")
 
 
-def _own_frame(err: BaseException) -> bool:
-    """Whether the innermost Python frame of ``err``'s traceback is this project's code (not a
-    library's, e.g. torch, NumPy or scikit-learn)."""
-    tb = err.__traceback__
-    if tb is None:
-        return True  # constructed, not raised (tests); the kind decides
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    parts = path.parts
-    return "site-packages" not in parts and "dist-packages" not in parts and _PROJECT in path.parents
-
-
 def is_input_error(err: BaseException) -> bool:
-    """An error to report in one line: an :class:`InputError`, or a value / file error the
-    project's own code raised. A RuntimeError that is not an InputError never is."""
-    if isinstance(err, InputError):
-        return True
-    return isinstance(err, _OWN_KINDS) and _own_frame(err)
+    """An error to report in one line: an :class:`InputError` (or one of its subclasses). A plain
+    ValueError, FileNotFoundError or RuntimeError never is, wherever it was raised."""
+    return isinstance(err, InputError)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Union
 import numpy as np
 import torch
 
-from utils.cli import DeviceError
+from utils.cli import DeviceError, InputFileExistsError, InputValueError
 
 if TYPE_CHECKING:
     from utils.distributed import Dist
@@ -40,7 +40,7 @@ def resolve_device(arg: Union[str, int, torch.device]) -> torch.device:
     if isinstance(arg, torch.device):
         arg = str(arg)
     if isinstance(arg, bool):  # bool is an int subclass; True is not a device
-        raise ValueError(f"invalid device {arg!r}: use 'cpu', 'cuda', 'cuda:N' or N")
+        raise InputValueError(f"invalid device {arg!r}: use 'cpu', 'cuda', 'cuda:N' or N")
     text = str(arg).strip().lower()
     if text == "cpu":
         return torch.device("cpu")
@@ -49,7 +49,7 @@ def resolve_device(arg: Union[str, int, torch.device]) -> torch.device:
     else:
         match = _CUDA_RE.match(text)
         if match is None:
-            raise ValueError(f"invalid device {arg!r}: use 'cpu', 'cuda', 'cuda:N' or N")
+            raise InputValueError(f"invalid device {arg!r}: use 'cpu', 'cuda', 'cuda:N' or N")
         index = int(match.group(1)) if match.group(1) is not None else 0
     if not torch.cuda.is_available():
         raise DeviceError(
@@ -76,7 +76,7 @@ def seed_everything(seed: int) -> None:
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     seed = int(seed)
     if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+        raise InputValueError(f"seed must be in [0, 2**32), got {seed}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -273,7 +273,7 @@ def check_output_folder(path: PathLike, flag: str) -> Path:
         if p.exists():
             if not p.is_dir():
                 what = f"{p} is an existing file" if p == path else f"{p}, a folder above it, is a file"
-                raise FileExistsError(f"{flag} {path}: {what}; give a folder")
+                raise InputFileExistsError(f"{flag} {path}: {what}; give a folder")
             break
     return path
 
