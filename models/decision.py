@@ -14,7 +14,7 @@ Thresholds (measured leave-one-class-out, docs/predict.md):
   to ``review``. Nothing here assumes a defect rate beyond "fewer than half": a lot that looks
   mostly defective is warned about, as is one too small for its statistics.
 * **From the references alone** (``Thresholds`` of models/thresholds.py: their normal views at a
-  false-alarm rate), for a single image or a small lot; the band is a share of the threshold.
+  false-alarm rate), for a single image or a small lot; the review band lies above the threshold.
 
 Regions and masks (``defect_regions``): a region is a connected set of pixels above the pixel
 threshold that holds a pixel above the image's review threshold (so every region that a verdict
@@ -44,6 +44,9 @@ VERDICTS = ("ok", "review", "defect")
 LOT_MODES = ("auto", "on", "off")
 SMALL_LOT = 20  # below it the lot's statistics are noisier (measured: docs/predict.md); said in a warning
 MAX_PIXEL_MAPS = 256  # good maps the lot's pixel threshold is fitted on, at most
+# a lot with more than this share above the references-only threshold is warned about: on 135 lots of
+# five real classes holding 10-45 % defects the share reached at most 0.55 (docs/predict.md)
+MOSTLY_ABOVE = 0.7
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class DecisionSettings:
     fpr: the references-only fit's false-alarm rate, and the pixel threshold's rate on good maps.
     margin: the references-only image threshold x (1 + margin); None: ``SELF_VIEWS_MARGIN`` with
         one reference (its own views look more alike than a new good part does), 0 with more.
-    ref_band: the references-only review band, a share of the threshold either side.
+    ref_band: the references-only review band: from the threshold up to (1 + 2 ref_band) x it.
     mask_level, min_region_area, regions_for_ok: the regions (``defect_regions``).
     """
 
@@ -88,7 +91,7 @@ class DecisionSettings:
     rule: LotRule = LotRule()
     fpr: float = 0.05
     margin: float | None = None
-    ref_band: float = 0.1
+    ref_band: float = 0.03
     normal_sample: str = "loo+views"
     augment_refs: str = "none"
     mask_level: float = 0.4
@@ -235,7 +238,7 @@ def fit_lot(scores: Sequence[float], load_maps: Callable[[list[int]], Iterable[n
     above_refs = None
     if reference_threshold is not None:
         above_refs = float((scores > reference_threshold).mean())
-        if above_refs > 0.5:
+        if above_refs > MOSTLY_ABOVE:
             warnings.append(f"{100 * above_refs:.0f} % of the lot scores above the threshold the references alone "
                             f"give ({reference_threshold:.4g}): the lot looks mostly defective, or unlike its "
                             f"references; check the review images and the references")
@@ -289,12 +292,14 @@ def lot_floor(scores: Sequence[float], rule: LotRule) -> float:
 def from_references(image: float, pixel: float, pixel_median: float, band: float, source: str = "references",
                     stats: dict | None = None, warnings: list[str] | None = None) -> Verdicts:
     """Verdicts from a references-only fit (models/thresholds.py ``Thresholds``) or thresholds given
-    by hand: the review band is ``image x (1 -+ band)``."""
+    by hand. ``image`` stays where an image stops being ``ok`` (the fitted or given threshold: the
+    operating point the measurements chose); the review band lies above it, up to
+    ``image x (1 + 2 band)``, so it sorts the flagged images into ``review`` and ``defect`` and
+    changes neither what is caught nor the false alarms."""
     if not 0.0 <= band < 1.0:
         raise ValueError(f"the review band must lie in [0, 1), got {band}")
-    lo, hi = image * (1.0 - band), image * (1.0 + band)
-    return Verdicts(lo, hi, image, pixel, source, colour_range(pixel_median, lo), dict(stats or {}),
-                    list(warnings or []))
+    return Verdicts(image, image * (1.0 + 2.0 * band), image * (1.0 + band), pixel, source,
+                    colour_range(pixel_median, image), dict(stats or {}), list(warnings or []))
 
 
 @torch.no_grad()

@@ -254,7 +254,7 @@ def add_decision_args(p: argparse.ArgumentParser,
     a.add_argument("--lot_band", type=float, default=d.rule.band,
                    help="lot review band: this many lower spreads either side of the threshold (default: %(default)s)")
     a.add_argument("--ref_band", type=float, default=d.ref_band,
-                   help="references-only review band: this share of the threshold either side (default: %(default)s)")
+                   help="references-only review band: from the threshold up to (1 + 2 x this) x it (default: %(default)s)")
     a.add_argument("--margin", type=float, default=d.margin,
                    help="raise the references-only image threshold by this share of itself (default: 0.25 with one "
                         "reference, whose own views look more alike than a new good part does; 0 with more)")

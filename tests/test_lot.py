@@ -177,13 +177,13 @@ def test_fit_lot_fits_pixels_on_good_maps_and_warns():
 
 
 def test_verdicts_and_the_references_band():
-    v = from_references(image=2.0, pixel=1.0, pixel_median=0.5, band=0.1)
-    assert (v.ok_at_most, v.defect_above) == pytest.approx((1.8, 2.2))
-    assert [v.verdict(s) for s in (1.8, 1.9, 2.2, 2.3)] == ["ok", "review", "review", "defect"]
-    assert [v.without_band(s) for s in (1.9, 2.1)] == ["ok", "defect"]
+    v = from_references(image=2.0, pixel=1.0, pixel_median=0.5, band=0.1)  # the band above the threshold
+    assert (v.ok_at_most, v.image, v.defect_above) == pytest.approx((2.0, 2.2, 2.4))
+    assert [v.verdict(s) for s in (2.0, 2.1, 2.4, 2.5)] == ["ok", "review", "review", "defect"]
+    assert [v.without_band(s) for s in (2.1, 2.3)] == ["ok", "defect"]
     assert Verdicts.from_dict(v.to_dict()) == v
-    lo, hi = colour_range(0.5, 1.8)
-    assert lo == 0.5 and (1.8 - lo) / (hi - lo) == pytest.approx(0.75)  # the review threshold at 3/4 of the scale
+    lo, hi = colour_range(0.5, 2.0)
+    assert lo == 0.5 and (2.0 - lo) / (hi - lo) == pytest.approx(0.75)  # the review threshold at 3/4 of the scale
 
 
 # ----------------------------------------------------------------------------- regions and masks
@@ -207,7 +207,7 @@ def test_every_seeded_region_is_kept_each_cut_at_its_own_level():
 
 
 def test_decide_keeps_the_region_a_defect_verdict_rests_on():
-    v = from_references(image=1.0, pixel=0.5, pixel_median=0.1, band=0.1)
+    v = from_references(image=0.9, pixel=0.5, pixel_median=0.1, band=0.1)  # ok <= 0.9, defect > 1.08
     settings = DecisionSettings(mask_level=0.0)
     m = np.zeros((8, 8), dtype=np.float32)
     m[2:5, 2:5] = 2.0
@@ -249,13 +249,13 @@ def test_border_pad_encodes_a_reflected_border_and_crops_it_away():
 def test_known_defects_pull_the_review_threshold_down_to_a_floor():
     from models.decision import with_known_defects
 
-    v = from_references(image=2.0, pixel=1.0, pixel_median=0.5, band=0.1)  # ok <= 1.8, defect > 2.2
+    v = from_references(image=1.8, pixel=1.0, pixel_median=0.5, band=0.1)  # ok <= 1.8, defect > 2.16
     assert with_known_defects(v, [], floor=1.0) is v
     same = with_known_defects(v, [1.9, 3.0], floor=1.0)  # every known defect already flagged
     assert same.ok_at_most == v.ok_at_most and same.stats["known_defect_scores"] == [1.9, 3.0]
     moved = with_known_defects(v, [1.5, 3.0], floor=1.0)
     assert moved.ok_at_most == pytest.approx(1.5 * 0.97) and moved.verdict(1.5) != "ok"
-    assert moved.defect_above / moved.ok_at_most == pytest.approx(2.2 / 1.8)  # the band keeps its ratio
+    assert moved.defect_above / moved.ok_at_most == pytest.approx(1.2)  # the band keeps its ratio
     floored = with_known_defects(v, [0.5], floor=1.0)
     assert floored.ok_at_most == 1.0 and floored.verdict(0.5) == "ok"
     stuck = with_known_defects(v, [0.5], floor=1.9)  # the floor lies above the threshold: nothing moves, a warning
