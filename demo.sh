@@ -21,7 +21,7 @@ LITE0=(--model lite0 --device cpu --seed 7)
 
 echo "== 1/4 photographs with synthetic defects under $OUT/data"
 "$PYTHON" data/textures.py --out "$OUT/data/train" --classes grass gravel --seed 0 --n_train 12 --n_test 3
-"$PYTHON" data/textures.py --out "$OUT/data/test" --classes brick --seed 1 --n_train 16 --n_test 12
+"$PYTHON" data/textures.py --out "$OUT/data/test" --classes brick --seed 1 --n_train 16 --n_test 12 --lot "$OUT/lot"
 
 echo "== 2/4 training the ASL heads on grass + gravel ($STEPS steps, synthetic defects on their good images)"
 "$PYTHON" train.py --train_data_path "$OUT/data/train" --dataset textures --save_path "$OUT/checkpoints" \
@@ -35,11 +35,7 @@ echo "== 3/4 few-shot test on brick (k = 1): FD alone, then FD + the heads"
     --mode merged --checkpoint_path "$CKPT" --k_shot 1 --save_vis --no-resume "${LITE0[@]}"
 
 echo "== 4/4 predict.py: one good brick as the reference; the lot: 15 more good bricks and the 12 test images"
-mkdir -p "$OUT/refs" "$OUT/lot"
-cp "$OUT/data/test/brick/train/good/000.png" "$OUT/refs/brick.png"
-for f in "$OUT"/data/test/brick/train/good/0*.png; do [ "$(basename "$f")" = 000.png ] || cp "$f" "$OUT/lot/train_$(basename "$f")"; done
-for d in "$OUT"/data/test/brick/test/*/; do for f in "$d"*.png; do cp "$f" "$OUT/lot/$(basename "$d")_$(basename "$f")"; done; done
-"$PYTHON" predict.py --refs "$OUT/refs" --images "$OUT/lot" --out "$OUT/predict"
+"$PYTHON" predict.py --refs "$OUT/lot/refs" --images "$OUT/lot/images" --out "$OUT/predict"
 echo
 echo "heat maps: $OUT/brick_fd/vis/ and $OUT/brick_heads/vis/ (image | ground truth | heat map | colour bar)"
 echo "verdicts: $OUT/predict/predictions.csv; open $OUT/predict/report.html in a browser"

@@ -91,6 +91,26 @@ def generate(out: str | Path, classes=TEXTURES, seed: int = 0, n_train: int = 12
     return out
 
 
+def write_lot(root: Path, cls: str, out: Path) -> tuple[Path, Path]:
+    """A lot for predict.py from a written class: ``out/refs/`` holds its first good training image,
+    ``out/images/`` every other image of the class (the other good training images and the test
+    images, named ``<folder>_<file>``). Returns (refs folder, images folder)."""
+    import shutil
+
+    refs, images = out / "refs", out / "images"
+    good = sorted((root / cls / "train" / "good").glob("*.png"))
+    if not good:
+        raise FileNotFoundError(f"{root / cls / 'train' / 'good'} holds no image")
+    refs.mkdir(parents=True, exist_ok=True)
+    images.mkdir(parents=True, exist_ok=True)
+    shutil.copy(good[0], refs / f"{cls}.png")
+    for path in good[1:]:
+        shutil.copy(path, images / f"train_{path.name}")
+    for path in sorted((root / cls / "test").glob("*/*.png")):
+        shutil.copy(path, images / f"{path.parent.name}_{path.name}")
+    return refs, images
+
+
 def _save(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = arr if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
@@ -109,7 +129,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_test", type=int, default=12,
                    help="test images per class, a third good (default: %(default)s)")
     p.add_argument("--size", type=int, default=160, help="side of each image in pixels (default: %(default)s)")
+    p.add_argument("--lot", default=None, metavar="DIR",
+                   help="also write a lot for predict.py from the (single) class: DIR/refs/ one good image, "
+                        "DIR/images/ the class's other images")
     args = p.parse_args(argv)
+    if args.lot and len(args.classes) != 1:
+        p.error("--lot takes one class (--classes NAME)")
     for flag in ("n_train", "n_test", "size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be >= 1")
@@ -122,6 +147,9 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     root = generate(args.out, args.classes, args.seed, args.n_train, args.n_test, args.size)
     print(f"wrote {root} ({', '.join(args.classes)})")
+    if args.lot:
+        refs, images = write_lot(root, args.classes[0], Path(args.lot))
+        print(f"wrote a lot: references {refs}, images {images}")
     return root
 
 

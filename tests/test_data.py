@@ -678,3 +678,35 @@ def test_loaders_require_the_backbones_normalisation(mvtec_root):
     a = AnomalyDataset(mvtec_root, "test", image_size=16, **CLIP)[0].image
     b = AnomalyDataset(mvtec_root, "test", image_size=16, **imagenet)[0].image
     assert not torch.allclose(a, b)
+
+
+def test_texture_photographs_with_synthetic_defects(tmp_path):
+    """data/textures.py: real photographs (scikit-image's), MVTec layout, exact masks, a lot for predict."""
+    import cv2
+
+    from data import textures
+    from data.meta import load_meta
+
+    root = textures.main(["--out", str(tmp_path / "t"), "--classes", "brick", "--n_train", "3", "--n_test", "6",
+                          "--size", "64", "--lot", str(tmp_path / "lot")])
+    meta = load_meta(root)
+    test = meta["test"]["brick"]
+    assert len(meta["train"]["brick"]) == 3 and len(test) == 6 and sum(s["anomaly"] for s in test) == 4
+    photo = textures.photograph("brick")
+    for s in test:
+        img = cv2.imread(str(root / s["img_path"]), cv2.IMREAD_UNCHANGED)
+        assert img.shape[:2] == (64, 64)
+        if s["anomaly"]:
+            mask = cv2.imread(str(root / s["mask_path"]), cv2.IMREAD_GRAYSCALE) > 0
+            assert 0 < mask.sum() < 64 * 64 and set(s["specie_name"].split()) <= set(textures.KINDS)
+    # a good view is a crop of the photograph, flipped / turned
+    good = cv2.imread(str(root / "brick" / "train" / "good" / "000.png"), cv2.IMREAD_GRAYSCALE)
+    assert set(np.unique(good)) <= set(np.unique(photo))
+    assert sorted(p.name for p in (tmp_path / "lot" / "refs").iterdir()) == ["brick.png"]
+    assert len(list((tmp_path / "lot" / "images").iterdir())) == 2 + 6
+    # the same seed gives the same bytes
+    again = textures.generate(tmp_path / "u", ["brick"], seed=0, n_train=3, n_test=6, size=64)
+    assert (again / "brick" / "test" / "noise" / "000.png").read_bytes() == \
+        (root / "brick" / "test" / "noise" / "000.png").read_bytes()
+    with pytest.raises(SystemExit):
+        textures.parse_args(["--out", "x", "--lot", "y"])  # a lot from one class only

@@ -601,18 +601,52 @@ def test_summarize_help_is_help_and_a_missing_folder_an_error():
     assert missing.returncode == 2 and "no_such_folder is not a folder" in missing.stderr
 
 
-def test_demo_runs_with_python3_alone(tmp_path):
-    """demo.sh on a system that has python3 and no python: a stub python3 records the calls."""
+def _stub_env(tmp_path, stamp: bool):
+    """A PATH holding a stub python3 (no python) and the few tools the scripts use, and a stub
+    environment (FASL_VENV) whose python records its calls; ``stamp``: the environment says it
+    holds today's requirements."""
+    import hashlib
+
     bin_ = tmp_path / "bin"
     bin_.mkdir()
-    stub = bin_ / "python3"
-    stub.write_text(f"#!{shutil.which('bash')}\necho \"$@\" >> {tmp_path / 'calls'}\n")
-    stub.chmod(0o755)
-    (bin_ / "dirname").symlink_to(shutil.which("dirname"))
-    res = subprocess.run([shutil.which("bash"), str(REPO / "demo.sh")], capture_output=True, text=True,
-                         env={"PATH": str(bin_), "DEMO_OUT": str(tmp_path / "demo")})
+    calls = tmp_path / "calls"
+    for name, target in (("python3", bin_ / "python3"), ("python", tmp_path / "venv" / "bin" / "python")):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"#!{shutil.which('bash')}\necho {name} \"$@\" >> {calls}\n")
+        target.chmod(0o755)
+    for tool in ("dirname", "cat", "sha256sum", "cut", "date", "ls", "head"):
+        (bin_ / tool).symlink_to(shutil.which(tool))
+    if stamp:
+        digest = hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest()
+        (tmp_path / "venv" / ".fasl-requirements").write_text(digest + "\n")
+    return {"PATH": str(bin_), "FASL_VENV": str(tmp_path / "venv"), "DEMO_OUT": str(tmp_path / "demo")}, calls
+
+
+def test_demo_runs_with_python3_alone_in_its_environment(tmp_path):
+    """demo.sh on a system that has python3 and no python, its environment already set up: every
+    step runs with the environment's python, and nothing is installed."""
+    env, calls = _stub_env(tmp_path, stamp=True)
+    (tmp_path / "demo" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "demo" / "checkpoints" / "epoch_1.pth").write_text("")
+    res = subprocess.run([shutil.which("bash"), str(REPO / "demo.sh")], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
-    assert "data/synthetic.py" in (tmp_path / "calls").read_text()
+    text = calls.read_text()
+    for step in ("data/textures.py", "train.py", "test_few_shot.py", "predict.py"):
+        assert f"python {step}" in text, step
+    assert "pip install" not in text and "python3 -m venv" not in text
+
+
+def test_setup_installs_when_the_requirements_changed(tmp_path):
+    """A stale stamp (requirements.txt changed since the install): the environment is brought up to
+    date with pip, from python3 alone."""
+    env, calls = _stub_env(tmp_path, stamp=False)
+    res = subprocess.run([shutil.which("bash"), "-c", f"source {REPO / 'scripts' / 'setup_env.sh'} && echo $PYTHON"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(tmp_path / "venv" / "bin" / "python")
+    text = calls.read_text()
+    assert "-m pip install" in text and f"-r {REPO / 'requirements.txt'}" in text
+    assert (tmp_path / "venv" / ".fasl-requirements").read_text().strip()  # the stamp is written
 
 
 def test_requirements_declare_every_package_the_code_imports():
