@@ -40,6 +40,7 @@ from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import check_files, load_meta, split_files
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
+from models.lot import LotScorer, LotScoring, choose_pool, content_key
 from models.flags import (add_advanced_scoring_args, add_backbone_args, add_inference_args, add_post_args,
                           add_retired_flag, check_model_flags, check_post_flags, map_post_from_args)
 from models.postprocess import MapPost
@@ -204,22 +205,39 @@ class ClassRecords:
         return {k: metrics[k] for k in doc.get("order", metrics) if k in metrics} or None
 
 
+def class_pool(args, meta, cls: str, model, cfg) -> tuple[torch.Tensor | None, dict[int, int]]:
+    """--lot on: the class's test split is the lot; its pool (models/lot.py ``choose_pool``, by the
+    files' content, so every process of a torchrun picks the same) as images, and each pool
+    image's position by its index in the split. (None, {}) without --lot."""
+    if getattr(args, "lot", "off") != "on":
+        return None, {}
+    samples = meta["test"][cls]
+    keys = [content_key((Path(args.data_path) / s["img_path"]).read_bytes()) for s in samples]
+    chosen = choose_pool(keys, LotScoring().pool_size)
+    bb = model.backbone
+    pool = load_test_images(args.data_path, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std,
+                            indices=chosen).images
+    return pool, {img: j for j, img in enumerate(chosen)}
+
+
 def score_unit(model, cfg, args, meta, unit, runs: Runs, log, tag: str) -> dict:
     """One process's piece of work: the test images ``unit.start:unit.stop`` of ``unit.cls``,
-    read once and scored against every run's bank. Returns their masks (n, M, M) uint8 and, per
-    run, (maps (n, M, M) float32, image scores (n,)) before the transductive blend."""
+    read once and scored against every run's references (models/lot.py ``LotScorer``, the one
+    scoring path of every program; lot-aware with --lot on). Returns their masks (n, M, M) uint8
+    and, per run, (maps (n, M, M) float32, image scores (n,)) before the transductive blend."""
     bb = model.backbone
     t0 = time.time()
     data = load_test_images(args.data_path, meta, unit.cls, args.image_size, args.eval_size, bb.mean, bb.std,
                             indices=range(unit.start, unit.stop))
-    windows = model.windows_for(cfg)
+    pool, position = class_pool(args, meta, unit.cls, model, cfg)
+    members = [position.get(i) for i in range(unit.start, unit.stop)]
     progress = lambda it: tqdm(it, desc=unit.cls, leave=False, dynamic_ncols=True)  # noqa: E731
     scored = {}
     for key in runs.keys:
         refs = load_reference_images(args.data_path, runs.refs[key][unit.cls], args.image_size, bb.mean, bb.std)
-        bank = model.build_memory(refs, windows, window_batch=cfg.window_batch)
-        pred = map_post_from_args(args).apply(model.predict_all(data.images, bank, cfg, args.batch_size, progress))
-        del bank  # a class's banks live only for its turn
+        scorer = LotScorer(model, cfg, map_post_from_args(args), LotScoring() if pool is not None else None)
+        pred = scorer.fit(refs, pool).score_all(data.images, members, args.batch_size, progress)
+        del scorer  # a class's banks live only for its turn
         scored[key] = (pred.score_map.numpy(), pred.image_score.numpy())
     log.info("%s%s: images %d-%d, %d run(s) in %.1fs", tag, unit.cls, unit.start, unit.stop - 1, len(runs.keys),
              time.time() - t0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,9 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import test_few_shot  # noqa: E402
-import train  # noqa: E402
-from data import synthetic  # noqa: E402
 from models.flags import add_hidden_alias  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.metrics import CLASS_KEYS, mean_metrics  # noqa: E402
@@ -86,10 +84,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run(program, name: str, argv: list[str]):
-    """Call one of the repo's programs' ``main()`` (printing the command a user would type)."""
+def run(name: str, argv: list[str]) -> None:
+    """Run one of the repo's programs as the program it is (bench/ imports library modules only),
+    printing the command a user would type; a failure stops the comparison with its exit status."""
     print("$ python", name, " ".join(shlex.quote(c) for c in argv), flush=True)
-    return program.main(argv)
+    subprocess.run([sys.executable, str(ROOT / name), *argv], check=True, cwd=ROOT)
+
+
+def test_results(folder: Path) -> dict:
+    """test_few_shot.py's per-class metrics, as its results.json holds them."""
+    return json.loads((folder / "results.json").read_text(encoding="utf-8"))["per_class"]
 
 
 def generate_datasets(args, out: Path) -> tuple[Path, str, Path, str]:
@@ -98,7 +102,7 @@ def generate_datasets(args, out: Path) -> tuple[Path, str, Path, str]:
     roots = {}
     for layout in (target_layout, aux_layout):
         roots[layout] = out / layout
-        run(synthetic, "data/synthetic.py", ["--out", str(roots[layout]), "--layout", layout, "--seed",
+        run("data/synthetic.py", ["--out", str(roots[layout]), "--layout", layout, "--seed",
                                              str(args.gen_seed), "--classes", str(args.gen_classes), "--n_train",
                                              str(args.gen_n_train), "--n_test", str(args.gen_n_test)])
     return roots[target_layout], target_layout, roots[aux_layout], aux_layout
@@ -163,22 +167,24 @@ def main(argv=None) -> dict:
         print(f"\n== {source}: train on {labels[source]}, test on {target_name}", flush=True)
         t0 = time.time()
         ckpt_dir, res_dir = work / "ckpt" / source, work / "results" / source
-        ckpt = run(train, "train.py", [*runs[source], "--save_path", str(ckpt_dir), *train_common])
+        run("train.py", [*runs[source], "--save_path", str(ckpt_dir), *train_common])
+        ckpt = max(ckpt_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))  # the last epoch's
         t1 = time.time()
-        results[source] = run(test_few_shot, "test_few_shot.py", [
+        run("test_few_shot.py", [
             "--data_path", str(target), "--dataset", target_name, "--save_path", str(res_dir),
             "--checkpoint_path", str(ckpt), "--mode", "fasl", *common, "--batch_size", str(args.batch_size),
             *shlex.split(args.test_args)])
+        results[source] = test_results(res_dir)
         timings[source] = {"train_s": round(t1 - t0, 1), "test_s": round(time.time() - t1, 1)}
 
     means = {s: mean_metrics(results[s].values()) for s in SOURCES}
     if args.fd_baseline:
         res_dir = work / "results" / "fd"
         print(f"\n== reference: training-free FD scores on {target_name}", flush=True)
-        fd = run(test_few_shot, "test_few_shot.py", [
+        run("test_few_shot.py", [
             "--data_path", str(target), "--dataset", target_name, "--save_path", str(res_dir), "--mode", "fd",
             *common, "--batch_size", str(args.batch_size), *shlex.split(args.test_args)])
-        means["fd"] = mean_metrics(fd.values())
+        means["fd"] = mean_metrics(test_results(res_dir).values())
         labels["fd"] = "fd (no training)"
     header = (f"target {target_name} ({target}){' [generated]' if generated else ''}; masks from {aux_name}; "
               f"model {args.model} ({args.pretrained}) @ {args.image_size}, blocks {args.features_list}, "

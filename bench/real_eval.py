@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import shlex
+import subprocess
 import sys
 import time
 from itertools import product
@@ -49,7 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import train  # noqa: E402
 from data.dataset import load_test_images  # noqa: E402
 from data.kshot import load_reference_images, normal_train_images, sample_kshot  # noqa: E402
 from data.meta import load_meta  # noqa: E402
@@ -58,6 +58,7 @@ from models.asl import HeadLayout  # noqa: E402
 from models.backbone import PRECISIONS  # noqa: E402
 from models.backbone import BackboneOutput  # noqa: E402
 from models.fasl import FASL, Encoded, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
+from models.lot import LotScorer  # noqa: E402
 from utils.cli import InputValueError  # noqa: E402
 from utils.metrics import class_metrics, transductive_scores  # noqa: E402
 from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
@@ -184,8 +185,9 @@ def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
     folder = Path(args.workdir) / f"{data}-{'nam' if nam else 'asl'}-s{seed}-{key}"
     epochs = int(argv[argv.index("--epoch") + 1])
     ckpt = folder / f"epoch_{epochs}.pth"
-    if not ckpt.is_file():
-        train.main([*argv, "--save_path", str(folder)])
+    if not ckpt.is_file():  # train.py run as the program it is (bench/ imports library modules only)
+        subprocess.run([sys.executable, str(ROOT / "train.py"), *argv, "--save_path", str(folder)], check=True,
+                       cwd=ROOT)
     return [folder / f"epoch_{e}.pth" for e in range(1, epochs + 1)]
 
 
@@ -240,9 +242,9 @@ def encoded_test_images(args, base: FASL, cls: str, data, cfg: InferenceConfig) 
 
 
 def score_chunks(model: FASL, encoded: list, bank, cfg: InferenceConfig, alignments: list[dict]) -> Prediction:
-    parts = [model.score(e, bank, cfg, a) for e, a in zip(encoded, alignments)]
-    return Prediction(torch.cat([p.score_map.float().cpu() for p in parts]),
-                      torch.cat([p.image_score.float().cpu() for p in parts]))
+    """A class's encoded chunks scored against ``bank`` through the one scoring path of every
+    program (models/lot.py ``LotScorer``), each chunk's searches kept in its ``alignments`` dict."""
+    return LotScorer(model, cfg).fit(bank=bank).score_all(encoded, alignments=alignments)
 
 
 def methods(args, nam_runs=(False, True)) -> list[tuple[str, str | None, bool]]:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
+import numpy as np
 import torch
 
 from models.backbone import BackboneOutput
@@ -199,17 +200,58 @@ class LotScorer:
         return [t.index_select(0, idx) for t in self.bank.global_memory.tokens]
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, members: Sequence[int | None] | None = None) -> Prediction:
+    def score(self, images: torch.Tensor, members: Sequence[int | None] | None = None,
+              timer: Callable[[str], ContextManager] | None = None) -> Prediction:
         """images: (B, 3, S, S) normalised; members: each image's position in the pool (None for
-        an image outside it; default: none is). Returns the post-processed Prediction."""
+        an image outside it; default: none is). Returns the post-processed Prediction. timer: the
+        benchmark's stopwatch (``FASL.predict``'s stages), single-image scoring only."""
+        if timer is not None:
+            if self.scoring is not None:
+                raise ValueError("the stage timer measures single-image scoring (no lot)")
+            self._check_fitted()
+            return self.post.apply(self.model.predict(images, self.bank, self.cfg, timer))
         return self.score_encoded(self.model.encode(images, self.cfg), members)
 
     @torch.no_grad()
-    def score_encoded(self, enc: Encoded, members: Sequence[int | None] | None = None) -> Prediction:
-        """``score`` from ``FASL.encode``'s features (encode once, score against several fits)."""
+    def score_all(self, items: torch.Tensor | Sequence[Encoded], members: Sequence[int | None] | None = None,
+                  batch_size: int = 8, progress: Callable | None = None,
+                  alignments: Sequence[dict] | None = None) -> Prediction:
+        """Every image of a split, in batches: ``items`` (N, 3, S, S) normalised images, or the
+        chunks ``FASL.encode`` made of them; members: as ``score``, one per image. Returns the
+        post-processed Prediction of all N, on the CPU in float32 (what every program's metrics
+        and files are made from). progress: a wrapper of the batch iterator (e.g. tqdm);
+        alignments: one dict per encoded chunk, kept by the caller to reuse searches across
+        checkpoints (``FASL.score``)."""
+        encoded = not isinstance(items, torch.Tensor)
+        n = sum(e.batch for e in items) if encoded else items.shape[0]
+        members = [None] * n if members is None else list(members)
+        if len(members) != n:
+            raise ValueError(f"{len(members)} pool positions for {n} images")
+        if encoded:
+            starts = list(np.cumsum([0] + [e.batch for e in items])[:-1])
+            chunks = [(e, members[s:s + e.batch], None if alignments is None else alignments[i])
+                      for i, (e, s) in enumerate(zip(items, starts))]
+        else:
+            chunks = [(items[s:s + batch_size], members[s:s + batch_size], None) for s in range(0, n, batch_size)]
+        parts = []
+        for chunk, mine, aligned in (progress(chunks) if progress else chunks):
+            pred = self.score_encoded(chunk, mine, aligned) if encoded else self.score(chunk, mine)
+            parts.append(Prediction(pred.score_map.float().cpu(), pred.image_score.float().cpu()))
+        if not parts:
+            return Prediction(torch.empty(0, self.cfg.out_size, self.cfg.out_size), torch.empty(0))
+        return Prediction(torch.cat([p.score_map for p in parts]), torch.cat([p.image_score for p in parts]))
+
+    def _check_fitted(self) -> None:
         if self.bank is None:
             raise RuntimeError("LotScorer.fit first")
-        single = self.model.score(enc, self.bank, self.cfg)
+
+    @torch.no_grad()
+    def score_encoded(self, enc: Encoded, members: Sequence[int | None] | None = None,
+                      alignments: dict | None = None) -> Prediction:
+        """``score`` from ``FASL.encode``'s features (encode once, score against several fits);
+        alignments: see ``score_all``."""
+        self._check_fitted()
+        single = self.model.score(enc, self.bank, self.cfg, alignments)
         if self.scoring is None:
             return self.post.apply(single)
         members = [None] * enc.batch if members is None else list(members)
