@@ -133,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if (args.refs is None) == (args.load_refs is None):
             p.error("give the references either as --refs PATHS or as --load_refs FILE (exactly one)")
     if args.mode is None:
-        # measured on held-out real classes (docs/real-images.md): the heads alone lose to FD, merged reaches it
+        # measured on held-out real classes (docs/measurements.md): the heads alone lose to FD, merged reaches it
         args.mode = "merged" if args.checkpoint_path else "fd"
     if mode_uses_heads(args.mode) and not args.checkpoint_path:
         p.error(f"--mode {args.mode} needs --checkpoint_path (or use --mode fd, which needs no training)")

@@ -4,7 +4,8 @@
 #      the GPU and built on the CPU then moved with .to(); distinct FD values (fp16 ties them
 #      unless the pick is re-scored in fp32)
 #   2. torchrun with one process on NCCL (all_reduce, object broadcast), then test_few_shot.py
-#      under torchrun on CUDA with the tiny model on a generated dataset
+#      under torchrun on CUDA with the tiny model on a generated dataset, and predict.py's
+#      lot-aware scoring on CUDA
 #   3. the full ViT-L-14-336 (random weights: the same compute) at 518 px, batch 8, winmode nan
 #      and mul, the reproduction's exhaustive alignment: ms per image and peak GPU memory
 # and prints one table (also in $OUT/table.md). A step that fails is reported in the table and
@@ -41,6 +42,8 @@ step data 60 "$PYTHON" data/synthetic.py --out "$OUT/data" --layout visa --seed 
     --n_train 2 --n_test 6
 step torchrun_test 90 "${TORCHRUN[@]}" test_few_shot.py --data_path "$OUT/data" --save_path "$OUT/torchrun_test" \
     --mode fd --winmode mul --win_size 4 --win_stride 2 --eval_size 64 --device cuda "${TINY[@]}"
+step predict_lot 90 "$PYTHON" predict.py --refs "$OUT/data/blobs/Data/Images/Normal" --images "$OUT/data" \
+    --out "$OUT/predict_lot" --lot on --min_lot 3 --device "$DEVICE" "${TINY[@]}"
 for winmode in nan mul; do
     step "vitl_$winmode" 120 "$PYTHON" bench/benchmark.py --model ViT-L-14-336 --pretrained none \
         --features_list 6 12 18 24 --image_size 518 --device "$DEVICE" --batch_size 8 --n_images 16 --warmup 1 \
