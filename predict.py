@@ -252,15 +252,14 @@ class RunLog:
 # ----------------------------------------------------------------------------- read
 
 class Lot:
-    """The inspected images: every file read once before any work (size, content key, problems).
+    """The inspected images: every file read once before any work (content key, problems).
 
-    paths, names: per image; sizes (H, W) and keys (content digest) of the readable ones (None for
-    the others); errors: per image, why it cannot be used (None when it can).
+    paths, names: per image; keys: the content digest of the readable ones (None for the others);
+    errors: per image, why it cannot be used (None when it can).
     """
 
     def __init__(self, paths: list[Path], model: FASL, log):
         self.paths, self.names = paths, output_names(paths)
-        self.sizes: list[tuple[int, int] | None] = []
         self.keys: list[str | None] = []
         self.errors: list[str | None] = []
         for path in tqdm(paths, desc="reading", unit="img", dynamic_ncols=True, leave=False):
@@ -271,17 +270,28 @@ class Lot:
                 img, problem = None, str(err)
             if problem is not None:
                 log.error("left out %s: %s", path, problem)
-                self.sizes.append(None)
                 self.keys.append(None)
                 self.errors.append(problem)
                 continue
-            self.sizes.append((img.height, img.width))
             self.keys.append(content_key(Path(path).read_bytes()))
             self.errors.append(None)
 
     @property
     def usable(self) -> list[int]:
         return [i for i, e in enumerate(self.errors) if e is None]
+
+
+def usable_image(path: Path, model: FASL, what: str):
+    """A reference or known-defect image, read and checked (one that cannot be used stops the run:
+    every one is needed) -> the PIL image."""
+    try:
+        img = load_image(path)
+    except ImageReadError as err:
+        raise ImageReadError(f"{what} image unusable ({err}); every one is needed") from err
+    problem = image_problem((img.height, img.width), model)
+    if problem is not None:
+        raise InputValueError(f"{what} image {path} unusable: {problem}")
+    return img
 
 
 def read_tensor(path: Path, model: FASL) -> torch.Tensor:
@@ -302,16 +312,7 @@ def prepare_references(args, model: FASL, cfg: InferenceConfig, post: MapPost, l
         log.info("loaded %d reference(s)' memory and thresholds from %s", len(refs.refs), args.load_refs)
     else:
         paths = list_images(args.refs, "--refs")
-        raw = []
-        for path in paths:
-            try:
-                img = load_image(path)
-            except ImageReadError as err:
-                raise ImageReadError(f"reference image unusable ({err}); every reference is needed") from err
-            problem = image_problem((img.height, img.width), model)
-            if problem is not None:
-                raise InputValueError(f"reference image {path} unusable: {problem}")
-            raw.append(image_to_unit_tensor(img, model.backbone.image_size))
+        raw = [image_to_unit_tensor(usable_image(path, model, "reference"), model.backbone.image_size) for path in paths]
         bb = model.backbone
         ref = reference_images(torch.stack(raw), bb.mean, bb.std, bb.patch_size, s.augment_refs, s.normal_sample)
         bank = model.build_memory(ref.bank, model.windows_for(cfg), window_batch=cfg.window_batch)
@@ -339,10 +340,7 @@ def read_defect_refs(args, model: FASL) -> list[Path]:
         return []
     paths = list_images(args.defect_refs, "--defect_refs")
     for path in paths:
-        img = load_image(path)
-        problem = image_problem((img.height, img.width), model)
-        if problem is not None:
-            raise ValueError(f"--defect_refs image {path} unusable: {problem}")
+        usable_image(path, model, "--defect_refs")
     return paths
 
 
