@@ -90,7 +90,7 @@ def test_checkpoint_names_have_one_home():
     for name in ("CheckpointMismatch", "read_checkpoint", "normalize_config", "CHECKPOINT_FORMAT"):
         assert getattr(fasl, name) is getattr(checkpoint, name)  # the old import path still works
     mine = {"family": "open_clip", "model": "m", "widths": [8], "depth": 2, "patch_size": 4, "blocks": [1],
-            "activation": "gelu", "neighbourhood": 1, "pretrained": None, "image_size": 16,
+            "activation": "gelu", "neighbourhood": 1, "border_pad": 0, "pretrained": None, "image_size": 16,
             "input_bn": True, "nam": "shared", "hidden_bias": False, "nam_residual": False, "fd_residual": False,
             "head_input": "deviation"}
     assert checkpoint.config_mismatches(mine, dict(mine)) == []
