@@ -51,7 +51,8 @@ from utils.visualize import class_range, save_png, triptych
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--data_path", required=True, help="root of the test dataset (holds meta.json)")
     p.add_argument("--dataset", default="visa", help="name of the test dataset, for the results (default: %(default)s)")
     p.add_argument("--save_path", required=True, help="output folder: results.json, results.csv, references.json, test.log")

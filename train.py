@@ -63,7 +63,8 @@ RECIPES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--train_data_path", default=None,
                    help="root of the auxiliary dataset (holds meta.json); not needed with --train_images")
     p.add_argument("--dataset", default=None,
@@ -148,7 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                         for k, v in RECIPES["new_parts"].items())
                         + "); a flag given on its own still wins (default: %(default)s)")
     # the recipe sets the defaults the parse below starts from; an unknown name is left to that parse
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe", default="reference")
     chosen = pre.parse_known_args(argv)[0].recipe
     p.set_defaults(**RECIPES.get(chosen, {}))

@@ -44,7 +44,8 @@ DEFAULT_MODEL = str(ROOT / "bench" / "configs" / "ViT-L-14-4blocks.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     add_backbone_args(p)
     add_inference_args(p, align_default="image_index")
     # the benchmark's own defaults: a 4-block ViT-L/14 shape with random weights

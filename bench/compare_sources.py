@@ -46,7 +46,8 @@ SOURCES = ("masks", "synthetic")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--out", default="bench_out/compare_sources",
                    help="generated data, checkpoints and results go here (default: %(default)s)")
     add_hidden_alias(p, "--workdir", "out")

@@ -68,7 +68,8 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--data_root", help="dataset in MVTec layout with meta.json, two classes or more (required)")
     p.add_argument("--weights", help="pretrained weights of --model, a local file (required)")
     p.add_argument("--model", default="timm:tf_efficientnet_lite0", help="(default: %(default)s)")

@@ -97,6 +97,7 @@ def build_mvtec_meta(root: str | Path) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Write ROOT/meta.json (APRIL-GAN schema) for a dataset in MVTec AD layout: "
                     "every folder with train/good and test/ is a class; masks are "
                     "ground_truth/<defect>/<name>_mask.png.")

@@ -87,6 +87,7 @@ def build_visa_meta(root: str | Path, split_csv: str | Path | None = None) -> di
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Write ROOT/meta.json (APRIL-GAN schema) for VisA from its split csv "
                     "(columns object,split,label,image,mask). " + SPLIT_HINT + ".")
     parser.add_argument("--data_root", default=None, help="VisA root (holds candle/, pcb1/, ...)")

@@ -3,14 +3,19 @@ hidden aliases, the retired train/test ``--refs``, advanced switches last in --h
 checkpoint module's names."""
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 import predict
 import test_few_shot
 import train
-from bench import compare_sources
-from data import mvtec, visa
+from bench import benchmark, compare_sources, decisions, gpu_check, lot_cost, real_eval, summarize
+from data import mvtec, synthetic, textures, visa
 from models import checkpoint, fasl
+
+REPO = Path(__file__).resolve().parent.parent
 
 TRAIN = ["--save_path", "s", "--train_data_path", "d"]
 TEST = ["--data_path", "d", "--save_path", "s", "--mode", "fd"]
@@ -21,6 +26,55 @@ def _exit_message(parse, argv, capsys) -> str:
         parse(argv)
     assert exc.value.code == 2
     return capsys.readouterr().err
+
+
+# every program's command-line entry, a command line it takes, and one of its flags (issue 28)
+PROGRAMS = {
+    "train.py": (train.parse_args, TRAIN, "--learning_rate"),
+    "test_few_shot.py": (test_few_shot.parse_args, TEST, "--eval_size"),
+    "predict.py": (predict.parse_args, ["--refs", "a", "--images", "b", "--out", "o"], "--mask_level"),
+    "data/mvtec.py": (mvtec.parse_args, ["--data_root", "x"], "--data_root"),
+    "data/visa.py": (visa.parse_args, ["--data_root", "x"], "--split"),
+    "data/synthetic.py": (synthetic.parse_args, ["--out", "o"], "--n_train"),
+    "data/textures.py": (textures.parse_args, ["--out", "o"], "--n_test"),
+    "bench/benchmark.py": (benchmark.parse_args, [], "--n_images"),
+    "bench/compare_sources.py": (compare_sources.parse_args, [], "--gen_classes"),
+    "bench/real_eval.py": (real_eval.parse_args, ["--data_root", "d", "--weights", "w"], "--train_steps"),
+    "bench/decisions.py": (decisions.parse_args, ["--data_root", "d", "--pretrained", "none"], "--mask_levels"),
+    "bench/summarize.py": (summarize.parse_args, ["no_folder_here"], "--help"),
+    "bench/gpu_check.py": (gpu_check.main, ["agreement", "--device", "cpu", "--out", "o"], "--device"),
+    "bench/lot_cost.py": (lot_cost.main, ["--refs", "a", "--images", "b"], "--predict_args"),
+}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_no_program_reads_a_prefix_as_its_flag(program, capsys):
+    """A typo must never select another flag silently: every parser refuses a flag's prefix."""
+    parse, argv, flag = PROGRAMS[program]
+    prefix = flag[:-3]
+    err = _exit_message(parse, [*argv, prefix, "1"], capsys)
+    assert f"unrecognized arguments: {prefix}" in err
+
+
+def _parser_calls():
+    """(file, line, call) of every ArgumentParser(...) and add_parser(...) in the project's code."""
+    for path in sorted(REPO.rglob("*.py")):
+        rel = path.relative_to(REPO)
+        if rel.parts[0] in ("tests", ".venv") or rel.parts[0].startswith("."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if name in ("ArgumentParser", "add_parser"):
+                    yield f"{rel}:{node.lineno}", node
+
+
+def test_every_parser_refuses_abbreviations():
+    calls = list(_parser_calls())
+    assert len(calls) >= 15
+    loose = [where for where, call in calls
+             if not any(k.arg == "allow_abbrev" and getattr(k.value, "value", None) is False for k in call.keywords)]
+    assert loose == [], f"parsers that would read a prefix as a flag: {loose}"
 
 
 @pytest.mark.parametrize("parse, base", [(train.parse_args, TRAIN), (test_few_shot.parse_args, TEST)])
