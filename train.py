@@ -43,7 +43,7 @@ from models.asl import ScoreMaps, global_batch_norm
 from models.fd import HEAD_INPUTS
 from models.checkpoint import read_checkpoint
 from models.fasl import upsample
-from models.flags import add_align_arg, add_backbone_args, add_hidden_alias, add_retired_flag, check_model_flags
+from models.flags import add_align_arg, add_backbone_args, add_retired_flag, check_model_flags
 from utils.losses import dice_loss, focal_loss
 from utils.cli import InputValueError, run_cli
 from utils.distributed import Dist, barrier, broadcast_from_main, reduce_sum, shutdown
@@ -126,7 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "LFE windows")
     adv.add_argument("--input_bn", action=argparse.BooleanOptionalAction, default=True,
                      help="the BatchNorm1d in front of each ASL head (default: on; --no-input_bn drops it)")
-    add_hidden_alias(adv, "--no_input_bn", "input_bn", action="store_false")
+    add_retired_flag(p, "--no_input_bn", "is now --no-input_bn")
     adv.add_argument("--dice_smooth", type=float, default=1.0,
                      help="smoothing term of the dice loss; the reference's 1 rewards 'all normal' when defects are "
                           "a few pixels (default: %(default)s)")

@@ -6,7 +6,7 @@ bank's bytes per class, peak memory and the metric computation of a class, and r
 *floor*: the backbone calls alone on the same images in the same run, with total / floor.
 
     python bench/benchmark.py                                  # ViT-L/14 shape, 4 blocks, 518 px, nan, k=1
-    python bench/benchmark.py --winmode mul --align image_index --k 4 --agreement
+    python bench/benchmark.py --winmode mul --align image_index --k_shot 4 --agreement
 
 Weights are random (timing does not depend on them); the default model is a 4-block
 ViT-L/14-336 shape (bench/configs/ViT-L-14-4blocks.json). Results go to --out as JSON.
@@ -34,7 +34,7 @@ from data.images import normalize_tensor  # noqa: E402
 from models import build_fasl_from_args  # noqa: E402
 from models.fasl import InferenceConfig, resolved_search_dtype  # noqa: E402
 from models.lfe import split_windows  # noqa: E402
-from models.flags import add_backbone_args, add_hidden_alias, add_inference_args, fill_model_defaults  # noqa: E402
+from models.flags import add_backbone_args, add_inference_args, add_retired_flag, fill_model_defaults  # noqa: E402
 from utils.metrics import class_metrics  # noqa: E402
 from models.hardware import cpu_summary  # noqa: E402
 from utils.misc import peak_rss_bytes, resolve_device, write_json  # noqa: E402
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # the benchmark's own defaults: a 4-block ViT-L/14 shape with random weights
     p.set_defaults(model=DEFAULT_MODEL, pretrained="none", features_list=[1, 2, 3, 4])
     p.add_argument("--k_shot", type=int, default=1, help="reference images (default: %(default)s)")
-    add_hidden_alias(p, "--k", "k_shot", type=int)
+    add_retired_flag(p, "--k", "is now --k_shot")
     p.add_argument("--batch_size", type=int, default=1, help="query images per forward (default: %(default)s)")
     p.add_argument("--n_images", type=int, default=2, help="timed query images (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches (default: %(default)s)")

@@ -38,8 +38,7 @@ if str(ROOT) not in sys.path:
 import test_few_shot  # noqa: E402
 import train  # noqa: E402
 from data import synthetic  # noqa: E402
-from models.flags import add_hidden_alias  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import add_retired_flag, run_cli  # noqa: E402
 from utils.metrics import CLASS_KEYS, mean_metrics  # noqa: E402
 
 SOURCES = ("masks", "synthetic")
@@ -50,10 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 allow_abbrev=False)
     p.add_argument("--out", default="bench_out/compare_sources",
                    help="generated data, checkpoints and results go here (default: %(default)s)")
-    add_hidden_alias(p, "--workdir", "out")
+    add_retired_flag(p, "--workdir", "is now --out")
     g = p.add_argument_group("datasets (omit both roots to generate them)")
     g.add_argument("--data_root", default=None, help="dataset to test on (meta.json with train and test splits)")
-    add_hidden_alias(g, "--target_root", "data_root")
+    add_retired_flag(p, "--target_root", "is now --data_root")
     g.add_argument("--target_name", default=None, help="its name in logs (default: its layout / folder name)")
     g.add_argument("--aux_root", default=None, help="dataset with masks for the 'masks' source")
     g.add_argument("--aux_name", default=None, help="its name in logs (default: its layout / folder name)")

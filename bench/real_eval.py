@@ -58,7 +58,7 @@ from models.asl import HeadLayout  # noqa: E402
 from models.backbone import PRECISIONS  # noqa: E402
 from models.backbone import BackboneOutput  # noqa: E402
 from models.fasl import FASL, Encoded, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
-from utils.cli import InputValueError  # noqa: E402
+from utils.cli import InputValueError, add_retired_flag  # noqa: E402
 from utils.metrics import class_metrics, transductive_scores  # noqa: E402
 from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
 
@@ -103,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
                    help="blend each image score with its map maximum normalised over the class, as test_few_shot.py "
                         "(--no-transductive: each image on its own) (default: on)")
-    p.add_argument("--no_transductive", dest="transductive", action="store_false", help=argparse.SUPPRESS)
+    add_retired_flag(p, "--no_transductive", "is now --no-transductive")
     p.add_argument("--skip_methods", action="store_true",
                    help="only the extra measurements asked for (--agreement, --precision_check), no training")
     p.add_argument("--agreement", action="store_true",

@@ -15,6 +15,7 @@ from models.backbone import (DEFAULT_MODEL, PRECISIONS, backbone_geometry, check
                              default_pretrained)
 from models.fasl import SCORE_MODES, SEARCH_PRECISIONS, WINMODES
 from models.memory import ALIGN_MODES
+from utils.cli import add_retired_flag  # noqa: F401  (the programs import it from here, beside the other flags)
 
 
 def add_backbone_args(p: argparse.ArgumentParser, advanced: argparse._ArgumentGroup | None = None,
@@ -202,23 +203,6 @@ def check_post_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> No
         map_post_from_args(args)
     except ValueError as err:
         p.error(str(err))
-
-
-def add_hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
-    """An old spelling of a flag that scripts may still use, kept out of --help."""
-    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
-
-
-class _Retired(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} {self.help_text}")
-
-
-def add_retired_flag(p: argparse.ArgumentParser, old: str, why: str) -> None:
-    """A flag whose old meaning is gone: kept out of --help, and refused with ``why`` (a flag left
-    undefined would silently abbreviate a longer one: ``--refs`` would be read as ``--refs_file``)."""
-    action = p.add_argument(old, nargs="*", action=_Retired, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
-    action.help_text = why
 
 
 def add_decision_args(p: argparse.ArgumentParser,

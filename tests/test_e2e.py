@@ -483,7 +483,7 @@ def test_each_run_logs_only_into_its_own_folder(run_test, tmp_path):
 def test_no_input_bn_checkpoint_is_tested_with_its_own_head_layout(syn_datasets, run_test, tiny_backbone_args,
                                                                     train_args, tmp_path):
     ckpt = train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "nobn"),
-                       "--epoch", "1", "--no_input_bn", *train_args, *tiny_backbone_args])
+                       "--epoch", "1", "--no-input_bn", *train_args, *tiny_backbone_args])
     state = torch.load(ckpt, weights_only=True)
     assert state["config"]["input_bn"] is False
     argv = ["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "out"), "--checkpoint_path",

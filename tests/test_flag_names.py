@@ -1,9 +1,10 @@
-"""One name per concept across the programs (issue 21): the new spellings, the old ones kept as
-hidden aliases, the retired train/test ``--refs``, advanced switches last in --help, and the
-checkpoint module's names."""
+"""One name per concept across the programs (issues 21, 28): the new spellings, the old ones
+refused with the new name, the retired train/test ``--refs``, no flag read from its prefix,
+advanced switches behind --help_advanced, and the checkpoint module's names."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,8 @@ def test_no_program_reads_a_prefix_as_its_flag(program, capsys):
     assert f"unrecognized arguments: {prefix}" in err
 
 
-def _parser_calls():
-    """(file, line, call) of every ArgumentParser(...) and add_parser(...) in the project's code."""
+def _calls(*names):
+    """(file, call) of every call of a function or method of these names in the project's code."""
     for path in sorted(REPO.rglob("*.py")):
         rel = path.relative_to(REPO)
         if rel.parts[0] in ("tests", ".venv") or rel.parts[0].startswith("."):
@@ -65,14 +66,14 @@ def _parser_calls():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call):
                 name = getattr(node.func, "attr", getattr(node.func, "id", None))
-                if name in ("ArgumentParser", "add_parser"):
-                    yield f"{rel}:{node.lineno}", node
+                if name in names:
+                    yield str(rel), node
 
 
 def test_every_parser_refuses_abbreviations():
-    calls = list(_parser_calls())
+    calls = list(_calls("ArgumentParser", "add_parser"))
     assert len(calls) >= 15
-    loose = [where for where, call in calls
+    loose = [f"{where}:{call.lineno}" for where, call in calls
              if not any(k.arg == "allow_abbrev" and getattr(k.value, "value", None) is False for k in call.keywords)]
     assert loose == [], f"parsers that would read a prefix as a flag: {loose}"
 
@@ -90,24 +91,50 @@ def test_refs_is_predicts_images_only(parse, base, capsys):
 def test_negations_follow_one_style(capsys):
     assert train.parse_args(TRAIN).input_bn is True
     assert train.parse_args([*TRAIN, "--no-input_bn"]).input_bn is False
-    assert train.parse_args([*TRAIN, "--no_input_bn"]).input_bn is False  # the old spelling, hidden
+    assert real_eval.parse_args(["--combine", "r.json", "--no-transductive"]).transductive is False
     text = _help(train.parse_args, TRAIN, capsys)
     assert "--no-input_bn" in text and "--no_input_bn" not in text
 
 
+# (program's entry, a command line it takes, the old spelling, the flag that replaced it): issue 28
+RETIRED = [
+    (train.parse_args, TRAIN, "--no_input_bn", "--no-input_bn"),
+    (real_eval.parse_args, ["--combine", "r.json"], "--no_transductive", "--no-transductive"),
+    (benchmark.parse_args, [], "--k", "--k_shot"),
+    (compare_sources.parse_args, ["--aux_root", "a"], "--target_root", "--data_root"),
+    (compare_sources.parse_args, [], "--workdir", "--out"),
+    (mvtec.parse_args, ["--data_root", "x"], "--root", "--data_root"),
+    (visa.parse_args, ["--data_root", "x"], "--root", "--data_root"),
+]
+
+
+@pytest.mark.parametrize("parse, argv, old, new", RETIRED, ids=[f"{r[2]}->{r[3]}" for r in RETIRED])
+def test_old_spellings_are_refused_with_the_new_flag(parse, argv, old, new, capsys):
+    """An old spelling is no longer read as the new flag: it stops with the flag to use."""
+    err = _exit_message(parse, [*argv, old, "1"], capsys)
+    assert f"{old} is now {new}" in err
+    assert not re.search(re.escape(old) + r"(?![\w-])", _help(parse, argv, capsys))  # nor shown in --help
+
+
+def test_no_flag_is_a_hidden_alias():
+    """An old spelling is refused (utils/cli.py add_retired_flag), never read as a hidden duplicate."""
+    hidden = []
+    for where, call in _calls("add_argument"):
+        if any(k.arg == "help" and getattr(k.value, "attr", None) == "SUPPRESS" for k in call.keywords):
+            hidden.append(where)
+    assert hidden == ["utils/cli.py"], hidden  # add_retired_flag's own add_argument
+
+
 @pytest.mark.parametrize("module", [mvtec, visa])
-def test_builders_take_data_root_and_still_read_root(module, capsys):
+def test_builders_take_data_root(module, capsys):
     assert module.parse_args(["--data_root", "x"]).data_root == "x"
-    assert module.parse_args(["--root", "y"]).data_root == "y"
     err = _exit_message(module.parse_args, [], capsys)
-    assert "--data_root" in err
+    assert "the following arguments are required: --data_root" in err
 
 
 def test_compare_sources_names(capsys):
     args = compare_sources.parse_args(["--data_root", "t", "--aux_root", "a", "--out", "o"])
     assert (args.data_root, args.aux_root, args.out) == ("t", "a", "o")
-    old = compare_sources.parse_args(["--target_root", "t", "--aux_root", "a", "--workdir", "o"])
-    assert (old.data_root, old.out) == ("t", "o")
     assert compare_sources.parse_args([]).out == "bench_out/compare_sources"
     err = _exit_message(compare_sources.parse_args, ["--data_root", "t"], capsys)
     assert "give both --data_root and --aux_root" in err
