@@ -40,8 +40,8 @@ from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import check_files, load_meta, split_files
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
-from models.flags import (add_advanced_scoring_args, add_backbone_args, add_inference_args, add_post_args,
-                          add_retired_flag, check_model_flags, check_post_flags, map_post_from_args)
+from models.flags import (BATCH_SIZE, SEED, add_advanced_scoring_args, add_backbone_args, add_inference_args,
+                          add_post_args, add_retired_flag, check_model_flags, check_post_flags, map_post_from_args)
 from models.postprocess import MapPost
 from utils.cli import InputValueError, run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
@@ -65,11 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="references.json of an earlier run: reuse exactly those references")
     add_retired_flag(p, "--refs", "is predict.py's reference images; here the references of an earlier run are "
                                   "--refs_file references.json")
-    p.add_argument("--seed", type=int, default=111, help="seed of the reference sampling (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED, help="seed of the reference sampling (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="several reference seeds: a sweep (default: --seed alone)")
-    p.add_argument("--eval_size", type=int, default=240, help="side of the maps and masks the metrics use (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=8, help="test images per forward pass (default: %(default)s)")
+    p.add_argument("--eval_size", type=int, default=InferenceConfig.out_size,
+                   help="side of the maps and masks the metrics use (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="test images per forward pass (default: %(default)s)")
     p.add_argument("--classes", nargs="+", default=None, help="evaluate these classes only (default: all)")
     p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
                    help="the reference code's evaluation: average each image score with the maximum of its "

@@ -32,18 +32,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from data.anomaly_synthesis import SynthesisConfig, parse_kinds
+from data.anomaly_synthesis import KINDS, SynthesisConfig, parse_kinds
 from data.dataset import AnomalyDataset, balanced_batches, class_batches, select_classes
 from data.images import list_images
 from data.kshot import choose_references, draw_references, load_kshot, load_reference_images, save_kshot
 from data.meta import check_files, load_meta, split_files
-from data.synthetic_train import SynthesizedAnomalyDataset, relative_to_common_root
+from data.synthetic_train import CLEAN_RATE, SynthesizedAnomalyDataset, relative_to_common_root
 from models import build_fasl_from_args
 from models.asl import ScoreMaps, global_batch_norm
 from models.fd import HEAD_INPUTS
 from models.checkpoint import read_checkpoint
 from models.fasl import upsample
-from models.flags import add_align_arg, add_backbone_args, add_retired_flag, check_model_flags
+from models.flags import (BATCH_SIZE, LEARNING_RATE, SEED, TRAIN_K_SHOT, add_align_arg, add_backbone_args,
+                          add_retired_flag, check_model_flags)
 from utils.losses import dice_loss, focal_loss
 from utils.cli import InputValueError, run_cli
 from utils.distributed import Dist, barrier, broadcast_from_main, reduce_sum, shutdown
@@ -72,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "custom with --train_images)")
     p.add_argument("--save_path", required=True, help="folder for checkpoints (epoch_N.pth), train.log, references.json")
     add_backbone_args(p)
-    p.add_argument("--k_shot", type=int, default=10,
+    p.add_argument("--k_shot", type=int, default=TRAIN_K_SHOT,
                    help="good reference images per class in the training memory banks, as the reference code's "
                         "--k_shot (all of a class that has fewer) (default: %(default)s)")
     p.add_argument("--refs_file", default=None,
@@ -83,8 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None,
                    help="train about this many optimiser steps instead of --epoch: the whole number of epochs nearest "
                         "steps / batches per epoch, at least 1 (default: --epoch decides; --recipe new_parts: 75)")
-    p.add_argument("--batch_size", type=int, default=8, help="(default: %(default)s)")
-    p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="(default: %(default)s)")
+    p.add_argument("--learning_rate", type=float, default=LEARNING_RATE, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--aug_rate", type=float, default=0.2,
                    help="probability of the 2x2 mosaic augmentation; --anomaly_source masks only (default: %(default)s)")
     p.add_argument("--crop_rate", type=float, default=0.0,
@@ -96,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
                    help="train the NAM and put its maps in the loss (default: on); --no-nam trains the ASL "
                         "heads alone, as the reference does with useNAM=0")
-    p.add_argument("--seed", type=int, default=111, help="seed for references, shuffling and augmentation (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED, help="seed for references, shuffling and augmentation (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch_N.pth in --save_path")
     p.add_argument("--check_args", action="store_true",
                    help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
@@ -113,11 +114,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "instead of the train split of --train_data_path")
     g.add_argument("--class_name", default="custom",
                    help="class name of the --train_images (default: %(default)s)")
-    g.add_argument("--clean_rate", type=float, default=0.3,
+    g.add_argument("--clean_rate", type=float, default=CLEAN_RATE,
                    help="synthetic: fraction of the training images left without a defect each epoch "
                         "(default: %(default)s)")
-    g.add_argument("--synth_kinds", default="cutpaste,noise",
-                   help="synthetic: comma-separated defect kinds, from cutpaste, noise (default: %(default)s)")
+    g.add_argument("--synth_kinds", default=",".join(KINDS),
+                   help=f"synthetic: comma-separated defect kinds, from {', '.join(KINDS)} (default: %(default)s)")
     # experiment switches, last in --help: a user sets --recipe instead
     adv = p.add_argument_group("advanced: training changes that are not the reference code's (see docs/real-images.md; "
                                "--recipe new_parts sets some of them)")

@@ -38,6 +38,9 @@ if str(ROOT) not in sys.path:
 import test_few_shot  # noqa: E402
 import train  # noqa: E402
 from data import synthetic  # noqa: E402
+from data.anomaly_synthesis import KINDS  # noqa: E402
+from data.synthetic_train import CLEAN_RATE  # noqa: E402
+from models.flags import BATCH_SIZE, SEED  # noqa: E402
 from utils.cli import add_retired_flag, run_cli  # noqa: E402
 from utils.metrics import CLASS_KEYS, mean_metrics  # noqa: E402
 
@@ -72,10 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="0.01 suits the tiny random backbone; use 0.001 (the paper's) with CLIP weights "
                         "(default: %(default)s)")
     g.add_argument("--k_shot", type=int, default=1, help="references for training and testing (default: %(default)s)")
-    g.add_argument("--batch_size", type=int, default=8)
-    g.add_argument("--seed", type=int, default=111, help="training and reference seed (default: %(default)s)")
-    g.add_argument("--clean_rate", type=float, default=0.3, help="synthetic source only (default: %(default)s)")
-    g.add_argument("--synth_kinds", default="cutpaste,noise", help="synthetic source only (default: %(default)s)")
+    g.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=SEED, help="training and reference seed (default: %(default)s)")
+    g.add_argument("--clean_rate", type=float, default=CLEAN_RATE, help="synthetic source only (default: %(default)s)")
+    g.add_argument("--synth_kinds", default=",".join(KINDS), help="synthetic source only (default: %(default)s)")
     g.add_argument("--train_args", default="", help="extra train.py flags for both runs, one quoted string")
     g.add_argument("--test_args", default="", help="extra test_few_shot.py flags, one quoted string")
     g.add_argument("--fd_baseline", action=argparse.BooleanOptionalAction, default=True,

@@ -58,6 +58,7 @@ from models.asl import HeadLayout  # noqa: E402
 from models.backbone import PRECISIONS  # noqa: E402
 from models.backbone import BackboneOutput  # noqa: E402
 from models.fasl import FASL, Encoded, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
+from models.flags import BATCH_SIZE, LEARNING_RATE, TRAIN_K_SHOT  # noqa: E402
 from utils.cli import InputValueError, add_retired_flag  # noqa: E402
 from utils.metrics import class_metrics, transductive_scores  # noqa: E402
 from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
@@ -90,14 +91,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learned_modes", nargs="+", choices=LEARNED_MODES, default=list(LEARNED_MODES),
                    help="the learned scoring modes measured (default: all four)")
     p.add_argument("--winmodes", nargs="+", choices=("nan", "mul"), default=["nan", "mul"], help="(default: nan mul)")
-    p.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
-    p.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
-    p.add_argument("--eval_size", type=int, default=224, help="map and mask side for the metrics (default: %(default)s)")
+    p.add_argument("--win_size", type=int, default=InferenceConfig.win_size,
+                   help="LFE window side in patches (default: %(default)s)")
+    p.add_argument("--win_stride", type=int, default=InferenceConfig.win_stride,
+                   help="LFE window step in patches (default: %(default)s)")
+    p.add_argument("--eval_size", type=int, default=224,
+                   help="map and mask side for the metrics: the --image_size of the backbone measured, as "
+                        "docs/real-images.md's tables (test_few_shot.py: 240, the reference code's, for 518 px "
+                        "inputs) (default: %(default)s)")
     p.add_argument("--train_steps", type=int, default=150,
                    help="optimiser steps per training run, rounded up to whole epochs (default: %(default)s)")
-    p.add_argument("--train_k", type=int, default=10, help="references per class in training banks (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=8, help="training batch (default: %(default)s)")
-    p.add_argument("--learning_rate", type=float, default=1e-3, help="(default: %(default)s)")
+    p.add_argument("--train_k", type=int, default=TRAIN_K_SHOT,
+                   help="references per class in training banks (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="training batch (default: %(default)s)")
+    p.add_argument("--learning_rate", type=float, default=LEARNING_RATE, help="(default: %(default)s)")
     p.add_argument("--train_args", default="",
                    help="extra train.py flags for every run, e.g. '--dice_smooth 0.01 --nam_residual' (default: none)")
     p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,

@@ -125,6 +125,37 @@ def test_no_flag_is_a_hidden_alias():
     assert hidden == ["utils/cli.py"], hidden  # add_retired_flag's own add_argument
 
 
+def test_shared_flags_take_their_defaults_from_one_place():
+    """Issue 28.3: the scoring defaults are InferenceConfig's, the shared ones models/flags.py's
+    constants; the benchmark's --align image_index and --batch_size 1 are its documented own."""
+    from data.synthetic_train import CLEAN_RATE
+    from models.fasl import InferenceConfig
+    from models.flags import BATCH_SIZE, LEARNING_RATE, SEED, TRAIN_K_SHOT
+
+    c = InferenceConfig()
+    scoring = {"mode": c.mode, "nam": c.use_nam, "winmode": c.winmode, "win_size": c.win_size,
+               "win_stride": c.win_stride, "win_weight": c.win_weight, "align": c.align, "win_radius": c.win_radius,
+               "win_topk": c.win_topk, "search_precision": c.search_precision, "window_batch": c.window_batch}
+    assert c.align == "exhaustive"  # the reference code's search, as the paper's scripts pass it
+    test = vars(test_few_shot.parse_args([*TEST[:-2], "--checkpoint_path", "c.pth"]))
+    assert {k: test[k] for k in scoring} == scoring
+    assert (test["eval_size"], test["batch_size"], test["seed"]) == (c.out_size, BATCH_SIZE, SEED)
+    mine = vars(predict.parse_args(["--refs", "a", "--images", "b", "--out", "o"]))
+    assert {k: mine[k] for k in scoring if k != "mode"} == {k: v for k, v in scoring.items() if k != "mode"}
+    assert (mine["batch_size"], mine["seed"]) == (BATCH_SIZE, SEED)
+    bench = vars(benchmark.parse_args([]))
+    assert {k: bench[k] for k in scoring} == {**scoring, "align": "image_index"}
+    trained = train.parse_args(TRAIN)
+    assert (trained.align, trained.batch_size, trained.seed, trained.k_shot, trained.learning_rate,
+            trained.clean_rate) == (c.align, BATCH_SIZE, SEED, TRAIN_K_SHOT, LEARNING_RATE, CLEAN_RATE)
+    real = real_eval.parse_args(["--combine", "r.json"])
+    assert (real.batch_size, real.learning_rate, real.train_k, real.win_size, real.win_stride) == \
+        (BATCH_SIZE, LEARNING_RATE, TRAIN_K_SHOT, c.win_size, c.win_stride)
+    compare = compare_sources.parse_args([])
+    assert (compare.batch_size, compare.seed, compare.clean_rate, compare.synth_kinds) == \
+        (BATCH_SIZE, SEED, CLEAN_RATE, trained.synth_kinds)
+
+
 @pytest.mark.parametrize("module", [mvtec, visa])
 def test_builders_take_data_root(module, capsys):
     assert module.parse_args(["--data_root", "x"]).data_root == "x"
