@@ -277,6 +277,13 @@ def run_settings(args, encoder_dtype: torch.dtype) -> dict:
 PRECISION_OF_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
+def epochs_for_steps(steps: int, batches_per_epoch: int) -> int:
+    """``--steps``: the whole number of epochs nearest ``steps`` optimiser steps at ``batches_per_epoch``
+    batches an epoch, at least 1 (a tie goes to the even number, as ``round``). The one rule of
+    train.py and of bench/real_eval.py --train_steps, which passes its steps here as --steps."""
+    return max(1, round(steps / max(1, batches_per_epoch)))
+
+
 def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
     found = [(int(m.group(1)), p) for p in folder.glob("epoch_*.pth") if (m := CHECKPOINT_RE.match(p.name))]
     return max(found) if found else None
@@ -327,7 +334,7 @@ def _train(args, run) -> Path:
     refs, ref_root = data.refs, data.root
     if args.steps is not None:  # the epochs nearest the step count, for this dataset and batch size
         per_epoch = len(epoch_batches(dataset, args, 0))
-        args.epoch = max(1, round(args.steps / per_epoch))
+        args.epoch = epochs_for_steps(args.steps, per_epoch)
         log.info("%s--steps %d: %d epochs of %d batches (%d steps)", d.tag, args.steps, args.epoch, per_epoch,
                  args.epoch * per_epoch)
     info = {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot}

@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:
 
 import train  # noqa: E402
 from data.dataset import load_test_images  # noqa: E402
-from data.kshot import load_reference_images, normal_train_images, sample_kshot  # noqa: E402
+from data.kshot import load_reference_images, sample_kshot  # noqa: E402
 from data.meta import load_meta  # noqa: E402
 from models import build_fasl  # noqa: E402
 from models.asl import HeadLayout  # noqa: E402
@@ -100,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "docs/real-images.md's tables (test_few_shot.py: 240, the reference code's, for 518 px "
                         "inputs) (default: %(default)s)")
     p.add_argument("--train_steps", type=int, default=150,
-                   help="optimiser steps per training run, rounded up to whole epochs (default: %(default)s)")
+                   help="about this many optimiser steps per training run: train.py --steps, the whole number of "
+                        "epochs nearest it (default: %(default)s)")
     p.add_argument("--train_k", type=int, default=TRAIN_K_SHOT,
                    help="references per class in training banks (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="training batch (default: %(default)s)")
@@ -164,21 +165,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- training
 
 def training_argv(args, meta, test_cls: str, source: str, nam: bool, seed: int) -> list[str]:
-    """train.py's arguments for heads that never see ``test_cls``."""
+    """train.py's arguments for heads that never see ``test_cls``; --train_steps goes to train.py as
+    --steps, whose rule (``train.epochs_for_steps``, on the batches it really draws) sets the epochs."""
     others = [c for c in sorted(meta["test"]) if c != test_cls]
     if source == "masks":
-        classes, n = others, sum(len(meta["test"][c]) for c in others)
-        data = ["--anomaly_source", "masks"]
+        classes, data = others, ["--anomaly_source", "masks"]
     else:
         classes = {"synth_own": [test_cls], "synth_all": sorted(meta["train"])}.get(source, others)
-        n = sum(len(normal_train_images(meta, c)) for c in classes)
         data = ["--anomaly_source", "synthetic"]
-    epochs = max(1, math.ceil(args.train_steps / max(1, math.ceil(n / args.batch_size))))
     backbone = ["--model", args.model, "--pretrained", args.weights, "--image_size", str(args.image_size)]
     if args.features_list:
         backbone += ["--features_list", *map(str, args.features_list)]
     return ["--train_data_path", args.data_root, *data, "--classes", *classes, *backbone, "--device", args.device,
-            "--precision", args.precision, "--seed", str(seed), "--epoch", str(epochs), "--batch_size",
+            "--precision", args.precision, "--seed", str(seed), "--steps", str(args.train_steps), "--batch_size",
             str(args.batch_size), "--k_shot", str(args.train_k), "--learning_rate", str(args.learning_rate),
             "--nam" if nam else "--no-nam", *shlex.split(args.train_args)]
 
@@ -190,11 +189,21 @@ def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
     classes = argv[argv.index("--classes") + 1:argv.index("--model")]
     data = f"{'masks' if source == 'masks' else 'synth'}-{'+'.join(classes)}"  # one run serves every test class
     folder = Path(args.workdir) / f"{data}-{'nam' if nam else 'asl'}-s{seed}-{key}"
-    epochs = int(argv[argv.index("--epoch") + 1])
-    ckpt = folder / f"epoch_{epochs}.pth"
-    if not ckpt.is_file():
-        train.main([*argv, "--save_path", str(folder)])
+    epochs = finished_epochs(folder)
+    if epochs is None:
+        last = train.main([*argv, "--save_path", str(folder)])  # epoch_<epochs>.pth
+        epochs = int(train.CHECKPOINT_RE.match(last.name).group(1))
     return [folder / f"epoch_{e}.pth" for e in range(1, epochs + 1)]
+
+
+def finished_epochs(folder: Path) -> int | None:
+    """The epochs of a finished train.py run in ``folder`` (its train_args.json's --epoch, as --steps
+    resolved it, and that epoch's checkpoint there), or None."""
+    try:
+        epochs = int(json.loads((folder / "train_args.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epochs if (folder / f"epoch_{epochs}.pth").is_file() else None
 
 
 # ----------------------------------------------------------------------------- scoring
