@@ -45,7 +45,8 @@ from models.flags import (BATCH_SIZE, SEED, add_advanced_scoring_args, add_backb
 from models.postprocess import MapPost
 from utils.cli import InputValueError, run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
-from utils.metrics import CLASS_KEYS, class_metrics, format_table, transductive_scores, write_results
+from utils.metrics import (CLASS_KEYS, SPREAD, class_metrics, format_table, mean_spread, transductive_scores,
+                           write_results)
 from utils.misc import atomic_write_text, check_output_folder, fatal_errors_logged, start_run, write_json
 from utils.visualize import class_range, save_png, triptych
 
@@ -278,7 +279,8 @@ def save_outputs(args, out: Path, cls, paths, maps, masks, scores) -> None:
 
 def write_sweep(root: Path, results: dict, runs: Runs, classes: list[str]) -> dict:
     """sweep.json / .md / .csv: per k and class (and their mean over classes), the mean and the
-    standard deviation over seeds of every metric, and the references each seed drew."""
+    sample standard deviation over seeds (utils/metrics.py mean_spread: ddof 1, 0 for a single
+    seed) of every metric, and the references each seed drew."""
     summary: dict = {"k_shot": {}, "references": {}}
     rows_md, rows_csv = [], []
     for k in dict.fromkeys(k for k, _ in runs.keys):
@@ -292,8 +294,7 @@ def write_sweep(root: Path, results: dict, runs: Runs, classes: list[str]) -> di
                             for s in seeds if any(results[(k, s)][c][key] is not None for c in classes)]
                 else:
                     vals = [results[(k, s)][cls][key] for s in seeds if results[(k, s)][cls][key] is not None]
-                mean = float(np.mean(vals)) if vals else None
-                std = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else None)
+                mean, std = mean_spread(vals) if vals else (None, None)
                 stats[key] = {"mean": mean, "std": std, "n": len(vals)}
                 if cls == "mean":  # how many classes the mean covers (the others have n/a), fewest over seeds
                     stats[key]["classes"] = min((sum(results[(k, s)][c][key] is not None for c in classes)
@@ -315,7 +316,7 @@ def write_sweep(root: Path, results: dict, runs: Runs, classes: list[str]) -> di
     table = tabulate(rows_md, headers=["k", "class", *CLASS_KEYS], tablefmt="github", disable_numparse=True)
     write_json(root / "sweep.json", summary)
     atomic_write_text(root / "sweep.md", f"mean ± std over seeds {list(dict.fromkeys(s for _, s in runs.keys))} "
-                                         f"(percent)\n\n{table}\n")
+                                         f"(percent; std: the {SPREAD})\n\n{table}\n")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["k", "class", *[f"{m}_{stat}" for m in CLASS_KEYS for stat in ("mean", "std")]])

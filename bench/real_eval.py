@@ -18,7 +18,7 @@ and seed and scores it with and without its NAM); every training seed's heads ar
 reference seed. The encoded test images are cached under --workdir too, so a rerun or another k
 encodes nothing. Every metric of every run is written to --out as JSON; summary tables (mean
 over seeds and k, per class and overall; the difference to FD), the difference to FD as mean ±
-standard deviation over training seeds (per class, overall, per k) and a picture of it
+sample standard deviation (ddof 1; 0 for one seed) over training seeds (per class, overall, per k) and a picture of it
 (``delta_<winmode>.png``) are printed and written. ``--label`` names a run's training recipe and
 ``--combine`` tabulates several runs' results.json together.
 
@@ -60,7 +60,7 @@ from models.backbone import BackboneOutput  # noqa: E402
 from models.fasl import FASL, Encoded, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
 from models.flags import BATCH_SIZE, LEARNING_RATE, TRAIN_K_SHOT  # noqa: E402
 from utils.cli import InputValueError, add_retired_flag  # noqa: E402
-from utils.metrics import class_metrics, transductive_scores  # noqa: E402
+from utils.metrics import SPREAD, class_metrics, mean_spread, transductive_scores  # noqa: E402
 from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
 
 SOURCES = ("masks", "synth_other", "synth_own", "synth_all")
@@ -567,15 +567,14 @@ def seed_deltas(records: list[dict], winmode: str, key: str) -> dict[str, dict[s
 
 
 def _spread(values: list[float]) -> str:
-    """mean ± sample standard deviation (ddof 1; no spread for a single value)."""
-    if len(values) < 2:
-        return f"{values[0]:+.4f}"
-    return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
+    """mean ± the sample standard deviation (utils/metrics.py mean_spread: ddof 1; 0 for a single value)."""
+    mean, sd = mean_spread(values)
+    return f"{mean:+.4f} ± {sd:.4f}"
 
 
 def spread_tables(records: list[dict]) -> str:
     """Markdown: per winmode, every learned method's Δ to FD per class and on the mean over classes
-    as mean ± standard deviation over training seeds, for pixel AUROC and AUPRO; FD's own values;
+    as mean ± sample standard deviation over training seeds, for pixel AUROC and AUPRO; FD's own values;
     then the same Δ on the mean over classes for each k."""
     out = []
     for winmode in sorted({r["winmode"] for r in records}, key=["nan", "mul"].index):
@@ -596,7 +595,8 @@ def spread_tables(records: list[dict]) -> str:
             table.append(cells)
         headers = (["method"] + [f"Δ pix AUROC {c}" for c in [*classes, "mean"]]
                    + [f"Δ AUPRO {c}" for c in [*classes, "mean"]])
-        out.append(f"### winmode {winmode}: Δ to FD, mean ± std over training seeds {seeds} (each seed: mean over "
+        out.append(f"### winmode {winmode}: Δ to FD, mean ± std over training seeds {seeds} (std: the {SPREAD}; "
+                   f"each seed: mean over "
                    f"k {sorted({r['k'] for r in rows})} and reference seeds {sorted({r['seed'] for r in rows})}; "
                    f"'mean': over the {len(classes)} classes)\n")
         out.append(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
@@ -609,7 +609,8 @@ def spread_tables(records: list[dict]) -> str:
                 for key in ("pixel_auroc", "pixel_aupro"):
                     cells.append(_spread(seed_deltas(mine, winmode, key)[name]["mean"]))
             per_k.append(cells)
-        out.append(f"\n#### winmode {winmode}, Δ to FD per k (mean over classes; ± std over training seeds)\n")
+        out.append(f"\n#### winmode {winmode}, Δ to FD per k (mean over classes; ± the {SPREAD} over training "
+                   f"seeds)\n")
         out.append(tabulate(per_k, headers=["method"] + [f"k={k} Δ {m}" for k in ks for m in ("pix AUROC", "AUPRO")],
                             tablefmt="github", disable_numparse=True))
         out.append("")
@@ -622,7 +623,8 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: list[str] | None = None) -> Path:
     """A PNG of every learned method's Δ to FD per class and on the mean (pixel AUROC above, AUPRO
-    below): bars at the mean over training seeds, whiskers ± one standard deviation, a dot per seed."""
+    below): bars at the mean over training seeds, whiskers ± one sample standard deviation (mean_spread), a dot
+    per seed."""
     from PIL import Image, ImageDraw, ImageFont
 
     try:
@@ -641,7 +643,8 @@ def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: 
     img = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(img)
     # the default font has no Greek letters: "delta" spelled out
-    draw.text((left, 10), f"delta to FD (winmode {winmode}): bars = mean over training seeds, whiskers = ± 1 std, "
+    draw.text((left, 10), f"delta to FD (winmode {winmode}): bars = mean over training seeds, whiskers = ± 1 sample "
+                          f"std (ddof 1), "
                           f"dots = seeds", fill="black", font=font)
     plot_w = W - left - right
     for p, (title, deltas) in enumerate(panels):
@@ -669,7 +672,7 @@ def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: 
             draw.text((left + gi * gw + gw / 2 - 3.5 * len(g), y0 + panel_h + 4), g, fill="black", font=font)
             for mi, n in enumerate(names):
                 v = deltas[n][g]
-                m, sd = float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+                m, sd = mean_spread(v)
                 x0 = left + gi * gw + 0.1 * gw + mi * bw
                 colour = PALETTE[mi % len(PALETTE)]
                 draw.rectangle([x0, min(y(m), y(0)), x0 + bw - 2, max(y(m), y(0))], fill=colour)

@@ -603,7 +603,8 @@ def test_a_sweep_writes_every_run_and_mean_and_std_over_seeds(run_test, winmode_
         for s in (5, 6):
             drawn = json.loads((out / f"{k}shot" / f"seed{s}" / "references.json").read_text())["references"]
             assert sweep["references"][str(k)][str(s)] == drawn and all(len(v) == k for v in drawn.values())
-    assert "±" in (out / "sweep.md").read_text()
+    assert "± std over seeds [5, 6] (percent; std: the sample standard deviation (ddof 1; 0 for a single value))" \
+        in (out / "sweep.md").read_text()
     header = (out / "sweep.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["k", "class", "image_auroc_mean", "image_auroc_std"]
     with pytest.raises(SystemExit):

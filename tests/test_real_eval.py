@@ -117,7 +117,8 @@ def test_shared_nam_runs_train_once_per_seed_and_label_the_methods(shared_run):
 def test_spread_tables_and_picture_are_written(shared_run):
     base, result = shared_run
     text = (base / "out" / "tables.md").read_text()
-    assert "mean ± std over training seeds [0, 1]" in text and "fd (absolute)" in text
+    assert "mean ± std over training seeds [0, 1] (std: the sample standard deviation (ddof 1; 0 for a single value)" \
+        in text and "fd (absolute)" in text
     from PIL import Image
 
     with Image.open(base / "out" / "delta_nan.png") as img:
@@ -137,7 +138,18 @@ def test_seed_deltas_by_hand():
     assert d["mean"] == pytest.approx([0.1, -0.1])
     mean, sd = real_eval._spread(d["mean"]).split(" ± ")
     assert float(mean) == pytest.approx(0.0) and sd == "0.1414"  # sample std (ddof 1)
-    assert real_eval._spread([0.25]) == "+0.2500"
+    assert real_eval._spread([0.25]) == "+0.2500 ± 0.0000"  # one seed: spread 0, as every table writes it
+
+
+def test_one_spread_convention_by_value():
+    """Every "mean ± spread" table: the sample standard deviation (ddof 1), 0 for a single value."""
+    from utils.metrics import mean_spread
+
+    assert mean_spread([0.1, 0.3]) == pytest.approx((0.2, 0.1414213562))  # sqrt(0.02 / 1), not sqrt(0.02 / 2)
+    assert mean_spread([1.0, 2.0, 3.0, 6.0]) == pytest.approx((3.0, 2.1602468995))  # sqrt(14 / 3)
+    assert mean_spread([0.25]) == (0.25, 0.0)
+    with pytest.raises(ValueError):
+        mean_spread([])
 
 
 def test_combine_merges_runs_and_refuses_a_method_measured_twice(evaluated, shared_run, tmp_path):
