@@ -109,7 +109,8 @@ def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
                           "--k_shot (all of a class that has fewer) (default: %(default)s)")
     adv.add_argument("--refs_file", default=None,
                      help="references.json of an earlier run: reuse exactly those references")
-    adv.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="(default: %(default)s)")
+    adv.add_argument("--batch_size", type=int, default=BATCH_SIZE,
+                     help="the training batch (default: %(default)s)")
     adv.add_argument("--learning_rate", type=float, default=LEARNING_RATE,
                      help="Adam learning rate (default: %(default)s)")
     adv.add_argument("--aug_rate", type=float, default=0.2,

@@ -3,6 +3,7 @@ refused with the new name, the retired train/test ``--refs``, no flag read from 
 advanced switches behind --help_advanced, and the checkpoint module's names."""
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 from pathlib import Path
@@ -217,6 +218,26 @@ def test_build_parser_gives_every_flag_without_parsing():
         hidden, full = module.build_parser(), module.build_parser(show_advanced=True)
         assert {a.dest for a in hidden._actions} == {a.dest for a in full._actions}
         assert hidden.format_help().count("\n  --") < full.format_help().count("\n  --")
+
+
+def test_docs_flags_md_is_what_the_parsers_say():
+    """Issue 28.7: docs/flags.md is generated from the parsers (scripts/flag_tables.py); regenerated
+    here in memory, it must be the file, so a flag and its documented row cannot drift."""
+    from scripts import flag_tables
+
+    text = (REPO / "docs" / "flags.md").read_text(encoding="utf-8")
+    assert flag_tables.render() == text, "docs/flags.md is out of date: run python scripts/flag_tables.py"
+    assert text.splitlines()[0] == flag_tables.HEADER and "python scripts/flag_tables.py" in flag_tables.HEADER
+    for program in ("predict.py", "train.py", "test_few_shot.py", "bench/decisions.py"):
+        assert f"\n## {program}\n" in text
+    # one row per flag, by value; the advanced ones marked; retired spellings and -h left out
+    assert "| `--eval_size` (advanced) | `240` | advanced: backbone, evaluation, outputs | side of the maps and masks " \
+           "the metrics use (default: 240) |" in text
+    assert "| `--save_path` | required | options | output: epoch_N.pth, train.log, references.json |" in text
+    assert "--no_input_bn" not in text and "| `-h`" not in text
+    train_rows = text.split("\n## train.py\n")[1].split("\n## ")[0].count("\n| `--")
+    assert train_rows == len([a for a in train.build_parser(True)._actions
+                              if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help"])
 
 
 def test_predict_mode_help_without_argparse_internals(capsys):
