@@ -79,6 +79,8 @@ RUN_FILES = ("predictions.csv", "predictions.json", "settings.json", "thresholds
 
 
 def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
+    from models.flags import BATCH_SIZE, SEED
+
     p = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--refs", nargs="+", default=None, metavar="PATH", help="the k good images: folders, glob patterns, .txt lists, files")
@@ -88,7 +90,7 @@ def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
     add_retired_flag(p, "--checkpoint", "is now --checkpoint_path")
     advanced = p.add_argument_group("advanced (backbone, scoring, the decision constants; defaults measured)")
     add_backbone_args(p, advanced=advanced, model_default="lite0")
-    add_inference_args(p, mode_default=None, align_default="exhaustive", group=advanced,
+    add_inference_args(p, mode_default=None, group=advanced,
                        mode_help="'fd': the training-free 1 - similarity map; 'merged': FD + the trained heads; "
                                  "'fasl': the heads alone (default: merged with --checkpoint_path, fd otherwise)")
     g = add_decision_args(p, advanced)
@@ -105,8 +107,9 @@ def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
     advanced.add_argument("--map_size", type=int, default=None,
                           help="side of the square score map before it is resized to each image (default: "
                                "--image_size)")
-    advanced.add_argument("--batch_size", type=int, default=8, help="images per forward pass (default: %(default)s)")
-    advanced.add_argument("--seed", type=int, default=111,
+    advanced.add_argument("--batch_size", type=int, default=BATCH_SIZE,
+                          help="images per forward pass (default: %(default)s)")
+    advanced.add_argument("--seed", type=int, default=SEED,
                           help="seed of random backbone weights (tests) (default: %(default)s)")
     if not show_advanced:
         hide_advanced(p, advanced)

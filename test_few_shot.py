@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -40,57 +41,91 @@ from data.kshot import choose_references, load_reference_images, save_kshot
 from data.meta import check_files, load_meta, split_files
 from models import build_fasl_from_args
 from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
+from models.flags import (BATCH_SIZE, SEED, add_advanced_scoring_args, add_backbone_args, add_inference_args,
+                          add_post_args, add_retired_flag, check_model_flags, check_post_flags, hide_advanced,
+                          map_post_from_args, parser_for)
 from models.lot import LotScorer, LotScoring, choose_pool, content_key
-from models.flags import (add_advanced_scoring_args, add_backbone_args, add_inference_args, add_post_args,
-                          add_retired_flag, check_model_flags, check_post_flags, map_post_from_args)
 from models.postprocess import MapPost
 from utils.cli import InputValueError, run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
-from utils.metrics import CLASS_KEYS, class_metrics, format_table, transductive_scores, write_results
+from utils.metrics import (CLASS_KEYS, SPREAD, class_metrics, format_table, mean_spread, transductive_scores,
+                           write_results)
 from utils.misc import atomic_write_text, check_output_folder, fatal_errors_logged, start_run, write_json
 from utils.visualize import class_range, save_png, triptych
 
+HELP = """Few-shot evaluation: per class, k references -> memory bank -> score every test image; metrics per
+class and their mean in results.json / .csv / .md (docs/reproduction.md; every flag: docs/flags.md).
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_path", required=True, help="root of the test dataset (holds meta.json)")
-    p.add_argument("--dataset", default="visa", help="name of the test dataset, for the results (default: %(default)s)")
-    p.add_argument("--save_path", required=True, help="output folder: results.json, results.csv, references.json, test.log")
-    p.add_argument("--checkpoint_path", default=None, help="trained heads (epoch_N.pth); required with --mode fasl")
-    add_backbone_args(p)
+  python test_few_shot.py --data_path datasets/visa --save_path results/visa \\
+      --checkpoint_path checkpoints/mvtec/fasl/seed111/epoch_5.pth --k_shot 1 2 4 --seeds 0 1 2"""
+
+
+def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
+    """test_few_shot.py's flags: the everyday ones and the scoring flags of the paper's workflow in
+    --help, the rest (backbone details, evaluation, outputs, post-processing, scoring experiments)
+    behind --help_advanced unless ``show_advanced``."""
+    p = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--data_path", required=True, metavar="DIR", help="the test dataset (holds meta.json)")
+    p.add_argument("--save_path", required=True, metavar="DIR", help="output: results.json / .csv / .md, test.log")
+    p.add_argument("--checkpoint_path", default=None, metavar="FILE",
+                   help="trained heads, epoch_N.pth (--mode fasl / merged)")
+    p.add_argument("--k_shot", type=int, nargs="+", default=[1], metavar="K",
+                   help="references per class; several: a sweep (default: 1)")
+    p.add_argument("--seed", type=int, default=SEED, metavar="N",
+                   help="seed of the reference draw (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                   help="a sweep over reference seeds (default: --seed alone)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                   help="evaluate these classes only (default: all)")
+    p.add_argument("--save_vis", action="store_true", help="write image | ground truth | heat map PNGs under vis/")
+    p.add_argument("--save_maps", action="store_true", help="write each score map and mask as .npy under maps/")
     add_inference_args(p, advanced=False)
-    p.add_argument("--k_shot", type=int, nargs="+", default=[1],
-                   help="reference images per class; several values make a sweep (default: 1)")
-    p.add_argument("--refs_file", default=None,
-                   help="references.json of an earlier run: reuse exactly those references")
+    adv = p.add_argument_group("advanced: backbone, evaluation, outputs")
+    add_backbone_args(p, advanced=adv, everyday=p)
+    adv.add_argument("--dataset", default="visa",
+                     help="name of the test dataset, for the results (default: %(default)s)")
+    adv.add_argument("--refs_file", default=None,
+                     help="references.json of an earlier run: reuse exactly those references")
+    adv.add_argument("--eval_size", type=int, default=InferenceConfig.out_size,
+                     help="side of the maps and masks the metrics use (default: %(default)s)")
+    adv.add_argument("--batch_size", type=int, default=BATCH_SIZE,
+                     help="test images per forward pass (default: %(default)s)")
+    adv.add_argument("--lot", choices=("off", "on"), default="off",
+                     help="'on': score each class's test split as one lot, every image against the references and "
+                          "a pool of other test images (models/lot.py, predict.py's lot-aware scoring; --mode fd, "
+                          "--winmode nan); 'off': each image on its own, the paper's protocol (default: %(default)s)")
+    adv.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
+                     help="the reference code's evaluation: average each image score with the maximum of its "
+                          "map, min-max normalised over the maxima of the class's whole test set (default: on; "
+                          "--no-transductive scores each image on its own)")
+    adv.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="each class's results are written as it finishes (classes/<class>.json in the run's "
+                          "folder); a rerun skips the classes done with the same settings whose --save_maps / "
+                          "--save_vis files asked for are there, and ends with the results.json an uninterrupted "
+                          "run writes (default: on; --no-resume computes every class again)")
+    adv.add_argument("--check_args", action="store_true",
+                     help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
+    post = p.add_argument_group("advanced: post-processing (beyond the reference code: off by default)")
+    add_post_args(post, MapPost())
+    scoring = p.add_argument_group("advanced scoring (experiments; the defaults are the measured choices)")
+    add_advanced_scoring_args(p, scoring)
     add_retired_flag(p, "--refs", "is predict.py's reference images; here the references of an earlier run are "
                                   "--refs_file references.json")
-    p.add_argument("--seed", type=int, default=111, help="seed of the reference sampling (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="several reference seeds: a sweep (default: --seed alone)")
-    p.add_argument("--eval_size", type=int, default=240, help="side of the maps and masks the metrics use (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=8, help="test images per forward pass (default: %(default)s)")
-    p.add_argument("--classes", nargs="+", default=None, help="evaluate these classes only (default: all)")
-    p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
-                   help="the reference code's evaluation: average each image score with the maximum of its "
-                        "map, min-max normalised over the maxima of the class's whole test set (default: on; "
-                        "--no-transductive scores each image on its own)")
-    g = p.add_argument_group("post-processing (beyond the reference code: off by default)")
-    add_post_args(g, MapPost())
-    p.add_argument("--save_maps", action="store_true", help="write each image's score map and mask as .npy under maps/")
-    p.add_argument("--save_vis", action="store_true",
-                   help="write image | ground truth | heat map | colour bar PNGs under vis/")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="each class's results are written as it finishes (classes/<class>.json in the run's folder); "
-                        "a rerun skips the classes done with the same settings whose --save_maps / --save_vis "
-                        "files asked for are there, and ends with the results.json an uninterrupted run writes "
-                        "(default: on; --no-resume computes every class again)")
-    p.add_argument("--check_args", action="store_true",
-                   help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
-    add_advanced_scoring_args(p)  # last in --help
+    if not show_advanced:
+        hide_advanced(p, adv, post, scoring, what="backbone, evaluation, outputs, post-processing, scoring experiments")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser_for(build_parser, argv)
     args = p.parse_args(argv)
     if mode_uses_heads(args.mode) and not args.checkpoint_path:
         p.error(f"--mode {args.mode} needs --checkpoint_path (or use --mode fd, which needs no training)")
+    if args.lot == "on" and (args.mode != "fd" or args.winmode != "nan"):
+        p.error(f"--lot on compares the training-free features of whole images: it needs --mode fd and --winmode nan "
+                f"(got --mode {args.mode}, --winmode {args.winmode})")
     # --seeds, or several k, make a sweep: every run in its own <k>shot/seed<seed>/ folder
     args.sweep = args.seeds is not None or len(set(args.k_shot)) > 1
     args.seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else [args.seed]))
@@ -209,7 +244,7 @@ def class_pool(args, meta, cls: str, model, cfg) -> tuple[torch.Tensor | None, d
     """--lot on: the class's test split is the lot; its pool (models/lot.py ``choose_pool``, by the
     files' content, so every process of a torchrun picks the same) as images, and each pool
     image's position by its index in the split. (None, {}) without --lot."""
-    if getattr(args, "lot", "off") != "on":
+    if args.lot != "on":
         return None, {}
     samples = meta["test"][cls]
     keys = [content_key((Path(args.data_path) / s["img_path"]).read_bytes()) for s in samples]
@@ -294,7 +329,8 @@ def save_outputs(args, out: Path, cls, paths, maps, masks, scores) -> None:
 
 def write_sweep(root: Path, results: dict, runs: Runs, classes: list[str]) -> dict:
     """sweep.json / .md / .csv: per k and class (and their mean over classes), the mean and the
-    standard deviation over seeds of every metric, and the references each seed drew."""
+    sample standard deviation over seeds (utils/metrics.py mean_spread: ddof 1, 0 for a single
+    seed) of every metric, and the references each seed drew."""
     summary: dict = {"k_shot": {}, "references": {}}
     rows_md, rows_csv = [], []
     for k in dict.fromkeys(k for k, _ in runs.keys):
@@ -308,8 +344,7 @@ def write_sweep(root: Path, results: dict, runs: Runs, classes: list[str]) -> di
                             for s in seeds if any(results[(k, s)][c][key] is not None for c in classes)]
                 else:
                     vals = [results[(k, s)][cls][key] for s in seeds if results[(k, s)][cls][key] is not None]
-                mean = float(np.mean(vals)) if vals else None
-                std = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else None)
+                mean, std = mean_spread(vals) if vals else (None, None)
                 stats[key] = {"mean": mean, "std": std, "n": len(vals)}
                 if cls == "mean":  # how many classes the mean covers (the others have n/a), fewest over seeds
                     stats[key]["classes"] = min((sum(results[(k, s)][c][key] is not None for c in classes)
@@ -331,7 +366,7 @@ def write_sweep(root: Path, results: dict, runs: Runs, classes: list[str]) -> di
     table = tabulate(rows_md, headers=["k", "class", *CLASS_KEYS], tablefmt="github", disable_numparse=True)
     write_json(root / "sweep.json", summary)
     atomic_write_text(root / "sweep.md", f"mean ± std over seeds {list(dict.fromkeys(s for _, s in runs.keys))} "
-                                         f"(percent)\n\n{table}\n")
+                                         f"(percent; std: the {SPREAD})\n\n{table}\n")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["k", "class", *[f"{m}_{stat}" for m in CLASS_KEYS for stat in ("mean", "std")]])

@@ -32,18 +32,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from data.anomaly_synthesis import SynthesisConfig, parse_kinds
+from data.anomaly_synthesis import KINDS, SynthesisConfig, parse_kinds
 from data.dataset import AnomalyDataset, balanced_batches, class_batches, select_classes
 from data.images import list_images
 from data.kshot import choose_references, draw_references, load_kshot, load_reference_images, save_kshot
 from data.meta import check_files, load_meta, split_files
-from data.synthetic_train import SynthesizedAnomalyDataset, relative_to_common_root
+from data.synthetic_train import CLEAN_RATE, SynthesizedAnomalyDataset, relative_to_common_root
 from models import build_fasl_from_args
 from models.asl import ScoreMaps, global_batch_norm
 from models.fd import HEAD_INPUTS
 from models.checkpoint import read_checkpoint
 from models.fasl import upsample
-from models.flags import add_align_arg, add_backbone_args, add_hidden_alias, add_retired_flag, check_model_flags
+from models.flags import (BATCH_SIZE, LEARNING_RATE, SEED, TRAIN_K_SHOT, add_align_arg, add_backbone_args,
+                          add_retired_flag, check_model_flags, hide_advanced, parser_for)
 from utils.losses import dice_loss, focal_loss
 from utils.cli import InputValueError, run_cli
 from utils.distributed import Dist, barrier, broadcast_from_main, reduce_sum, shutdown
@@ -51,6 +52,12 @@ from utils.misc import atomic_torch_save, check_output_folder, fatal_errors_logg
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
 ANOMALY_SOURCES = ("masks", "synthetic")
+HELP = """Train FASL's ASL heads (and NAM) on an auxiliary dataset; the backbone stays frozen
+(docs/training.md; every flag with its default: docs/flags.md).
+
+  python train.py --train_data_path datasets/mvtec --save_path checkpoints/x
+  python train.py --anomaly_source synthetic --train_images my_parts/good --save_path checkpoints/mine \\
+      --recipe new_parts"""
 # Named training recipes: defaults of the training choices, each still overridden by its own flag.
 # "reference": the reference code's recipe, as trainAndTest.sh trains (the default).
 # "new_parts": the settings that measured best for heads used on parts they never saw (docs/real-images.md,
@@ -62,98 +69,109 @@ RECIPES = {
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train_data_path", default=None,
-                   help="root of the auxiliary dataset (holds meta.json); not needed with --train_images")
-    p.add_argument("--dataset", default=None,
-                   help="name of the training data, for logs and the checkpoint (default: mvtec, or "
-                        "custom with --train_images)")
-    p.add_argument("--save_path", required=True, help="folder for checkpoints (epoch_N.pth), train.log, references.json")
-    add_backbone_args(p)
-    p.add_argument("--k_shot", type=int, default=10,
-                   help="good reference images per class in the training memory banks, as the reference code's "
-                        "--k_shot (all of a class that has fewer) (default: %(default)s)")
-    p.add_argument("--refs_file", default=None,
-                   help="references.json of an earlier run: reuse exactly those references")
-    add_retired_flag(p, "--refs", "is predict.py's reference images; here the references of an earlier run are "
-                                  "--refs_file references.json")
-    p.add_argument("--epoch", type=int, default=5, help="number of epochs (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="train about this many optimiser steps instead of --epoch: the whole number of epochs nearest "
-                        "steps / batches per epoch, at least 1 (default: --epoch decides; --recipe new_parts: 75)")
-    p.add_argument("--batch_size", type=int, default=8, help="(default: %(default)s)")
-    p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--aug_rate", type=float, default=0.2,
-                   help="probability of the 2x2 mosaic augmentation; --anomaly_source masks only (default: %(default)s)")
-    p.add_argument("--crop_rate", type=float, default=0.0,
-                   help="probability of the reference's VisA crop (a 100 or 50 px square of the 518 px input, "
-                        "holding defect pixels when there are any, zoomed back); --anomaly_source masks only "
-                        "(default: %(default)s; trainAndTest.sh: 0.6 on VisA)")
-    p.add_argument("--crop_small_rate", type=float, default=0.6,
-                   help="probability of the 50 px side when a defective image is cropped (default: %(default)s)")
+def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
+    """train.py's flags: the everyday ones in --help, the rest (backbone details, the reference
+    code's training recipe, the experiment switches) behind --help_advanced unless ``show_advanced``."""
+    p = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--train_data_path", default=None, metavar="DIR",
+                   help="the auxiliary dataset (holds meta.json), e.g. datasets/mvtec")
+    p.add_argument("--train_images", nargs="+", default=None, metavar="PATH",
+                   help="or good images only (folders, globs, files, .txt lists): with --anomaly_source synthetic")
+    p.add_argument("--save_path", required=True, metavar="DIR", help="output: epoch_N.pth, train.log, references.json")
+    p.add_argument("--anomaly_source", choices=ANOMALY_SOURCES, default="masks",
+                   help="'masks': the dataset's real defects and masks (the paper's); 'synthetic': defects drawn "
+                        "on good images (default: %(default)s)")
+    p.add_argument("--recipe", default="reference", choices=tuple(RECIPES),
+                   help="named defaults: 'reference' (the reference code's), 'new_parts' ("
+                        + ", ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{k}"
+                                    for k, v in RECIPES["new_parts"].items())
+                        + "); a flag given on its own still wins (default: %(default)s)")
+    p.add_argument("--epoch", type=int, default=5, metavar="N", help="number of epochs (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="or about N optimiser steps, as the nearest whole number of epochs (--recipe new_parts: 75)")
     p.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
-                   help="train the NAM and put its maps in the loss (default: on); --no-nam trains the ASL "
-                        "heads alone, as the reference does with useNAM=0")
-    p.add_argument("--seed", type=int, default=111, help="seed for references, shuffling and augmentation (default: %(default)s)")
+                   help="train the NAM too (default: on; --no-nam: the ASL heads alone, the reference's useNAM=0)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                   help="train on these classes only (default: all)")
+    p.add_argument("--seed", type=int, default=SEED, metavar="N",
+                   help="references, shuffling, augmentation (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch_N.pth in --save_path")
-    p.add_argument("--check_args", action="store_true",
-                   help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
-    p.add_argument("--classes", nargs="+", default=None, help="train on these classes only (default: all)")
-    add_align_arg(p)
-    g = p.add_argument_group("anomaly source")
-    g.add_argument("--anomaly_source", choices=ANOMALY_SOURCES, default="masks",
-                   help="'masks': real defects and their ground-truth masks (the test split of "
-                        "--train_data_path, the paper's protocol); 'synthetic': good images only, defects "
-                        "synthesised on the fly (default: %(default)s)")
-    g.add_argument("--train_images", nargs="+", default=None, metavar="PATH",
-                   help="with --anomaly_source synthetic: good images as folders (recursive), glob "
-                        "patterns, image files or .txt lists, used as one class --class_name "
-                        "instead of the train split of --train_data_path")
-    g.add_argument("--class_name", default="custom",
-                   help="class name of the --train_images (default: %(default)s)")
-    g.add_argument("--clean_rate", type=float, default=0.3,
-                   help="synthetic: fraction of the training images left without a defect each epoch "
-                        "(default: %(default)s)")
-    g.add_argument("--synth_kinds", default="cutpaste,noise",
-                   help="synthetic: comma-separated defect kinds, from cutpaste, noise (default: %(default)s)")
-    # experiment switches, last in --help: a user sets --recipe instead
-    adv = p.add_argument_group("advanced: training changes that are not the reference code's (see docs/real-images.md; "
+    adv = p.add_argument_group("advanced: backbone, data, the reference code's training recipe")
+    add_backbone_args(p, advanced=adv, everyday=p)
+    adv.add_argument("--dataset", default=None,
+                     help="name of the training data, for logs and the checkpoint (default: mvtec, or "
+                          "custom with --train_images)")
+    adv.add_argument("--class_name", default="custom",
+                     help="class name of the --train_images (default: %(default)s)")
+    adv.add_argument("--k_shot", type=int, default=TRAIN_K_SHOT,
+                     help="good reference images per class in the training memory banks, as the reference code's "
+                          "--k_shot (all of a class that has fewer) (default: %(default)s)")
+    adv.add_argument("--refs_file", default=None,
+                     help="references.json of an earlier run: reuse exactly those references")
+    adv.add_argument("--batch_size", type=int, default=BATCH_SIZE,
+                     help="the training batch (default: %(default)s)")
+    adv.add_argument("--learning_rate", type=float, default=LEARNING_RATE,
+                     help="Adam learning rate (default: %(default)s)")
+    adv.add_argument("--aug_rate", type=float, default=0.2,
+                     help="probability of the 2x2 mosaic augmentation; --anomaly_source masks only "
+                          "(default: %(default)s)")
+    adv.add_argument("--crop_rate", type=float, default=0.0,
+                     help="probability of the reference's VisA crop (a 100 or 50 px square of the 518 px input, "
+                          "holding defect pixels when there are any, zoomed back); --anomaly_source masks only "
+                          "(default: %(default)s; trainAndTest.sh: 0.6 on VisA)")
+    adv.add_argument("--crop_small_rate", type=float, default=0.6,
+                     help="probability of the 50 px side when a defective image is cropped (default: %(default)s)")
+    adv.add_argument("--clean_rate", type=float, default=CLEAN_RATE,
+                     help="synthetic: fraction of the training images left without a defect each epoch "
+                          "(default: %(default)s)")
+    adv.add_argument("--synth_kinds", default=",".join(KINDS),
+                     help=f"synthetic: comma-separated defect kinds, from {', '.join(KINDS)} (default: %(default)s)")
+    add_align_arg(adv)
+    adv.add_argument("--check_args", action="store_true",
+                     help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
+    # experiment switches: a user sets --recipe instead
+    exp = p.add_argument_group("advanced: training changes that are not the reference code's (see docs/real-images.md; "
                                "--recipe new_parts sets some of them)")
-    adv.add_argument("--per_block_nam", action="store_true",
+    exp.add_argument("--per_block_nam", action="store_true",
                      help="one NAM per block instead of the reference's single NAM shared by every block and the "
                           "LFE windows")
-    adv.add_argument("--input_bn", action=argparse.BooleanOptionalAction, default=True,
+    exp.add_argument("--input_bn", action=argparse.BooleanOptionalAction, default=True,
                      help="the BatchNorm1d in front of each ASL head (default: on; --no-input_bn drops it)")
-    add_hidden_alias(adv, "--no_input_bn", "input_bn", action="store_false")
-    adv.add_argument("--dice_smooth", type=float, default=1.0,
+    exp.add_argument("--dice_smooth", type=float, default=1.0,
                      help="smoothing term of the dice loss; the reference's 1 rewards 'all normal' when defects are "
                           "a few pixels (default: %(default)s)")
-    adv.add_argument("--nam_residual", action="store_true",
+    exp.add_argument("--nam_residual", action="store_true",
                      help="the NAM adds a correction to the log-probabilities and starts as the identity")
-    adv.add_argument("--fd_residual", action="store_true",
+    exp.add_argument("--fd_residual", action="store_true",
                      help="the heads learn a correction to FD (their anomalous logit starts as a calibrated FD, the "
                           "correction at zero), so what is trained is FD + heads")
-    adv.add_argument("--head_input", choices=HEAD_INPUTS, default="deviation",
+    exp.add_argument("--head_input", choices=HEAD_INPUTS, default="deviation",
                      help="what each ASL head sees of a patch and its aligned reference: 'deviation' |f - f_ref| (the "
                           "reference's), 'signed' f - f_ref, 'deviation+query' |f - f_ref| and f (default: %(default)s)")
-    adv.add_argument("--class_batches", action="store_true",
+    exp.add_argument("--class_batches", action="store_true",
                      help="every training batch holds one class only, so the heads' BatchNorms never mix classes")
-    adv.add_argument("--balance_classes", action="store_true",
+    exp.add_argument("--balance_classes", action="store_true",
                      help="draw every class equally often (with replacement, an epoch keeps its length) instead of "
                           "every image once, so a class with few images weighs as much as one with many")
-    p.add_argument("--recipe", default="reference", choices=tuple(RECIPES),
-                   help="named defaults of the training choices: 'reference' (the reference code's), 'new_parts' "
-                        "(" + ", ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{k}"
-                                        for k, v in RECIPES["new_parts"].items())
-                        + "); a flag given on its own still wins (default: %(default)s)")
+    add_retired_flag(p, "--refs", "is predict.py's reference images; here the references of an earlier run are "
+                                  "--refs_file references.json")
+    add_retired_flag(p, "--no_input_bn", "is now --no-input_bn")
+    if not show_advanced:
+        hide_advanced(p, adv, exp, what="backbone, data, the training recipe, experiment switches")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser_for(build_parser, argv)
     # the recipe sets the defaults the parse below starts from; an unknown name is left to that parse
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe", default="reference")
     chosen = pre.parse_known_args(argv)[0].recipe
     p.set_defaults(**RECIPES.get(chosen, {}))
     args = p.parse_args(argv)
-    given = {a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
     if "--epoch" in given and "--steps" in given:
         p.error("give either --epoch or --steps, not both")
     if "--epoch" in given:  # a flag given on its own wins over the recipe's step count
@@ -275,6 +293,13 @@ def run_settings(args, encoder_dtype: torch.dtype) -> dict:
 PRECISION_OF_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
+def epochs_for_steps(steps: int, batches_per_epoch: int) -> int:
+    """``--steps``: the whole number of epochs nearest ``steps`` optimiser steps at ``batches_per_epoch``
+    batches an epoch, at least 1 (a tie goes to the even number, as ``round``). The one rule of
+    train.py and of bench/real_eval.py --train_steps, which passes its steps here as --steps."""
+    return max(1, round(steps / max(1, batches_per_epoch)))
+
+
 def last_checkpoint(folder: Path) -> tuple[int, Path] | None:
     found = [(int(m.group(1)), p) for p in folder.glob("epoch_*.pth") if (m := CHECKPOINT_RE.match(p.name))]
     return max(found) if found else None
@@ -325,7 +350,7 @@ def _train(args, run) -> Path:
     refs, ref_root = data.refs, data.root
     if args.steps is not None:  # the epochs nearest the step count, for this dataset and batch size
         per_epoch = len(epoch_batches(dataset, args, 0))
-        args.epoch = max(1, round(args.steps / per_epoch))
+        args.epoch = epochs_for_steps(args.steps, per_epoch)
         log.info("%s--steps %d: %d epochs of %d batches (%d steps)", d.tag, args.steps, args.epoch, per_epoch,
                  args.epoch * per_epoch)
     info = {"dataset": args.dataset, "seed": args.seed, "k_shot": args.k_shot}

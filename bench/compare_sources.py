@@ -36,21 +36,24 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.flags import add_hidden_alias  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from data.anomaly_synthesis import KINDS  # noqa: E402
+from data.synthetic_train import CLEAN_RATE  # noqa: E402
+from models.flags import BATCH_SIZE, SEED  # noqa: E402
+from utils.cli import add_retired_flag, run_cli  # noqa: E402
 from utils.metrics import CLASS_KEYS, mean_metrics  # noqa: E402
 
 SOURCES = ("masks", "synthetic")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--out", default="bench_out/compare_sources",
                    help="generated data, checkpoints and results go here (default: %(default)s)")
-    add_hidden_alias(p, "--workdir", "out")
+    add_retired_flag(p, "--workdir", "is now --out")
     g = p.add_argument_group("datasets (omit both roots to generate them)")
     g.add_argument("--data_root", default=None, help="dataset to test on (meta.json with train and test splits)")
-    add_hidden_alias(g, "--target_root", "data_root")
+    add_retired_flag(p, "--target_root", "is now --data_root")
     g.add_argument("--target_name", default=None, help="its name in logs (default: its layout / folder name)")
     g.add_argument("--aux_root", default=None, help="dataset with masks for the 'masks' source")
     g.add_argument("--aux_name", default=None, help="its name in logs (default: its layout / folder name)")
@@ -70,10 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="0.01 suits the tiny random backbone; use 0.001 (the paper's) with CLIP weights "
                         "(default: %(default)s)")
     g.add_argument("--k_shot", type=int, default=1, help="references for training and testing (default: %(default)s)")
-    g.add_argument("--batch_size", type=int, default=8)
-    g.add_argument("--seed", type=int, default=111, help="training and reference seed (default: %(default)s)")
-    g.add_argument("--clean_rate", type=float, default=0.3, help="synthetic source only (default: %(default)s)")
-    g.add_argument("--synth_kinds", default="cutpaste,noise", help="synthetic source only (default: %(default)s)")
+    g.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=SEED, help="training and reference seed (default: %(default)s)")
+    g.add_argument("--clean_rate", type=float, default=CLEAN_RATE, help="synthetic source only (default: %(default)s)")
+    g.add_argument("--synth_kinds", default=",".join(KINDS), help="synthetic source only (default: %(default)s)")
     g.add_argument("--train_args", default="", help="extra train.py flags for both runs, one quoted string")
     g.add_argument("--test_args", default="", help="extra test_few_shot.py flags, one quoted string")
     g.add_argument("--fd_baseline", action=argparse.BooleanOptionalAction, default=True,

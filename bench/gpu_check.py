@@ -152,14 +152,15 @@ def table(folder: str) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="what", required=True)
-    a = sub.add_parser("agreement", help="CPU vs --device maps of the tiny model")
+    a = sub.add_parser("agreement", help="CPU vs --device maps of the tiny model", allow_abbrev=False)
     a.add_argument("--device", default="cuda")
     a.add_argument("--out", required=True)
-    n = sub.add_parser("nccl", help="one NCCL process group (run under torchrun)")
+    n = sub.add_parser("nccl", help="one NCCL process group (run under torchrun)", allow_abbrev=False)
     n.add_argument("--out", required=True)
-    t = sub.add_parser("table", help="the summary table of a gpu_check.sh folder")
+    t = sub.add_parser("table", help="the summary table of a gpu_check.sh folder", allow_abbrev=False)
     t.add_argument("folder")
     args = p.parse_args(argv)
     if args.what == "agreement":

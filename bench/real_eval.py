@@ -18,7 +18,7 @@ and seed and scores it with and without its NAM); every training seed's heads ar
 reference seed. The encoded test images are cached under --workdir too, so a rerun or another k
 encodes nothing. Every metric of every run is written to --out as JSON; summary tables (mean
 over seeds and k, per class and overall; the difference to FD), the difference to FD as mean ±
-standard deviation over training seeds (per class, overall, per k) and a picture of it
+sample standard deviation (ddof 1; 0 for one seed) over training seeds (per class, overall, per k) and a picture of it
 (``delta_<winmode>.png``) are printed and written. ``--label`` names a run's training recipe and
 ``--combine`` tabulates several runs' results.json together.
 
@@ -51,16 +51,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data.dataset import load_test_images  # noqa: E402
-from data.kshot import load_reference_images, normal_train_images, sample_kshot  # noqa: E402
+from data.kshot import load_reference_images, sample_kshot  # noqa: E402
 from data.meta import load_meta  # noqa: E402
 from models import build_fasl  # noqa: E402
 from models.asl import HeadLayout  # noqa: E402
 from models.backbone import PRECISIONS  # noqa: E402
 from models.backbone import BackboneOutput  # noqa: E402
 from models.fasl import FASL, Encoded, InferenceConfig, Prediction, normalize_config, read_checkpoint  # noqa: E402
+from models.flags import BATCH_SIZE, LEARNING_RATE, TRAIN_K_SHOT  # noqa: E402
 from models.lot import LotScorer  # noqa: E402
-from utils.cli import InputValueError  # noqa: E402
-from utils.metrics import class_metrics, transductive_scores  # noqa: E402
+from utils.cli import InputValueError, add_retired_flag  # noqa: E402
+from utils.metrics import SPREAD, class_metrics, mean_spread, transductive_scores  # noqa: E402
 from utils.misc import atomic_torch_save, resolve_device, write_json  # noqa: E402
 
 SOURCES = ("masks", "synth_other", "synth_own", "synth_all")
@@ -69,7 +70,8 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--data_root", help="dataset in MVTec layout with meta.json, two classes or more (required)")
     p.add_argument("--weights", help="pretrained weights of --model, a local file (required)")
     p.add_argument("--model", default="timm:tf_efficientnet_lite0", help="(default: %(default)s)")
@@ -90,20 +92,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learned_modes", nargs="+", choices=LEARNED_MODES, default=list(LEARNED_MODES),
                    help="the learned scoring modes measured (default: all four)")
     p.add_argument("--winmodes", nargs="+", choices=("nan", "mul"), default=["nan", "mul"], help="(default: nan mul)")
-    p.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
-    p.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
-    p.add_argument("--eval_size", type=int, default=224, help="map and mask side for the metrics (default: %(default)s)")
+    p.add_argument("--win_size", type=int, default=InferenceConfig.win_size,
+                   help="LFE window side in patches (default: %(default)s)")
+    p.add_argument("--win_stride", type=int, default=InferenceConfig.win_stride,
+                   help="LFE window step in patches (default: %(default)s)")
+    p.add_argument("--eval_size", type=int, default=224,
+                   help="map and mask side for the metrics: the --image_size of the backbone measured, as "
+                        "docs/real-images.md's tables (test_few_shot.py: 240, the reference code's, for 518 px "
+                        "inputs) (default: %(default)s)")
     p.add_argument("--train_steps", type=int, default=150,
-                   help="optimiser steps per training run, rounded up to whole epochs (default: %(default)s)")
-    p.add_argument("--train_k", type=int, default=10, help="references per class in training banks (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=8, help="training batch (default: %(default)s)")
-    p.add_argument("--learning_rate", type=float, default=1e-3, help="(default: %(default)s)")
+                   help="about this many optimiser steps per training run: train.py --steps, the whole number of "
+                        "epochs nearest it (default: %(default)s)")
+    p.add_argument("--train_k", type=int, default=TRAIN_K_SHOT,
+                   help="references per class in training banks (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="training batch (default: %(default)s)")
+    p.add_argument("--learning_rate", type=float, default=LEARNING_RATE, help="(default: %(default)s)")
     p.add_argument("--train_args", default="",
                    help="extra train.py flags for every run, e.g. '--dice_smooth 0.01 --nam_residual' (default: none)")
     p.add_argument("--transductive", action=argparse.BooleanOptionalAction, default=True,
                    help="blend each image score with its map maximum normalised over the class, as test_few_shot.py "
                         "(--no-transductive: each image on its own) (default: on)")
-    p.add_argument("--no_transductive", dest="transductive", action="store_false", help=argparse.SUPPRESS)
+    add_retired_flag(p, "--no_transductive", "is now --no-transductive")
     p.add_argument("--skip_methods", action="store_true",
                    help="only the extra measurements asked for (--agreement, --precision_check), no training")
     p.add_argument("--agreement", action="store_true",
@@ -157,21 +166,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- training
 
 def training_argv(args, meta, test_cls: str, source: str, nam: bool, seed: int) -> list[str]:
-    """train.py's arguments for heads that never see ``test_cls``."""
+    """train.py's arguments for heads that never see ``test_cls``; --train_steps goes to train.py as
+    --steps, whose rule (``train.epochs_for_steps``, on the batches it really draws) sets the epochs."""
     others = [c for c in sorted(meta["test"]) if c != test_cls]
     if source == "masks":
-        classes, n = others, sum(len(meta["test"][c]) for c in others)
-        data = ["--anomaly_source", "masks"]
+        classes, data = others, ["--anomaly_source", "masks"]
     else:
         classes = {"synth_own": [test_cls], "synth_all": sorted(meta["train"])}.get(source, others)
-        n = sum(len(normal_train_images(meta, c)) for c in classes)
         data = ["--anomaly_source", "synthetic"]
-    epochs = max(1, math.ceil(args.train_steps / max(1, math.ceil(n / args.batch_size))))
     backbone = ["--model", args.model, "--pretrained", args.weights, "--image_size", str(args.image_size)]
     if args.features_list:
         backbone += ["--features_list", *map(str, args.features_list)]
     return ["--train_data_path", args.data_root, *data, "--classes", *classes, *backbone, "--device", args.device,
-            "--precision", args.precision, "--seed", str(seed), "--epoch", str(epochs), "--batch_size",
+            "--precision", args.precision, "--seed", str(seed), "--steps", str(args.train_steps), "--batch_size",
             str(args.batch_size), "--k_shot", str(args.train_k), "--learning_rate", str(args.learning_rate),
             "--nam" if nam else "--no-nam", *shlex.split(args.train_args)]
 
@@ -183,12 +190,22 @@ def trained_heads(args, meta, test_cls: str, source: str, nam: bool, seed: int) 
     classes = argv[argv.index("--classes") + 1:argv.index("--model")]
     data = f"{'masks' if source == 'masks' else 'synth'}-{'+'.join(classes)}"  # one run serves every test class
     folder = Path(args.workdir) / f"{data}-{'nam' if nam else 'asl'}-s{seed}-{key}"
-    epochs = int(argv[argv.index("--epoch") + 1])
-    ckpt = folder / f"epoch_{epochs}.pth"
-    if not ckpt.is_file():  # train.py run as the program it is (bench/ imports library modules only)
+    epochs = finished_epochs(folder)
+    if epochs is None:  # train.py run as the program it is (bench/ imports library modules only)
         subprocess.run([sys.executable, str(ROOT / "train.py"), *argv, "--save_path", str(folder)], check=True,
                        cwd=ROOT)
+        epochs = finished_epochs(folder)
     return [folder / f"epoch_{e}.pth" for e in range(1, epochs + 1)]
+
+
+def finished_epochs(folder: Path) -> int | None:
+    """The epochs of a finished train.py run in ``folder`` (its train_args.json's --epoch, as --steps
+    resolved it, and that epoch's checkpoint there), or None."""
+    try:
+        epochs = int(json.loads((folder / "train_args.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epochs if (folder / f"epoch_{epochs}.pth").is_file() else None
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -552,15 +569,14 @@ def seed_deltas(records: list[dict], winmode: str, key: str) -> dict[str, dict[s
 
 
 def _spread(values: list[float]) -> str:
-    """mean ± sample standard deviation (ddof 1; no spread for a single value)."""
-    if len(values) < 2:
-        return f"{values[0]:+.4f}"
-    return f"{np.mean(values):+.4f} ± {np.std(values, ddof=1):.4f}"
+    """mean ± the sample standard deviation (utils/metrics.py mean_spread: ddof 1; 0 for a single value)."""
+    mean, sd = mean_spread(values)
+    return f"{mean:+.4f} ± {sd:.4f}"
 
 
 def spread_tables(records: list[dict]) -> str:
     """Markdown: per winmode, every learned method's Δ to FD per class and on the mean over classes
-    as mean ± standard deviation over training seeds, for pixel AUROC and AUPRO; FD's own values;
+    as mean ± sample standard deviation over training seeds, for pixel AUROC and AUPRO; FD's own values;
     then the same Δ on the mean over classes for each k."""
     out = []
     for winmode in sorted({r["winmode"] for r in records}, key=["nan", "mul"].index):
@@ -581,7 +597,8 @@ def spread_tables(records: list[dict]) -> str:
             table.append(cells)
         headers = (["method"] + [f"Δ pix AUROC {c}" for c in [*classes, "mean"]]
                    + [f"Δ AUPRO {c}" for c in [*classes, "mean"]])
-        out.append(f"### winmode {winmode}: Δ to FD, mean ± std over training seeds {seeds} (each seed: mean over "
+        out.append(f"### winmode {winmode}: Δ to FD, mean ± std over training seeds {seeds} (std: the {SPREAD}; "
+                   f"each seed: mean over "
                    f"k {sorted({r['k'] for r in rows})} and reference seeds {sorted({r['seed'] for r in rows})}; "
                    f"'mean': over the {len(classes)} classes)\n")
         out.append(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
@@ -594,7 +611,8 @@ def spread_tables(records: list[dict]) -> str:
                 for key in ("pixel_auroc", "pixel_aupro"):
                     cells.append(_spread(seed_deltas(mine, winmode, key)[name]["mean"]))
             per_k.append(cells)
-        out.append(f"\n#### winmode {winmode}, Δ to FD per k (mean over classes; ± std over training seeds)\n")
+        out.append(f"\n#### winmode {winmode}, Δ to FD per k (mean over classes; ± the {SPREAD} over training "
+                   f"seeds)\n")
         out.append(tabulate(per_k, headers=["method"] + [f"k={k} Δ {m}" for k in ks for m in ("pix AUROC", "AUPRO")],
                             tablefmt="github", disable_numparse=True))
         out.append("")
@@ -607,7 +625,8 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: list[str] | None = None) -> Path:
     """A PNG of every learned method's Δ to FD per class and on the mean (pixel AUROC above, AUPRO
-    below): bars at the mean over training seeds, whiskers ± one standard deviation, a dot per seed."""
+    below): bars at the mean over training seeds, whiskers ± one sample standard deviation (mean_spread), a dot
+    per seed."""
     from PIL import Image, ImageDraw, ImageFont
 
     try:
@@ -626,7 +645,8 @@ def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: 
     img = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(img)
     # the default font has no Greek letters: "delta" spelled out
-    draw.text((left, 10), f"delta to FD (winmode {winmode}): bars = mean over training seeds, whiskers = ± 1 std, "
+    draw.text((left, 10), f"delta to FD (winmode {winmode}): bars = mean over training seeds, whiskers = ± 1 sample "
+                          f"std (ddof 1), "
                           f"dots = seeds", fill="black", font=font)
     plot_w = W - left - right
     for p, (title, deltas) in enumerate(panels):
@@ -654,7 +674,7 @@ def delta_picture(records: list[dict], winmode: str, path: Path, methods_shown: 
             draw.text((left + gi * gw + gw / 2 - 3.5 * len(g), y0 + panel_h + 4), g, fill="black", font=font)
             for mi, n in enumerate(names):
                 v = deltas[n][g]
-                m, sd = float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+                m, sd = mean_spread(v)
                 x0 = left + gi * gw + 0.1 * gw + mi * bw
                 colour = PALETTE[mi % len(PALETTE)]
                 draw.rectangle([x0, min(y(m), y(0)), x0 + bw - 2, max(y(m), y(0))], fill=colour)

@@ -80,7 +80,8 @@ def main(folder: str = "bench_out") -> str:
 def parse_args(argv=None):
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("folder", nargs="?", default="bench_out",
                    help="the folder bench/run_targets.sh wrote its JSON files to (default: %(default)s)")
     args = p.parse_args(argv)

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `import data` resolve to 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.meta import IMAGE_EXTENSIONS, is_image_file, make_sample, write_meta_and_report  # noqa: E402
-from utils.cli import InputFileNotFoundError, InputValueError, run_cli  # noqa: E402
+from utils.cli import InputFileNotFoundError, InputValueError, add_retired_flag, run_cli  # noqa: E402
 
 NORMAL = "good"
 
@@ -97,16 +97,14 @@ def build_mvtec_meta(root: str | Path) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Write ROOT/meta.json (APRIL-GAN schema) for a dataset in MVTec AD layout: "
                     "every folder with train/good and test/ is a class; masks are "
                     "ground_truth/<defect>/<name>_mask.png.")
-    parser.add_argument("--data_root", default=None,
+    parser.add_argument("--data_root", required=True,
                         help="dataset root holding one folder per class")
-    parser.add_argument("--root", dest="data_root", help=argparse.SUPPRESS)  # the old spelling, still read
-    args = parser.parse_args(argv)
-    if args.data_root is None:
-        parser.error("the following arguments are required: --data_root")
-    return args
+    add_retired_flag(parser, "--root", "is now --data_root")
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> Path:

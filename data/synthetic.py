@@ -489,6 +489,7 @@ def generate(out: str | Path, layout: str = "mvtec", seed: int = 0, classes: int
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Generate a small deterministic anomaly-detection dataset (MVTec AD or "
                     "VisA layout) and its meta.json, for the demo and the tests.")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")

@@ -23,6 +23,7 @@ from data.images import load_image, mask_to_tensor, normalize, resize_image, res
 from data.kshot import normal_train_images
 from utils.cli import InputValueError
 
+CLEAN_RATE = 0.3  # share of the images left without a defect every epoch (train.py --clean_rate)
 _CLEAN_STREAM = 0x636C65616E  # "clean": the per-epoch clean draw never shares an item's stream
 
 
@@ -60,7 +61,7 @@ class SynthesizedAnomalyDataset(Dataset):
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, str]], image_size: int = 518,
                  mask_size: int | None = None, *, mean: Sequence[float],
-                 std: Sequence[float], clean_rate: float = 0.3,
+                 std: Sequence[float], clean_rate: float = CLEAN_RATE,
                  synthesis: SynthesisConfig | None = None, seed: int = 0):
         if not items:
             raise InputValueError("no training images")

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make `import data` resolve to 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.meta import make_sample, write_meta_and_report  # noqa: E402
-from utils.cli import InputFileNotFoundError, InputValueError, run_cli  # noqa: E402
+from utils.cli import InputFileNotFoundError, InputValueError, add_retired_flag, run_cli  # noqa: E402
 
 DEFAULT_SPLIT = Path("split_csv") / "1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
@@ -87,16 +87,14 @@ def build_visa_meta(root: str | Path, split_csv: str | Path | None = None) -> di
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Write ROOT/meta.json (APRIL-GAN schema) for VisA from its split csv "
                     "(columns object,split,label,image,mask). " + SPLIT_HINT + ".")
-    parser.add_argument("--data_root", default=None, help="VisA root (holds candle/, pcb1/, ...)")
-    parser.add_argument("--root", dest="data_root", help=argparse.SUPPRESS)  # the old spelling, still read
+    parser.add_argument("--data_root", required=True, help="VisA root (holds candle/, pcb1/, ...)")
+    add_retired_flag(parser, "--root", "is now --data_root")
     parser.add_argument("--split", default=None,
                         help=f"split csv; default ROOT/{DEFAULT_SPLIT.as_posix()}")
-    args = parser.parse_args(argv)
-    if args.data_root is None:
-        parser.error("the following arguments are required: --data_root")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> Path:

@@ -91,7 +91,7 @@ class InferenceConfig:
     win_size: int = 13
     win_stride: int = 2
     win_weight: float = 0.5
-    align: str = "image_index"
+    align: str = "exhaustive"  # the reference code's search (the paper's numbers); image_index is faster
     win_radius: int = 1
     win_topk: int = 4
     out_size: int = 240

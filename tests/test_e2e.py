@@ -483,7 +483,7 @@ def test_each_run_logs_only_into_its_own_folder(run_test, tmp_path):
 def test_no_input_bn_checkpoint_is_tested_with_its_own_head_layout(syn_datasets, run_test, tiny_backbone_args,
                                                                     train_args, tmp_path):
     ckpt = train.main(["--train_data_path", str(syn_datasets["mvtec"]), "--save_path", str(tmp_path / "nobn"),
-                       "--epoch", "1", "--no_input_bn", *train_args, *tiny_backbone_args])
+                       "--epoch", "1", "--no-input_bn", *train_args, *tiny_backbone_args])
     state = torch.load(ckpt, weights_only=True)
     assert state["config"]["input_bn"] is False
     argv = ["--data_path", str(syn_datasets["visa"]), "--save_path", str(tmp_path / "out"), "--checkpoint_path",
@@ -603,7 +603,8 @@ def test_a_sweep_writes_every_run_and_mean_and_std_over_seeds(run_test, winmode_
         for s in (5, 6):
             drawn = json.loads((out / f"{k}shot" / f"seed{s}" / "references.json").read_text())["references"]
             assert sweep["references"][str(k)][str(s)] == drawn and all(len(v) == k for v in drawn.values())
-    assert "±" in (out / "sweep.md").read_text()
+    assert "± std over seeds [5, 6] (percent; std: the sample standard deviation (ddof 1; 0 for a single value))" \
+        in (out / "sweep.md").read_text()
     header = (out / "sweep.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["k", "class", "image_auroc_mean", "image_auroc_std"]
     with pytest.raises(SystemExit):

@@ -260,3 +260,23 @@ def test_known_defects_pull_the_review_threshold_down_to_a_floor():
     assert floored.ok_at_most == 1.0 and floored.verdict(0.5) == "ok"
     stuck = with_known_defects(v, [0.5], floor=1.9)  # the floor lies above the threshold: nothing moves, a warning
     assert stuck.ok_at_most == v.ok_at_most and any("may pass as ok" in w for w in stuck.warnings)
+
+
+def test_test_few_shot_scores_a_class_as_a_lot(syn_datasets, tmp_path):
+    """test_few_shot.py --lot on: each class's test split scored as one lot (other figures than image
+    by image); the mode refused where it cannot apply."""
+    import json
+
+    import test_few_shot
+
+    base = ["--data_path", str(syn_datasets["mvtec"]), "--dataset", "mvtec", "--mode", "fd", "--model",
+            "fasl-tiny-vit", "--pretrained", "none", "--image_size", "112", "--features_list", "1", "2", "3", "4",
+            "--no-resume"]
+    test_few_shot.main([*base, "--save_path", str(tmp_path / "single")])
+    test_few_shot.main([*base, "--save_path", str(tmp_path / "lot"), "--lot", "on", "--batch_size", "2"])
+    single = json.loads((tmp_path / "single" / "results.json").read_text())["per_class"]
+    lot = json.loads((tmp_path / "lot" / "results.json").read_text())["per_class"]
+    assert single.keys() == lot.keys() and single != lot  # another scoring, the same classes
+    assert all(0.0 <= m["pixel_auroc"] <= 1.0 for m in lot.values())
+    with pytest.raises(SystemExit):
+        test_few_shot.parse_args([*base, "--save_path", "x", "--lot", "on", "--winmode", "mul"])

@@ -37,7 +37,7 @@ def smooth_images(n, seed, size=SIZE):
 
 
 def cfg(**kw):
-    base = dict(win_size=WIN, win_stride=STRIDE, out_size=56)
+    base = dict(win_size=WIN, win_stride=STRIDE, out_size=56, align="image_index")  # the fast search unless told
     return InferenceConfig(**{**base, **kw})
 
 
@@ -115,7 +115,8 @@ def test_backbone_shapes_and_norms(image_size, B):
     assert_unit_norm(out.embedding)
     assert bb.config() == {"family": "open_clip", "model": TINY_MODEL, "widths": [64] * 4, "embed_dim": 32,
                            "depth": 4, "patch_size": 14, "blocks": [1, 2, 3, 4], "image_size": image_size,
-                           "pretrained": None, "activation": "gelu", "neighbourhood": 1}
+                           "pretrained": None, "activation": "gelu", "neighbourhood": 1,
+                           "border_pad": 0}
     # the blocks are really different layers
     assert not torch.allclose(out.tokens[0], out.tokens[-1], atol=1e-3)
 
@@ -674,7 +675,7 @@ def test_auto_search_precision_follows_the_cpu(monkeypatch, trained, bank, queri
 
 def test_inference_config_defaults():
     c = InferenceConfig()
-    assert (c.mode, c.winmode, c.align, c.win_size, c.win_stride, c.win_weight) == ("fasl", "nan", "image_index", 13, 2, 0.5)
+    assert (c.mode, c.winmode, c.align, c.win_size, c.win_stride, c.win_weight) == ("fasl", "nan", "exhaustive", 13, 2, 0.5)
     assert c.search_precision == "auto"
     assert not c.uses_windows and InferenceConfig(winmode="onlywin").uses_windows
     assert InferenceConfig(win_weight=0.0).win_weight == 0.0 and InferenceConfig(win_weight=1.0).win_weight == 1.0

@@ -117,7 +117,8 @@ def test_shared_nam_runs_train_once_per_seed_and_label_the_methods(shared_run):
 def test_spread_tables_and_picture_are_written(shared_run):
     base, result = shared_run
     text = (base / "out" / "tables.md").read_text()
-    assert "mean ± std over training seeds [0, 1]" in text and "fd (absolute)" in text
+    assert "mean ± std over training seeds [0, 1] (std: the sample standard deviation (ddof 1; 0 for a single value)" \
+        in text and "fd (absolute)" in text
     from PIL import Image
 
     with Image.open(base / "out" / "delta_nan.png") as img:
@@ -137,7 +138,18 @@ def test_seed_deltas_by_hand():
     assert d["mean"] == pytest.approx([0.1, -0.1])
     mean, sd = real_eval._spread(d["mean"]).split(" ± ")
     assert float(mean) == pytest.approx(0.0) and sd == "0.1414"  # sample std (ddof 1)
-    assert real_eval._spread([0.25]) == "+0.2500"
+    assert real_eval._spread([0.25]) == "+0.2500 ± 0.0000"  # one seed: spread 0, as every table writes it
+
+
+def test_one_spread_convention_by_value():
+    """Every "mean ± spread" table: the sample standard deviation (ddof 1), 0 for a single value."""
+    from utils.metrics import mean_spread
+
+    assert mean_spread([0.1, 0.3]) == pytest.approx((0.2, 0.1414213562))  # sqrt(0.02 / 1), not sqrt(0.02 / 2)
+    assert mean_spread([1.0, 2.0, 3.0, 6.0]) == pytest.approx((3.0, 2.1602468995))  # sqrt(14 / 3)
+    assert mean_spread([0.25]) == (0.25, 0.0)
+    with pytest.raises(ValueError):
+        mean_spread([])
 
 
 def test_combine_merges_runs_and_refuses_a_method_measured_twice(evaluated, shared_run, tmp_path):
@@ -227,6 +239,10 @@ def test_early_stop_scores_every_epoch_and_refuses_masks(syn_datasets, tmp_path)
     plain = real_eval.main([*argv, "--out", str(tmp_path / "plain")])
     again = real_eval.main([*argv, "--out", str(tmp_path / "early"), "--early_stop"])  # cached: only scoring
     assert len({r["epoch"] for r in again["earlier_epochs"]}) >= 2
+    # --train_steps 12 is train.py's --steps 12: 4 good images (3 a class, its reference left out) in batches of 2
+    # are 2 steps an epoch, 6 epochs (the old rule of its own counted 6 images, 3 batches, and trained 4)
+    epochs = {r["epoch"] for r in again["earlier_epochs"] + again["records"] if "epoch" in r}
+    assert epochs == set(range(1, 7)) and real_eval.train.epochs_for_steps(12, 2) == 6
     last = [r for r in again["records"] if not r["method"].endswith(" early")]
     assert [{k: v for k, v in r.items() if k not in ("choice", "choice_of")} for r in last] == plain["records"]
     early = [r for r in again["records"] if r["method"].endswith(" early")]
@@ -240,6 +256,21 @@ def test_early_stop_scores_every_epoch_and_refuses_masks(syn_datasets, tmp_path)
     with pytest.raises(SystemExit):
         real_eval.main([*argv[:argv.index("--sources") + 1], "masks", *argv[argv.index("--sources") + 2:],
                         "--early_stop"])
+
+
+@pytest.mark.parametrize("steps, batches, epochs", [(150, 26, 6), (130, 26, 5), (75, 26, 3), (75, 17, 4), (1, 100, 1),
+                                                    (5, 2, 2), (7, 2, 4), (9, 3, 3)])
+def test_steps_become_the_nearest_whole_epochs(steps, batches, epochs):
+    """One rule (train.epochs_for_steps) for train.py --steps and real_eval.py --train_steps: the
+    nearest whole number of epochs, at least 1, a tie to the even number."""
+    assert real_eval.train.epochs_for_steps(steps, batches) == epochs
+
+
+def test_train_steps_reach_train_py_as_steps():
+    args = real_eval.parse_args(["--data_root", "x", "--weights", "none", "--train_steps", "75"])
+    meta = {"train": {"a": [], "b": []}, "test": {"a": [], "b": []}}
+    argv = real_eval.training_argv(args, meta, "a", "synth_all", True, 0)
+    assert argv[argv.index("--steps") + 1] == "75" and "--epoch" not in argv
 
 
 def test_learned_modes_select_the_methods():

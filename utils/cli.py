@@ -14,6 +14,7 @@ so ``except ValueError`` keeps catching it; an internal invariant raises the pla
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -43,6 +44,19 @@ class DeviceError(InputError, RuntimeError):
 
 OOM_HINT = ("lower --batch_size (images per forward pass) and, with LFE windows (--winmode mul / onlywin), "
             "--window_batch (windows per backbone call); --align image_index searches less than exhaustive")
+
+
+class _Retired(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {self.help_text}")
+
+
+def add_retired_flag(p: argparse.ArgumentParser, old: str, why: str) -> None:
+    """An old spelling or meaning of a flag, gone: kept out of --help and refused with ``why``
+    (``"is now --data_root"``), so a script that still uses it stops with the flag to use instead
+    of running with a setting it did not ask for."""
+    action = p.add_argument(old, nargs="*", action=_Retired, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+    action.help_text = why
 
 
 def is_input_error(err: BaseException) -> bool:

@@ -285,6 +285,20 @@ def mean_metrics(metrics: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+# the spread of every "mean ± spread" table over seeds (test_few_shot.py's sweep, bench/real_eval.py; bench/decisions.py's
+# mean_std is the same), named in each table's header
+SPREAD = "sample standard deviation (ddof 1; 0 for a single value)"
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the :data:`SPREAD` of one or more values: ``[0.1, 0.3]`` -> (0.2, 0.1414...),
+    ``[0.25]`` -> (0.25, 0.0)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("mean_spread needs at least one value")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
 def partial_note(mean: Mapping[str, Any], keys: Sequence[str]) -> str:
     """'image_auroc over 3/4 classes; ...' for the metrics of ``keys`` that some classes lack
     (empty when every class has every one)."""
