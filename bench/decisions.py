@@ -284,7 +284,7 @@ class Variant:
 def variant_parser() -> argparse.ArgumentParser:
     """predict.py's scoring and decision flags, for --variant strings."""
     p = argparse.ArgumentParser(prog="--variant", add_help=False, allow_abbrev=False)
-    add_inference_args(p, mode_default="fd", align_default="exhaustive")
+    add_inference_args(p, mode_default="fd")
     add_post_args(p, MapPost(smooth_sigma=4.0, image_score="top", top_fraction=0.01))
     add_decision_args(p)
     p.add_argument("--known_defects", type=int, default=0,

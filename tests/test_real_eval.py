@@ -242,7 +242,9 @@ def test_early_stop_scores_every_epoch_and_refuses_masks(syn_datasets, tmp_path)
     # --train_steps 12 is train.py's --steps 12: 4 good images (3 a class, its reference left out) in batches of 2
     # are 2 steps an epoch, 6 epochs (the old rule of its own counted 6 images, 3 batches, and trained 4)
     epochs = {r["epoch"] for r in again["earlier_epochs"] + again["records"] if "epoch" in r}
-    assert epochs == set(range(1, 7)) and real_eval.train.epochs_for_steps(12, 2) == 6
+    import train
+
+    assert epochs == set(range(1, 7)) and train.epochs_for_steps(12, 2) == 6
     last = [r for r in again["records"] if not r["method"].endswith(" early")]
     assert [{k: v for k, v in r.items() if k not in ("choice", "choice_of")} for r in last] == plain["records"]
     early = [r for r in again["records"] if r["method"].endswith(" early")]
@@ -263,7 +265,9 @@ def test_early_stop_scores_every_epoch_and_refuses_masks(syn_datasets, tmp_path)
 def test_steps_become_the_nearest_whole_epochs(steps, batches, epochs):
     """One rule (train.epochs_for_steps) for train.py --steps and real_eval.py --train_steps: the
     nearest whole number of epochs, at least 1, a tie to the even number."""
-    assert real_eval.train.epochs_for_steps(steps, batches) == epochs
+    import train
+
+    assert train.epochs_for_steps(steps, batches) == epochs
 
 
 def test_train_steps_reach_train_py_as_steps():
