@@ -49,8 +49,8 @@ from models import build_fasl_from_args
 from models.decision import (DecisionSettings, Verdicts, decide, fit_lot, fit_references, lot_floor,
                              reference_verdicts, with_known_defects)
 from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_dtype
-from models.flags import (add_backbone_args, add_decision_args, add_inference_args, add_post_args,
-                          add_retired_flag, check_model_flags, check_post_flags, decision_settings_from_args,
+from models.flags import (PREDICT_BACKBONE, add_backbone_args, add_decision_args, add_inference_args,
+                          add_post_args, add_retired_flag, check_model_flags, check_post_flags, decision_settings_from_args,
                           hide_advanced, map_post_from_args, read_config)
 from models.lot import LotScorer, choose_pool, content_key
 from models.postprocess import MapPost
@@ -89,7 +89,8 @@ def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_path", default=None, metavar="FILE", help="trained ASL heads (train.py): FD + heads instead of FD")
     add_retired_flag(p, "--checkpoint", "is now --checkpoint_path")
     advanced = p.add_argument_group("advanced (backbone, scoring, the decision constants; defaults measured)")
-    add_backbone_args(p, advanced=advanced, model_default="lite0")
+    add_backbone_args(p, advanced=advanced, model_default=PREDICT_BACKBONE["model"])
+    p.set_defaults(border_pad=PREDICT_BACKBONE["border_pad"])
     add_inference_args(p, mode_default=None, group=advanced,
                        mode_help="'fd': the training-free 1 - similarity map; 'merged': FD + the trained heads; "
                                  "'fasl': the heads alone (default: merged with --checkpoint_path, fd otherwise)")

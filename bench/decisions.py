@@ -65,8 +65,8 @@ from models.backbone import BackboneOutput  # noqa: E402
 from models.decision import (DecisionSettings, decide, fit_lot, fit_references, lot_floor,  # noqa: E402
                              reference_verdicts, with_known_defects)
 from models.fasl import Encoded, InferenceConfig  # noqa: E402
-from models.flags import (add_backbone_args, add_decision_args, add_inference_args, add_post_args,  # noqa: E402
-                          decision_settings_from_args, map_post_from_args)
+from models.flags import (PREDICT_BACKBONE, add_backbone_args, add_decision_args, add_inference_args,  # noqa: E402
+                          add_post_args, decision_settings_from_args, fill_model_defaults, map_post_from_args)
 from models.lot import LotScorer, choose_pool, content_key  # noqa: E402
 from models.postprocess import MapPost  # noqa: E402
 from models.thresholds import reference_images  # noqa: E402
@@ -531,7 +531,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_root", required=True, help="a folder in MVTec layout (meta.json optional; read only)")
     p.add_argument("--classes", nargs="+", default=None, help="classes to run (default: every class of --data_root)")
     add_backbone_args(p)
-    p.set_defaults(model="lite0", pretrained="default", image_size=224)
+    p.set_defaults(**PREDICT_BACKBONE)  # predict.py's backbone; --pretrained / --image_size follow --model
     p.add_argument("--k_shot", type=int, nargs="+", default=[1, 2, 4], help="references (default: 1 2 4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="reference seeds (default: 0 1 2)")
     p.add_argument("--lots", nargs="+", choices=LOTS, default=list(LOTS[:3]),
@@ -548,7 +548,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=111,
                    help="seed of random backbone weights, as predict.py's (default: %(default)s)")
     p.add_argument("--out", default="bench_out/decisions", help="output folder (default: %(default)s)")
-    args = p.parse_args(argv)
+    args = fill_model_defaults(p.parse_args(argv))
     if any(k < 1 for k in args.k_shot):
         p.error("--k_shot values must be >= 1")
     if args.batch_size < 1:

@@ -189,10 +189,9 @@ class Backbone(nn.Module):
 
     def _finish_init(self, image_size: int, neighbourhood: int = 1, border_pad: int = 0) -> None:
         self.neighbourhood = check_neighbourhood(neighbourhood)
-        if border_pad < 0 or border_pad % self.patch_size:
-            raise ValueError(f"border_pad must be a multiple of the patch size {self.patch_size} (0 = off), "
-                             f"got {border_pad}")
-        self.border_pad = int(border_pad)
+        if border_pad < 0:
+            raise ValueError(f"border_pad must be >= 0 (0 = off), got {border_pad}")
+        self.border_pad = -(-int(border_pad) // self.patch_size) * self.patch_size  # whole patches of border
         if image_size % self.patch_size:
             raise InputValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
         self.image_size = int(image_size)

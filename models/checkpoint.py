@@ -19,8 +19,10 @@ from utils.cli import InputFileNotFoundError, InputValueError
 CHECKPOINT_FORMAT = "fasl-heads-v1"
 
 # what a checkpoint's backbone and heads must agree on (image_size may differ: the heads see features)
-BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation", "neighbourhood",
-                 "border_pad")
+BACKBONE_KEYS = ("family", "model", "widths", "depth", "patch_size", "blocks", "activation", "neighbourhood")
+# what stored features (a references file's bank) must agree on besides: the reflected border changes the
+# features near the image's edge, which trained heads take in their stride (as they take another image size)
+FEATURE_KEYS = ("image_size", "border_pad")
 HEAD_KEYS = ("input_bn", "nam", "hidden_bias", "nam_residual", "fd_residual", "head_input")
 
 
@@ -49,9 +51,10 @@ def config_mismatches(mine: dict, config: dict, source: str = "checkpoint", same
                       heads: bool = True) -> list[str]:
     """Every field of a recorded ``config`` (normalised here) that does not fit the model whose
     config is ``mine``, one line each: the backbone, the head layout (unless ``heads`` is False),
-    random vs pretrained weights and, with ``same_image_size``, the input size. Empty: it fits."""
+    random vs pretrained weights and, with ``same_image_size`` (stored features), the input size and
+    the reflected border. Empty: it fits."""
     config = normalize_config(config)
-    keys = BACKBONE_KEYS + (HEAD_KEYS if heads else ()) + (("image_size",) if same_image_size else ())
+    keys = BACKBONE_KEYS + (HEAD_KEYS if heads else ()) + (FEATURE_KEYS if same_image_size else ())
     diffs = [f"{k}: {source} has {config.get(k)!r}, this model has {mine[k]!r}" for k in keys
              if config.get(k) != mine[k]]
     if (config.get("pretrained") is None) != (mine["pretrained"] is None):

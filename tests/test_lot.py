@@ -242,8 +242,10 @@ def test_border_pad_encodes_a_reflected_border_and_crops_it_away():
         want = b.reshape(2, 12, 12, -1)[:, 2:10, 2:10].reshape(2, 64, -1)
         torch.testing.assert_close(g, want)
     assert padded.config()["border_pad"] == 16 and plain.config()["border_pad"] == 0
-    with pytest.raises(ValueError, match="multiple of the patch size 8"):
-        build_backbone("timm:tf_efficientnet_lite0", pretrained=None, image_size=64, border_pad=12)
+    rounded = build_backbone("timm:tf_efficientnet_lite0", pretrained=None, image_size=64, border_pad=12)
+    assert rounded.config()["border_pad"] == 16  # whole patches of border (stride 8)
+    with pytest.raises(ValueError, match="border_pad must be >= 0"):
+        build_backbone("timm:tf_efficientnet_lite0", pretrained=None, image_size=64, border_pad=-8)
 
 
 def test_known_defects_pull_the_review_threshold_down_to_a_floor():

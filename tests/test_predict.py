@@ -577,3 +577,16 @@ def test_defect_refs_keep_the_review_threshold_below_known_defects(lot, tmp_path
     with pytest.raises(FileNotFoundError, match="--defect_refs: .*nothere.png is no file"):
         run([*base, "--out", str(tmp_path / "c"), "--defect_refs", str(tmp_path / "nothere.png")])
     assert not (tmp_path / "c").exists()  # refused before anything is written
+
+
+def test_a_references_file_keeps_its_border(data, tmp_path):
+    """Stored features hold the reflected border they were encoded with: a file made with predict's
+    default border is refused without it; heads trained without a border still load (they take
+    features)."""
+    refs_file = tmp_path / "part.pt"
+    common = ["--images", str(data["good"][0]), "--mode", "fd"]
+    assert run(["--refs", str(data["root"] / "refs"), "--out", str(tmp_path / "a"), "--save_refs", str(refs_file),
+                *common]) == 0
+    assert torch.load(refs_file, weights_only=True)["config"]["border_pad"] == 42  # 32 px, in whole 14-px patches
+    with pytest.raises(CheckpointMismatch, match="border_pad: references file .* has 42, this model has 0"):
+        run(["--load_refs", str(refs_file), "--out", str(tmp_path / "b"), "--border_pad", "0", *common])
