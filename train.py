@@ -60,7 +60,7 @@ HELP = """Train FASL's ASL heads (and NAM) on an auxiliary dataset; the backbone
       --recipe new_parts"""
 # Named training recipes: defaults of the training choices, each still overridden by its own flag.
 # "reference": the reference code's recipe, as trainAndTest.sh trains (the default).
-# "new_parts": the settings that measured best for heads used on parts they never saw (docs/real-images.md,
+# "new_parts": the settings that measured best for heads used on parts they never saw (docs/measurements.md,
 # Measured on real images: leave-one-class-out over five real classes).
 RECIPES = {
     "reference": {},
@@ -131,7 +131,7 @@ def build_parser(show_advanced: bool = False) -> argparse.ArgumentParser:
     adv.add_argument("--check_args", action="store_true",
                      help="check the flags and exit: nothing is read, built or written (the shell scripts use it)")
     # experiment switches: a user sets --recipe instead
-    exp = p.add_argument_group("advanced: training changes that are not the reference code's (see docs/real-images.md; "
+    exp = p.add_argument_group("advanced: training changes that are not the reference code's (see docs/measurements.md; "
                                "--recipe new_parts sets some of them)")
     exp.add_argument("--per_block_nam", action="store_true",
                      help="one NAM per block instead of the reference's single NAM shared by every block and the "

@@ -98,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="LFE window step in patches (default: %(default)s)")
     p.add_argument("--eval_size", type=int, default=224,
                    help="map and mask side for the metrics: the --image_size of the backbone measured, as "
-                        "docs/real-images.md's tables (test_few_shot.py: 240, the reference code's, for 518 px "
+                        "docs/measurements.md's tables (test_few_shot.py: 240, the reference code's, for 518 px "
                         "inputs) (default: %(default)s)")
     p.add_argument("--train_steps", type=int, default=150,
                    help="about this many optimiser steps per training run: train.py --steps, the whole number of "

@@ -385,3 +385,50 @@ def test_benchmark_and_flag_values_refused_up_front(capsys):
     for argv in (["--mask_levels", "1.0"], ["--batch_size", "0"], ["--data_ro", "y"]):
         with pytest.raises(SystemExit):
             decisions.parse_args([*base, *argv])
+
+
+# ----------------------------------------------------------------------------- lot rules decided again
+
+def _recorded_lot(cls, seed, good_scores, defect_scores, variant="lot"):
+    images = ([{"label": 0, "score": s} for s in good_scores] + [{"label": 1, "score": s} for s in defect_scores])
+    return {"class": cls, "lot": "full", "k": 1, "seed": seed, "variant": variant, "images": images,
+            "fit": {"verdicts": {"stats": {}}}}
+
+
+def test_lot_rules_decide_recorded_lots_again_by_hand(tmp_path):
+    import lot_rules
+
+    # 8 goods at score 1 (log 0) and 2 defects: every quantile up to 0.8 is log 0, the spread is 0, so
+    # every rule's thresholds are 1: a good part at 2 is a false alarm, a defect at 0.5 is missed
+    runs = [_recorded_lot("a", 0, [1.0] * 8, [3.0, 5.0]),
+            _recorded_lot("b", 0, [1.0] * 7 + [2.0], [0.5, 4.0]),
+            _recorded_lot("a", 0, [1.0] * 8, [3.0, 5.0], variant="other")]
+    src = tmp_path / "decisions.json"
+    src.write_text(json.dumps({"runs": runs}))
+    doc = lot_rules.main([str(src), "--anchors", "0.5", "--bases", "0.2", "0.6", "--c", "2", "3",
+                          "--out", str(tmp_path / "out")])
+    assert doc["rules"] == ["a0.5 b0.2 c2 band0.5", "a0.5 b0.2 c3 band0.5"]  # base 0.6 > anchor: no rule
+    by = {(r["class"], r["variant"]): r["metrics"] for r in doc["runs"]}
+    a, b = by[("a", "a0.5 b0.2 c2 band0.5")], by[("b", "a0.5 b0.2 c2 band0.5")]
+    assert (a["caught"], a["false_alarms"], a["balanced_accuracy"], a["review"]) == (1.0, 0.0, 1.0, 0.0)
+    assert (b["caught"], b["false_alarms"]) == (0.5, 1 / 8)
+    assert b["balanced_accuracy"] == pytest.approx((0.5 + 1 - 1 / 8) / 2)
+    assert set(doc["loco"]["chosen"]) == {"a", "b"}
+    assert (tmp_path / "out" / "lot_rules.md").is_file()
+
+
+def test_lot_rules_refuse_a_missing_variant_and_known_defects(tmp_path):
+    import lot_rules
+    from utils.cli import InputValueError
+
+    run = _recorded_lot("a", 0, [1.0] * 8, [3.0, 5.0])
+    src = tmp_path / "decisions.json"
+    src.write_text(json.dumps({"runs": [run]}))
+    with pytest.raises(InputValueError, match="holds no run of variant 'single'.*lot"):
+        lot_rules.main([str(src), "--variant", "single", "--out", str(tmp_path / "o")])
+    run["fit"]["verdicts"]["stats"]["known_defect_scores"] = [2.0]
+    src.write_text(json.dumps({"runs": [run]}))
+    with pytest.raises(InputValueError, match="known defects"):
+        lot_rules.main([str(src), "--out", str(tmp_path / "o")])
+    with pytest.raises(InputValueError, match="no decisions.json"):
+        lot_rules.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")])
