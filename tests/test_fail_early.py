@@ -536,14 +536,20 @@ def test_references_files_record_their_dtypes_and_refuse_others(syn_datasets, tm
 
 # ----------------------------------------------------------------------------- clear words
 
-def test_the_default_weights_offline_fail_at_once_in_one_line(tmp_path, monkeypatch, capsys):
+def _vit_weights_message(tmp_path, monkeypatch, offline: str | None) -> str:
+    """predict.py asked for ViT-L-14-336's 'openai' weights with nothing cached and no network
+    (HF_HUB_OFFLINE set to ``offline``, or unset: the caller's shell may set it either way) ->
+    its message, after checking it came at once and wrote nothing."""
     import huggingface_hub
 
     import predict
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # nothing cached
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the caller's shell may set it: the next test covers it
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there (never asked when offline)
+    if offline is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     image = tmp_path / "a.png"
     from PIL import Image
 
@@ -552,33 +558,22 @@ def test_the_default_weights_offline_fail_at_once_in_one_line(tmp_path, monkeypa
     message = _exit(lambda: predict.main(["--refs", str(image), "--images", str(image), "--out",
                                           str(tmp_path / "out"), "--mode", "fd", "--model", "ViT-L-14-336"]))
     assert time.time() - t0 < 30
-    assert "cannot download the 'openai' weights of ViT-L-14-336" in message and "\n" not in message
+    assert "\n" not in message
     assert "pass --pretrained FILE" in message and "--model timm:NAME --pretrained FILE" in message
     assert not (tmp_path / "out").exists()
+    return message
+
+
+def test_the_default_weights_offline_fail_at_once_in_one_line(tmp_path, monkeypatch, capsys):
+    message = _vit_weights_message(tmp_path, monkeypatch, None)
+    assert "cannot download the 'openai' weights of ViT-L-14-336" in message
     assert capsys.readouterr().err.count("\n") <= 1
 
 
 @pytest.mark.parametrize("value", ["1", "true", "ON"])
 def test_the_default_weights_under_hf_hub_offline_fail_at_once_in_one_line(tmp_path, monkeypatch, capsys, value):
-    import huggingface_hub
-
-    import predict
-
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # nothing cached
-    monkeypatch.setenv("HF_HUB_OFFLINE", value)
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # never asked: offline is decided first
-    image = tmp_path / "a.png"
-    from PIL import Image
-
-    Image.new("RGB", (64, 64)).save(image)
-    t0 = time.time()
-    message = _exit(lambda: predict.main(["--refs", str(image), "--images", str(image), "--out",
-                                          str(tmp_path / "out"), "--mode", "fd", "--model", "ViT-L-14-336"]))
-    assert time.time() - t0 < 30
-    assert ("the 'openai' weights of ViT-L-14-336 are not in the local cache and HF_HUB_OFFLINE is set" in message
-            and "\n" not in message)
-    assert "pass --pretrained FILE" in message and "--model timm:NAME --pretrained FILE" in message
-    assert not (tmp_path / "out").exists()
+    message = _vit_weights_message(tmp_path, monkeypatch, value)
+    assert "the 'openai' weights of ViT-L-14-336 are not in the local cache and HF_HUB_OFFLINE is set" in message
     assert capsys.readouterr().err.count("\n") <= 1
 
 
