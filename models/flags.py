@@ -236,8 +236,8 @@ def add_decision_args(p: argparse.ArgumentParser,
     d = DecisionSettings()
     g = p.add_argument_group("decision")
     g.add_argument("--lot", choices=LOT_MODES, default=d.lot,
-                   help="compare each image with other images of the lot too, thresholds from the lot's scores: "
-                        "'auto' from --min_lot images, 'on', 'off' (default: %(default)s)")
+                   help="compare each image with other images of the lot too, thresholds from the lot, which must be "
+                        "mostly good: 'auto' from --min_lot images, 'on', 'off' (default: %(default)s)")
     g.add_argument("--fpr", type=float, default=d.fpr,
                    help="false-alarm rate of the references-only and pixel thresholds (default: %(default)s)")
     g.add_argument("--mask_level", type=float, default=d.mask_level,
