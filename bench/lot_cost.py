@@ -36,9 +36,12 @@ def run(argv: list[str]) -> tuple[float, int]:
     """predict.py in a child process -> (wall seconds, its peak resident memory in bytes)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "predict.py"), *argv], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, cwd=ROOT)
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), *argv], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        said = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+        raise InputValueError(f"predict.py stopped (exit {done.returncode}): {said[-1].removesuffix(' (FASL_DEBUG=1 shows the traceback)') if said else 'no message'}")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux: the largest child so far
     return seconds, peak * 1024 if peak > before else -1
 
