@@ -349,11 +349,12 @@ def read_defect_refs(args, model: FASL) -> list[Path]:
 
 
 def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: SavedReferences, copies: int, lot: Lot,
-              out: Path, log, d: Dist, defect_refs: list[Path] = ()) -> tuple[dict[int, float], list[float], bool,
-                                                                             list[float]]:
+              out: Path, log, d: Dist, defect_refs: list[Path] = ()) -> tuple[dict[int, float], dict[int, float],
+                                                                             list[float], bool, list[float]]:
     """Score every usable image (this process's share), saving its map under maps/ -> ({image:
-    score}, the references' scores as lot images (lot-aware only), whether lot-aware, the known
-    defects' scores)."""
+    score}, {image: its score against the references alone} (lot-aware only: what --lot off would
+    give, for the mostly-defective warning), the references' scores as lot images (lot-aware only),
+    whether lot-aware, the known defects' scores)."""
     s: DecisionSettings = args.settings
     usable = lot.usable
     lot_aware = s.lot_aware(len(usable)) and cfg.mode == "fd" and cfg.winmode == "nan"
@@ -371,25 +372,30 @@ def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: Save
     scorer.fit(bank=refs.bank, copies=copies, pool=pool)
     mine = [usable[i] for i in shard(usable, d, args.batch_size)]
     scores: dict[int, float] = {}
+    alone: dict[int, float] = {}
     (out / "maps").mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(mine), desc="scoring", unit="img", dynamic_ncols=True)
     for start in range(0, len(mine), args.batch_size):
         batch = mine[start:start + args.batch_size]
         pred = scorer.score(torch.stack([read_tensor(lot.paths[i], model) for i in batch]),
                             [members.get(i) for i in batch])
-        for i, score_map, score in zip(batch, pred.score_map.float().cpu().numpy(), pred.image_score.tolist()):
+        singles = pred.single_score.tolist() if pred.single_score is not None else [None] * len(batch)
+        for i, score_map, score, single in zip(batch, pred.score_map.float().cpu().numpy(), pred.image_score.tolist(),
+                                               singles):
             if not (math.isfinite(score) and np.isfinite(score_map).all()):
                 lot.errors[i] = "the model returned a non-finite score"
                 log.error("left out %s: %s", lot.paths[i], lot.errors[i])
                 continue
             np.save(out / "maps" / f"{lot.names[i]}.npy", score_map.astype(np.float16))
             scores[i] = float(score)
+            if single is not None:
+                alone[i] = float(single)
         bar.update(len(batch))
     bar.close()
     ref_scores = scorer.score_references().image_score.tolist() if lot_aware and d.is_main else []
     known = scorer.score(torch.stack([read_tensor(p, model) for p in defect_refs])).image_score.tolist() \
         if defect_refs and d.is_main else []
-    return scores, ref_scores, lot_aware, known
+    return scores, alone, ref_scores, lot_aware, known
 
 
 def load_map(out: Path, name: str) -> np.ndarray:
@@ -397,17 +403,20 @@ def load_map(out: Path, name: str) -> np.ndarray:
 
 
 def fit_verdicts(args, refs: SavedReferences, scores: dict[int, float], ref_scores: list[float], lot_aware: bool,
-                 lot: Lot, maps_dir: Path, log, known: list[float] = ()) -> Verdicts:
+                 lot: Lot, maps_dir: Path, log, known: list[float] = (), alone: dict[int, float] | None = None
+                 ) -> Verdicts:
     """The run's Verdicts: from the lot (lot-aware) or the references, moved by the known defects'
-    scores (``known``), warnings logged."""
+    scores (``known``), warnings logged; alone: each image's score against the references alone
+    (the mostly-defective warning; None, as when deciding saved maps again: no such warning)."""
     s: DecisionSettings = args.settings
     t = refs.thresholds
     hand = args.image_threshold is not None or args.pixel_threshold is not None
     if lot_aware and not hand:
         order = sorted(scores)
         values = [scores[i] for i in order]
+        singles = [alone[i] for i in order] if alone and len(alone) == len(order) else None
         verdicts = fit_lot(values, lambda keep: (load_map(maps_dir, lot.names[order[j]]) for j in keep), s.rule,
-                           s.fpr, ref_scores, t.image if t.fit is not None else None)
+                           s.fpr, ref_scores, t.image if t.fit is not None else None, singles)
         if known:
             verdicts = with_known_defects(verdicts, known, lot_floor(values, s.rule))
     else:
@@ -558,15 +567,16 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
             log.info("cleared %d file(s) of an earlier run from %s", removed, out)
     else:
         run_log.start_file(log_path)
-    scores, ref_scores, lot_aware, known = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d,
-                                                     defect_refs)
-    gathered = gather_to_main((scores, [(i, lot.errors[i]) for i in range(len(paths)) if lot.errors[i]]), d)
+    scores, alone, ref_scores, lot_aware, known = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d,
+                                                            defect_refs)
+    gathered = gather_to_main((scores, alone, [(i, lot.errors[i]) for i in range(len(paths)) if lot.errors[i]]), d)
     if d.is_main:
-        for part_scores, part_errors in gathered:
+        for part_scores, part_alone, part_errors in gathered:
             scores.update(part_scores)
+            alone.update(part_alone)
             for i, e in part_errors:
                 lot.errors[i] = e
-        verdicts = fit_verdicts(args, refs, scores, ref_scores, lot_aware, lot, out, log, known)
+        verdicts = fit_verdicts(args, refs, scores, ref_scores, lot_aware, lot, out, log, known, alone)
     else:
         verdicts = None
     verdicts = broadcast_from_main(verdicts, d)

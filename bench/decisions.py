@@ -1,5 +1,6 @@
 """Decisions as an inspection line meets them: how often the verdicts, masks and regions are right
-on lots of real parts, every default chosen on other classes than the one it is reported on.
+on lots of real parts, with a leave-one-class-out choice among variants (each class reported under
+the setting chosen on the others).
 
 For every class of an MVTec-layout folder (``<class>/train/good``, ``<class>/test/<kind>``,
 ``<class>/ground_truth/<kind>/NNN_mask.png``), every k in --k_shot and reference seed in --seeds:
@@ -20,11 +21,13 @@ references alone otherwise) and measured as an engineer meets it: defects caught
 review counts as caught), false alarms over all goods (a good part sent to review counts: a person
 looks at it), balanced accuracy, the share sent to review, the same three without the review band,
 image and pixel AUROC, AUPRO, mask IoU of caught defects, the share of ground-truth regions a
-region touches and how many regions a touched one is split into, and seconds per image.
+region touches and how many regions a touched one is split into, seconds per image, and whether
+the lot was warned about as mostly defective.
 
 Variants (``--variant 'NAME: flags'``, predict.py's decision and scoring flags) are compared on the
 same encodings. ``--loco`` chooses a variant **leave-one-class-out**: for each class, the variant
-that does best on the *other* classes (mean balanced accuracy over every lot and k, less a penalty
+that does best on the *other* classes (mean balanced accuracy over their full and low lots and
+every k, less a penalty
 where false alarms pass 0.05 or the review share 0.10), reported on the held-out class: the
 headline figures of docs/predict.md.
 
@@ -79,7 +82,7 @@ LOTS = ("full", "low", "repeat", "test")
 LOW_SHARE = 0.1  # defects in a low-defect lot
 SUMMARY = ("caught", "false_alarms", "balanced_accuracy", "review", "caught_no_band", "false_alarms_no_band",
            "balanced_accuracy_no_band", "image_auroc", "pixel_auroc", "aupro", "iou_caught", "regions_hit",
-           "regions_per_hit", "s_per_image")
+           "regions_per_hit", "s_per_image", "warned_mostly_defective")
 FPR_TARGET, REVIEW_TARGET = 0.05, 0.10
 
 
@@ -333,7 +336,7 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
     key = scoring_key(v, refs, lot)
     lot_aware = v.settings.lot_aware(len(lot))
     if scored is not None and key in scored:
-        maps_t, scores_np, ref_scores, thresholds, seconds_scoring, scorer = scored[key]
+        maps_t, scores_np, alone, ref_scores, thresholds, seconds_scoring, scorer = scored[key]
     else:
         ref = reference_images(c.raw[refs], bb.mean, bb.std, bb.patch_size, v.settings.augment_refs,
                                v.settings.normal_sample)
@@ -348,20 +351,23 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
             members = [position.get(img) for img in lot]
             pool_tokens = select(c.encoded, pool).features.tokens
         scorer.fit(bank=bank, copies=ref.copies, pool_tokens=pool_tokens)
-        maps, scores = [], []
+        maps, scores, singles = [], [], []
         for s in range(0, len(lot), batch_size):
             pred = scorer.score_encoded(select(c.encoded, lot[s:s + batch_size]), members[s:s + batch_size])
             maps.append(pred.score_map.float().cpu())
             scores.append(pred.image_score.float().cpu())
+            if pred.single_score is not None:
+                singles.append(pred.single_score.float().cpu())
         maps_t, scores_np = torch.cat(maps), torch.cat(scores).numpy()
+        alone = torch.cat(singles).numpy() if singles else None
         ref_scores = scorer.score_references().image_score.tolist() if lot_aware else []
         seconds_scoring = time.perf_counter() - t0
         if scored is not None:
-            scored[key] = (maps_t, scores_np, ref_scores, thresholds, seconds_scoring, scorer)
+            scored[key] = (maps_t, scores_np, alone, ref_scores, thresholds, seconds_scoring, scorer)
     t1 = time.perf_counter()
     if lot_aware:
         verdicts = fit_lot(scores_np, lambda keep: (maps_t[j].numpy() for j in keep), v.settings.rule,
-                           v.settings.fpr, ref_scores, thresholds.image)
+                           v.settings.fpr, ref_scores, thresholds.image, alone)
         floor = lot_floor(scores_np, v.settings.rule)
     else:
         verdicts = reference_verdicts(thresholds, v.settings)
@@ -393,7 +399,9 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
     pix = pixel_metrics(masks, maps_t.numpy())
     metrics.update(pixel_auroc=pix["auroc"], aupro=pix["aupro"],
                    s_per_image=c.encode_seconds + seconds / len(lot), lot_aware=lot_aware,
-                   n_warnings=len(verdicts.warnings))
+                   n_warnings=len(verdicts.warnings),
+                   share_above_references=verdicts.stats.get("share_above_reference_threshold"),
+                   warned_mostly_defective=float(any("looks mostly defective" in w for w in verdicts.warnings)))
     fit = {"verdicts": verdicts.to_dict()}
     return metrics, records, fit
 

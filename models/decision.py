@@ -42,11 +42,13 @@ from utils.regions import Region, Regions, resize_map
 
 VERDICTS = ("ok", "review", "defect")
 LOT_MODES = ("auto", "on", "off")
-SMALL_LOT = 20  # below it the lot's statistics are noisier (measured: docs/predict.md); said in a warning
+SMALL_LOT = 20  # below it the lot's statistics are noisier (measured: docs/measurements.md); said in a warning
 MAX_PIXEL_MAPS = 256  # good maps the lot's pixel threshold is fitted on, at most
-# a lot with more than this share above the references-only threshold is warned about: on 135 lots of
-# five real classes holding 10-45 % defects the share reached at most 0.55 (docs/predict.md)
-MOSTLY_ABOVE = 0.7
+# a lot with at least this share of its images above the references-only threshold, each scored
+# against the references alone, is warned about as mostly defective: measured on five real classes
+# (docs/measurements.md), 58 % of test-split lots (75-80 % defective) reach it, 4-7 % of lots with
+# 10-45 % defects (where one unusual reference flags much of the lot)
+MOSTLY_ABOVE = 0.5
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def good_sample(scores: np.ndarray, threshold: float, at_most: int = MAX_PIXEL_M
 
 def fit_lot(scores: Sequence[float], load_maps: Callable[[list[int]], Iterable[np.ndarray]], rule: LotRule,
             pixel_fpr: float, reference_scores: Sequence[float] = (),
-            reference_threshold: float | None = None) -> Verdicts:
+            reference_threshold: float | None = None, single_scores: Sequence[float] | None = None) -> Verdicts:
     """Thresholds from the lot itself.
 
     scores: (n,) every lot image's score; load_maps: given indices into ``scores``, their score maps
@@ -225,7 +227,9 @@ def fit_lot(scores: Sequence[float], load_maps: Callable[[list[int]], Iterable[n
     review band's lower edge (``good_sample``: a bounded number, so a large lot is never held in
     memory); reference_scores: the references scored as lot images are (reported; warned about
     when above the defect threshold); reference_threshold: the references-only image threshold,
-    to warn when most of the lot lies above it (a lot mostly defective, or unlike its references).
+    to warn when most of the lot lies above it (a lot mostly defective, or unlike its references),
+    judged on ``single_scores``: (n,) each lot image's score against the references alone, the
+    scale that threshold was fitted on (``Prediction.single_score``; None: no such warning).
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     ok_at_most, image, defect_above, spread = lot_band(scores, rule)
@@ -234,14 +238,18 @@ def fit_lot(scores: Sequence[float], load_maps: Callable[[list[int]], Iterable[n
     warnings = []
     if scores.size < SMALL_LOT:
         warnings.append(f"a lot of {scores.size} images is small for its own statistics: false alarms measured "
-                        f"0.09 on lots of 10-15 images against 0.065 from {SMALL_LOT} up (docs/predict.md)")
+                        f"0.09 on lots of 10-15 images against 0.065 from {SMALL_LOT} up (docs/measurements.md)")
     above_refs = None
-    if reference_threshold is not None:
-        above_refs = float((scores > reference_threshold).mean())
-        if above_refs > MOSTLY_ABOVE:
+    if reference_threshold is not None and single_scores is not None:
+        alone = np.asarray(single_scores, dtype=np.float64).reshape(-1)
+        if alone.shape != scores.shape:
+            raise ValueError(f"single_scores has {alone.size} values for a lot of {scores.size}")
+        above_refs = float((alone > reference_threshold).mean())
+        if above_refs >= MOSTLY_ABOVE:
             warnings.append(f"{100 * above_refs:.0f} % of the lot scores above the threshold the references alone "
-                            f"give ({reference_threshold:.4g}): the lot looks mostly defective, or unlike its "
-                            f"references; check the review images and the references")
+                            f"give ({reference_threshold:.4g}): the lot looks mostly defective (the lot's "
+                            f"thresholds assume most of it is good: decide it with --lot off), or unlike its "
+                            f"references (check them)")
     refs = [float(s) for s in reference_scores]
     high_refs = [s for s in refs if s > defect_above]
     if high_refs:

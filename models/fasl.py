@@ -148,10 +148,13 @@ class InferenceConfig:
 
 @dataclass
 class Prediction:
-    """score_map: (B, H, W) pixel anomaly scores in [0, 1]; image_score: (B,)."""
+    """score_map: (B, H, W) pixel anomaly scores in [0, 1]; image_score: (B,); single_score: (B,) or
+    None: a lot-aware prediction's image scores of each image against the references alone (what
+    ``--lot off`` gives, post-processed), on the scale of the references-only thresholds."""
 
     score_map: torch.Tensor
     image_score: torch.Tensor
+    single_score: torch.Tensor | None = None
 
 
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:

@@ -236,10 +236,13 @@ class LotScorer:
         parts = []
         for chunk, mine, aligned in (progress(chunks) if progress else chunks):
             pred = self.score_encoded(chunk, mine, aligned) if encoded else self.score(chunk, mine)
-            parts.append(Prediction(pred.score_map.float().cpu(), pred.image_score.float().cpu()))
+            parts.append(Prediction(pred.score_map.float().cpu(), pred.image_score.float().cpu(),
+                                    None if pred.single_score is None else pred.single_score.float().cpu()))
         if not parts:
             return Prediction(torch.empty(0, self.cfg.out_size, self.cfg.out_size), torch.empty(0))
-        return Prediction(torch.cat([p.score_map for p in parts]), torch.cat([p.image_score for p in parts]))
+        single = torch.cat([p.single_score for p in parts]) if all(p.single_score is not None for p in parts) \
+            else None
+        return Prediction(torch.cat([p.score_map for p in parts]), torch.cat([p.image_score for p in parts]), single)
 
     def _check_fitted(self) -> None:
         if self.bank is None:
@@ -270,11 +273,14 @@ class LotScorer:
         mutual = lowest_mean(d, self.scoring.lowest(d.shape[1])).reshape(B, 1, *grid)  # [B, 1, G, G]
         score_map = upsample(mutual, self.cfg.out_size)[:, 0]  # [B, H, W]
         image_score = mutual.flatten(1).amax(dim=1)  # the 'model' image score of the mutual grid
+        alone = None
         if single is not None:
             w = self.scoring.fd_weight
             score_map = w * single.score_map.float() + (1 - w) * score_map
             image_score = w * single.image_score.float() + (1 - w) * image_score
-        return self.post.apply(Prediction(score_map=score_map, image_score=image_score))
+            alone = self.post.apply(single).image_score.float()
+        out = self.post.apply(Prediction(score_map=score_map, image_score=image_score))
+        return Prediction(out.score_map, out.image_score, alone)
 
     @torch.no_grad()
     def score_references(self) -> Prediction:

@@ -109,6 +109,24 @@ def test_lot_aware_score_equals_the_formula_computed_by_hand(tiny):
         assert torch.allclose(got.score_map[b], 0.25 * single.score_map[b] + 0.75 * up, atol=1e-5)
         assert got.image_score[b].item() == pytest.approx(0.25 * single.image_score[b].item()
                                                           + 0.75 * mutual.max().item(), abs=1e-5)
+    assert torch.allclose(got.single_score, single.image_score.float())  # no post-processing here: the raw score
+
+
+def test_a_lot_aware_prediction_carries_the_lot_off_image_scores(tiny):
+    """Prediction.single_score of a lot-aware score is exactly what --lot off gives the same images
+    (the scale the references-only thresholds live on), through score and score_all alike."""
+    model, cfg = tiny
+    torch.manual_seed(2)
+    refs, pool, images = torch.randn(2, 3, 56, 56), torch.randn(4, 3, 56, 56), torch.randn(3, 3, 56, 56)
+    post = MapPost(smooth_sigma=2.0, image_score="top", top_fraction=0.05)
+    alone = LotScorer(model, cfg, post).fit(refs).score(images)
+    assert alone.single_score is None
+    lot = LotScorer(model, cfg, post, LotScoring(pool_size=3)).fit(refs, pool)
+    got = lot.score(images)
+    assert torch.allclose(got.single_score, alone.image_score, atol=1e-6)
+    assert not torch.allclose(got.image_score, alone.image_score)  # the lot-aware score itself differs
+    both = lot.score_all(images, batch_size=2)
+    assert torch.allclose(both.single_score, alone.image_score, atol=1e-6)
 
 
 def test_references_are_scored_as_lot_images_leaving_themselves_out(tiny):
@@ -159,18 +177,29 @@ def test_fit_lot_fits_pixels_on_good_maps_and_warns():
         return (maps[i] for i in keep)
 
     rule = LotRule()
-    v = fit_lot(scores, load, rule, pixel_fpr=0.05, reference_scores=[1.1, 9.0], reference_threshold=1.05)
+    alone = np.r_[np.full(14, 1.0), np.full(18, 2.0)]  # against the references alone: 18 of 32 above 1.05
+    v = fit_lot(scores, load, rule, pixel_fpr=0.05, reference_scores=[1.1, 9.0], reference_threshold=1.05,
+                single_scores=alone)
     assert v.source == "lot" and v.verdict(6.0) == "defect" and v.verdict(1.0) == "ok"
     assert 30 not in asked[0] and 31 not in asked[0]  # the defects' maps are not good maps
     good = np.concatenate([maps[i].ravel() for i in asked[0]])
     assert v.pixel == pytest.approx(np.quantile(good, 0.95, method="higher"))
     assert v.colour == colour_range(float(np.median(good)), v.ok_at_most)
     assert any("1 of 2 reference(s) score above" in w for w in v.warnings)
-    share = (scores > 1.05).mean()
-    assert share > 0.5 and any(f"{100 * share:.0f} % of the lot scores above the threshold the references alone"
-                               in w for w in v.warnings)
-    quiet = fit_lot(scores, lambda keep: (maps[i] for i in keep), rule, 0.05, [1.1], reference_threshold=1.5)
-    assert quiet.warnings == []
+    assert v.stats["share_above_reference_threshold"] == pytest.approx(18 / 32)
+    assert any("56 % of the lot scores above the threshold the references alone give (1.05)" in w
+               and "--lot off" in w for w in v.warnings)
+    # the share is judged on the references-only scores, the threshold's own scale, not on the lot's
+    quiet = fit_lot(scores, lambda keep: (maps[i] for i in keep), rule, 0.05, [1.1], reference_threshold=1.05,
+                    single_scores=np.r_[np.full(17, 1.0), np.full(15, 2.0)])  # less than half above
+    assert quiet.stats["share_above_reference_threshold"] == 15 / 32 and quiet.warnings == []
+    half = fit_lot(scores, lambda keep: (maps[i] for i in keep), rule, 0.05, [1.1], reference_threshold=1.05,
+                   single_scores=np.r_[np.full(16, 1.0), np.full(16, 2.0)])  # half: warned
+    assert any("50 % of the lot" in w for w in half.warnings)
+    unjudged = fit_lot(scores, lambda keep: (maps[i] for i in keep), rule, 0.05, [1.1], reference_threshold=1.05)
+    assert unjudged.warnings == [] and unjudged.stats["share_above_reference_threshold"] is None
+    with pytest.raises(ValueError, match="single_scores has 3 values for a lot of 32"):
+        fit_lot(scores, load, rule, 0.05, reference_threshold=1.05, single_scores=[1.0, 2.0, 3.0])
     small = fit_lot(scores[:12], lambda keep: (maps[i] for i in keep), rule, 0.05)
     assert any("small for its own statistics" in w for w in small.warnings)
     assert good_sample(np.arange(10.0), 4.5, at_most=3) == [0, 2, 4]  # spread over the good ones
