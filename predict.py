@@ -414,7 +414,13 @@ def fit_verdicts(args, refs: SavedReferences, scores: dict[int, float], ref_scor
     if lot_aware and not hand:
         order = sorted(scores)
         values = [scores[i] for i in order]
-        singles = [alone[i] for i in order] if alone and len(alone) == len(order) else None
+        singles = None
+        if alone:
+            if set(alone) == set(order):
+                singles = [alone[i] for i in order]
+            else:
+                log.warning("no references-only score for %d image(s): the lot is not judged for being mostly "
+                            "defective", len(set(order) - set(alone)))
         verdicts = fit_lot(values, lambda keep: (load_map(maps_dir, lot.names[order[j]]) for j in keep), s.rule,
                            s.fpr, ref_scores, t.image if t.fit is not None else None, singles)
         if known:
@@ -433,8 +439,9 @@ def fit_verdicts(args, refs: SavedReferences, scores: dict[int, float], ref_scor
 
 
 def decide_images(args, lot: Lot, scores: dict[int, float], verdicts: Verdicts, out: Path, maps_dir: Path,
-                  d: Dist) -> list[dict]:
-    """This process's records, overlays and masks."""
+                  d: Dist, alone: dict[int, float] | None = None) -> list[dict]:
+    """This process's records, overlays and masks; alone: each image's score against the references
+    alone (lot-aware runs), kept in predictions.json for --redecide's warnings."""
     s: DecisionSettings = args.settings
     lo, hi = verdicts.colour
     records = []
@@ -453,7 +460,7 @@ def decide_images(args, lot: Lot, scores: dict[int, float], verdicts: Verdicts, 
                         "verdict_without_band": outcome.verdict_without_band,
                         "regions": [r.to_dict() for r in outcome.found.regions], "defect_area": outcome.found.area,
                         "width": W, "height": H, "overlay": f"{name}_overlay.png", "mask": f"{name}_mask.png",
-                        "map": f"maps/{name}.npy"})
+                        "map": f"maps/{name}.npy", "score_alone": (alone or {}).get(i)})
     return records
 
 
@@ -581,7 +588,7 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
         verdicts = None
     verdicts = broadcast_from_main(verdicts, d)
     scores = broadcast_from_main(scores, d)
-    records = decide_images(args, lot, scores, verdicts, out, out, d)
+    records = decide_images(args, lot, scores, verdicts, out, out, d, alone)
     gathered = gather_to_main(records, d)
     if not d.is_main:
         return 0
@@ -624,6 +631,8 @@ def redecide(args, out: Path) -> int:
             lot.names = [r["name"] for r in doc["images"]]
             lot.errors = [None if r["read_status"] == "scored" else r["error"] for r in doc["images"]]
             scores = {i: r["score"] for i, r in enumerate(doc["images"]) if r["read_status"] == "scored"}
+            alone = {i: r["score_alone"] for i, r in enumerate(doc["images"])
+                     if r["read_status"] == "scored" and r.get("score_alone") is not None}
             refs = SavedReferences(None, Thresholds.from_dict(doc["references"]["thresholds"]),
                                    doc["references"]["paths"])
             refs.thresholds = refs.thresholds.with_overrides(args.image_threshold, args.pixel_threshold)
@@ -633,8 +642,9 @@ def redecide(args, out: Path) -> int:
             run_log.start_file(log_path)
             maps_dir = old
             verdicts = fit_verdicts(args, refs, scores, doc["references"].get("scores_as_lot_images", []),
-                                    doc["lot_aware"], lot, maps_dir, log, doc["references"].get("defect_ref_scores", []))
-            records = decide_images(args, lot, scores, verdicts, out, maps_dir, Dist())
+                                    doc["lot_aware"], lot, maps_dir, log, doc["references"].get("defect_ref_scores", []),
+                                    alone)
+            records = decide_images(args, lot, scores, verdicts, out, maps_dir, Dist(), alone)
             for r in records:
                 r["map"] = str((maps_dir / r["map"]).resolve()) if out.resolve() != old.resolve() else r["map"]
             records += [{"index": i, "path": str(lot.paths[i]), "name": lot.names[i], "read_status": "failed",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
@@ -33,17 +32,21 @@ from utils.misc import write_json  # noqa: E402
 
 
 def run(argv: list[str]) -> tuple[float, int]:
-    """predict.py in a child process -> (wall seconds, its peak resident memory in bytes)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), *argv], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        said = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
-        raise InputValueError(f"predict.py stopped (exit {done.returncode}): {said[-1].removesuffix(' (FASL_DEBUG=1 shows the traceback)') if said else 'no message'}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux: the largest child so far
-    return seconds, peak * 1024 if peak > before else -1
+    """predict.py in a child process -> (wall seconds, its own peak resident memory in bytes, from
+    the child's resource usage as it is reaped)."""
+    with tempfile.TemporaryFile(mode="w+") as err:
+        t0 = time.perf_counter()
+        child = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), *argv], stdout=subprocess.DEVNULL,
+                                 stderr=err, text=True, cwd=ROOT)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - t0
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            err.seek(0)
+            said = [line for line in err.read().replace("\r", "\n").splitlines() if line.strip()]
+            last = said[-1].removesuffix(" (FASL_DEBUG=1 shows the traceback)") if said else "no message"
+            raise InputValueError(f"predict.py stopped (exit {child.returncode}): {last}")
+    return seconds, usage.ru_maxrss * 1024  # KiB on Linux
 
 
 def main(argv=None) -> dict:
@@ -76,12 +79,12 @@ def main(argv=None) -> dict:
                 seconds, peak = run(["--refs", *args.refs, "--images", str(listing), "--out", tmp, *extra,
                                      *shlex.split(args.predict_args)])
             times[name].append(seconds)
-            peaks.setdefault(name, peak)  # ru_maxrss only grows: the first run of each is its own peak
+            peaks[name] = max(peaks.get(name, 0), peak)
     for name, _ in runs:
         seconds, peak = min(times[name]), peaks[name]
         doc["runs"][name] = {"seconds": seconds, "all_seconds": times[name], "s_per_image": seconds / args.n,
                              "peak_rss_bytes": peak}
-        rows.append([name, f"{seconds:.1f}", f"{seconds / args.n:.3f}", f"{peak / 2**20:.0f}" if peak > 0 else "n/a"])
+        rows.append([name, f"{seconds:.1f}", f"{seconds / args.n:.3f}", f"{peak / 2**20:.0f}"])
     single, lot = (doc["runs"][k]["seconds"] for k in ("single (--lot off)", "lot-aware"))
     doc["ratio"] = lot / single
     table = tabulate(rows, headers=["run", "seconds", "s / image", "peak RSS (MiB)"], tablefmt="github")

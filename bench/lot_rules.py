@@ -5,15 +5,16 @@ program decides those lots again with every rule of a grid (models/decision.py `
 log-score quantiles ``anchor`` > ``base``, the threshold ``c`` lower spreads above the anchor, the
 review band ``band`` spreads either side) through the same ``lot_band`` predict.py uses, and reports
 
-* each rule's figures on every class (in sample), the default rule's among them;
+* each rule's figures on every class (in sample), the default rule's always among them;
 * leave-one-class-out: for each class the rule bench/decisions.py's ``--loco`` criterion prefers
   on the *other* classes (mean balanced accuracy over the full and low-defect lots and every k,
   less twice the false alarms above 0.05 and the review share above 0.10), and its figures on the
   held-out class: what such a rule would transfer.
 
 Only image verdicts are decided again (caught, false alarms, balanced accuracy, review, image
-AUROC); masks, regions and pixel figures need the maps (bench/decisions.py). Known-defect
-variants are refused: their thresholds moved with images this program does not have.
+AUROC); masks, regions and pixel figures need the maps (bench/decisions.py) and show as "–".
+Known-defect variants are refused (their thresholds moved with images this program does not
+have), and so are lots that were not scored lot-aware (a lot rule never decides those).
 
     python bench/lot_rules.py out/decisions.json --variant lot --anchors 0.5 0.4 0.3 --bases 0.2 0.1 \\
         --c 2 2.5 3 --out out/rules
@@ -36,9 +37,6 @@ from bench.decisions import _cell, cell_mean, decision_metrics, json_safe, loco,
 from models.decision import LotRule, lot_band  # noqa: E402
 from utils.cli import InputValueError  # noqa: E402
 from utils.misc import write_json  # noqa: E402
-
-FIGURES = ("caught", "false_alarms", "balanced_accuracy", "review", "image_auroc")
-
 
 def rule_name(rule: LotRule) -> str:
     return f"a{rule.anchor:g} b{rule.base:g} c{rule.c:g} band{rule.band:g}"
@@ -77,17 +75,21 @@ def main(argv=None) -> dict:
         raise InputValueError(f"{args.decisions} holds no run of variant {args.variant!r} (it holds: {', '.join(found)})")
     if any(r.get("fit", {}).get("verdicts", {}).get("stats", {}).get("known_defect_scores") for r in runs):
         raise InputValueError(f"variant {args.variant!r} moved its thresholds with known defects: not decided again here")
-    rules = []
+    single = [r for r in runs if not r.get("metrics", {}).get("lot_aware", True)]
+    if single:
+        raise InputValueError(f"{len(single)} lot(s) of variant {args.variant!r} were not scored lot-aware (--lot off, "
+                              f"or smaller than --min_lot): a lot rule never decides them")
+    rules = [d]
     for a in args.anchors:
         for b in args.bases:
             for c in args.c:
                 for band in args.band:
                     try:
-                        rules.append(LotRule(anchor=a, base=b, c=c, band=band))
+                        rule = LotRule(anchor=a, base=b, c=c, band=band)
                     except ValueError:
                         continue  # e.g. base >= anchor: not a rule
-    if not rules:
-        raise InputValueError("the grid holds no valid rule (0 < base < anchor < 1, 0 <= band <= c)")
+                    if rule not in rules:
+                        rules.append(rule)
     again = [decide_again(r, rule) for rule in rules for r in runs]
     names = [rule_name(r) for r in rules]
     classes = sorted({r["class"] for r in runs})

@@ -407,7 +407,8 @@ def test_lot_rules_decide_recorded_lots_again_by_hand(tmp_path):
     src.write_text(json.dumps({"runs": runs}))
     doc = lot_rules.main([str(src), "--anchors", "0.5", "--bases", "0.2", "0.6", "--c", "2", "3",
                           "--out", str(tmp_path / "out")])
-    assert doc["rules"] == ["a0.5 b0.2 c2 band0.5", "a0.5 b0.2 c3 band0.5"]  # base 0.6 > anchor: no rule
+    # the default rule always, then the grid's (base 0.6 > anchor: no rule)
+    assert doc["rules"] == ["a0.5 b0.2 c2.5 band0.5", "a0.5 b0.2 c2 band0.5", "a0.5 b0.2 c3 band0.5"]
     by = {(r["class"], r["variant"]): r["metrics"] for r in doc["runs"]}
     a, b = by[("a", "a0.5 b0.2 c2 band0.5")], by[("b", "a0.5 b0.2 c2 band0.5")]
     assert (a["caught"], a["false_alarms"], a["balanced_accuracy"], a["review"]) == (1.0, 0.0, 1.0, 0.0)
@@ -429,6 +430,11 @@ def test_lot_rules_refuse_a_missing_variant_and_known_defects(tmp_path):
     run["fit"]["verdicts"]["stats"]["known_defect_scores"] = [2.0]
     src.write_text(json.dumps({"runs": [run]}))
     with pytest.raises(InputValueError, match="known defects"):
+        lot_rules.main([str(src), "--out", str(tmp_path / "o")])
+    run["fit"]["verdicts"]["stats"].pop("known_defect_scores")
+    run["metrics"] = {"lot_aware": False}
+    src.write_text(json.dumps({"runs": [run]}))
+    with pytest.raises(InputValueError, match="1 lot.*not scored lot-aware"):
         lot_rules.main([str(src), "--out", str(tmp_path / "o")])
     with pytest.raises(InputValueError, match="no decisions.json"):
         lot_rules.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")])

@@ -488,6 +488,11 @@ def test_a_lot_is_scored_and_thresholded_as_a_lot(lot, tmp_path):
     pred = read_json(out / "predictions.json")
     assert pred["lot_aware"] and pred["verdicts"]["source"] == "lot"
     assert len(pred["references"]["scores_as_lot_images"]) == 2
+    # each image's score against the references alone is kept, and the share above the references-only
+    # threshold is judged on those scores (the threshold's own scale)
+    alone = [r["score_alone"] for r in pred["images"]]
+    t = pred["references"]["thresholds"]["image"]
+    assert pred["verdicts"]["stats"]["share_above_reference_threshold"] == pytest.approx(np.mean(np.array(alone) > t))
     recs = {Path(r["path"]).name: r for r in pred["images"]}
     bad = [recs[p.name] for p in lot["bad"]]
     good = [recs[p.name] for p in lot["good"]]
@@ -531,6 +536,10 @@ def test_a_reused_out_holds_only_the_new_run_and_redecide_needs_no_scoring(lot, 
     redone = read_json(again / "predictions.json")
     assert [(r["score"], r["verdict"], r["regions"]) for r in redone["images"]] == \
         [(r["score"], r["verdict"], r["regions"]) for r in first["images"]]
+    # the mostly-defective check is judged again, on the references-only scores the first run kept
+    share = first["verdicts"]["stats"]["share_above_reference_threshold"]
+    assert share is not None and redone["verdicts"]["stats"]["share_above_reference_threshold"] == share
+    assert all(r["score_alone"] is not None for r in redone["images"])
     # ... and with a lower lot threshold more images are flagged, from the same scores
     lower = tmp_path / "lower"
     assert run(["--redecide", str(out), "--out", str(lower), "--lot_c", "0.5", "--lot_band", "0.5"]) == 0
