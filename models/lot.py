@@ -47,7 +47,7 @@ class LotScoring:
 
     pool_size: int = 16
     fraction: float = 0.5
-    fd_weight: float = 0.5
+    fd_weight: float = 0.25  # chosen leave-one-class-out among 0.25 / 0.5 / 0.75 (docs/measurements.md)
 
     def __post_init__(self):
         if self.pool_size < 1:
