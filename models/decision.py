@@ -46,7 +46,7 @@ SMALL_LOT = 20  # below it the lot's statistics are noisier (measured: docs/meas
 MAX_PIXEL_MAPS = 256  # good maps the lot's pixel threshold is fitted on, at most
 # a lot with at least this share of its images above the references-only threshold, each scored
 # against the references alone, is warned about as mostly defective: measured on five real classes
-# (docs/measurements.md), 58 % of test-split lots (75-80 % defective) reach it, 4-7 % of lots with
+# (docs/measurements.md), 60-67 % of test-split lots (75-80 % defective) reach it, 0-7 % of lots with
 # 10-45 % defects (where one unusual reference flags much of the lot)
 MOSTLY_ABOVE = 0.5
 
