@@ -52,7 +52,7 @@ from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_
 from models.flags import (PREDICT_BACKBONE, add_backbone_args, add_decision_args, add_inference_args,
                           add_post_args, add_retired_flag, check_model_flags, check_post_flags, decision_settings_from_args,
                           hide_advanced, map_post_from_args, read_config)
-from models.lot import LotScorer, choose_pool, content_key
+from models.lot import LotScorer, content_key, pool_members
 from models.postprocess import MapPost
 from models.references import SavedReferences
 from models.thresholds import Thresholds, reference_images
@@ -364,8 +364,7 @@ def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: Save
     members: dict[int, int] = {}
     pool = None
     if lot_aware:
-        chosen = [usable[i] for i in choose_pool([lot.keys[i] for i in usable], s.scoring.pool_size)]
-        members = {img: j for j, img in enumerate(chosen)}
+        chosen, members = pool_members(usable, [lot.keys[i] for i in usable], s.scoring.pool_size)
         pool = torch.stack([read_tensor(lot.paths[i], model) for i in chosen])
         log.info("lot-aware: %d images, each compared with %d of them (a pool chosen by content) and the %d "
                  "reference(s)", len(usable), min(s.scoring.pool_size, len(chosen) - 1), len(refs.refs))

@@ -44,7 +44,7 @@ from models.fasl import InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import (BATCH_SIZE, SEED, add_advanced_scoring_args, add_backbone_args, add_inference_args,
                           add_post_args, add_retired_flag, check_model_flags, check_post_flags, hide_advanced,
                           map_post_from_args, parser_for)
-from models.lot import LotScorer, LotScoring, choose_pool, content_key
+from models.lot import LotScorer, LotScoring, content_key, pool_members
 from models.postprocess import MapPost
 from utils.cli import InputValueError, run_cli
 from utils.distributed import broadcast_from_main, gather_to_main, plan_units, shutdown
@@ -248,11 +248,11 @@ def class_pool(args, meta, cls: str, model, cfg) -> tuple[torch.Tensor | None, d
         return None, {}
     samples = meta["test"][cls]
     keys = [content_key((Path(args.data_path) / s["img_path"]).read_bytes()) for s in samples]
-    chosen = choose_pool(keys, LotScoring().pool_size)
+    chosen, position = pool_members(range(len(samples)), keys, LotScoring().pool_size)
     bb = model.backbone
     pool = load_test_images(args.data_path, meta, cls, args.image_size, args.eval_size, bb.mean, bb.std,
                             indices=chosen).images
-    return pool, {img: j for j, img in enumerate(chosen)}
+    return pool, position
 
 
 def score_unit(model, cfg, args, meta, unit, runs: Runs, log, tag: str) -> dict:

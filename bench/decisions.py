@@ -70,7 +70,7 @@ from models.decision import (DecisionSettings, decide, fit_lot, fit_references, 
 from models.fasl import Encoded, InferenceConfig  # noqa: E402
 from models.flags import (PREDICT_BACKBONE, add_backbone_args, add_decision_args, add_inference_args,  # noqa: E402
                           add_post_args, decision_settings_from_args, fill_model_defaults, map_post_from_args)
-from models.lot import LotScorer, choose_pool, content_key  # noqa: E402
+from models.lot import LotScorer, content_key, pool_members  # noqa: E402
 from models.postprocess import MapPost  # noqa: E402
 from models.thresholds import reference_images  # noqa: E402
 from utils.cli import InputFileNotFoundError, InputValueError  # noqa: E402
@@ -346,8 +346,7 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
         members: list[int | None] = [None] * len(lot)
         pool_tokens = None
         if lot_aware:
-            pool = [lot[i] for i in choose_pool([c.keys[i] for i in lot], v.settings.scoring.pool_size)]
-            position = {img: j for j, img in enumerate(pool)}
+            pool, position = pool_members(lot, [c.keys[i] for i in lot], v.settings.scoring.pool_size)
             members = [position.get(img) for img in lot]
             pool_tokens = select(c.encoded, pool).features.tokens
         scorer.fit(bank=bank, copies=ref.copies, pool_tokens=pool_tokens)

@@ -85,6 +85,14 @@ def choose_pool(keys: Sequence[str], size: int) -> list[int]:
     return pool_order(keys)[:size + 1]
 
 
+def pool_members(items: Sequence, keys: Sequence[str], size: int) -> tuple[list, dict]:
+    """The lot's pool among ``items`` (any ids of the lot's images, ``keys`` their content keys,
+    one each): (the pool's items in pool order, {pool item: its position}), the positions
+    ``LotScorer.score``'s ``members`` take (``choose_pool``, ``pool_columns``)."""
+    chosen = [items[i] for i in choose_pool(keys, size)]
+    return chosen, {item: j for j, item in enumerate(chosen)}
+
+
 def pool_columns(members: Sequence[int | None], pool: int, size: int) -> torch.Tensor:
     """Which pool entries each image is compared with.
 

@@ -11,7 +11,7 @@ from models import build_fasl
 from models.decision import (DecisionSettings, LotRule, Verdicts, colour_range, decide, defect_regions, fit_lot,
                              from_references, good_sample, lot_band)
 from models.fasl import InferenceConfig
-from models.lot import (LotScorer, LotScoring, choose_pool, lowest_mean, patch_distances, pool_columns,
+from models.lot import (LotScorer, LotScoring, choose_pool, lowest_mean, patch_distances, pool_columns, pool_members,
                         pool_order)
 from models.postprocess import MapPost
 
@@ -58,6 +58,10 @@ def test_the_pool_depends_on_the_images_not_their_order():
     pool = choose_pool(keys, 8)
     assert len(pool) == 9 and pool == order[:9]  # the size and one spare
     assert choose_pool(keys[:5], 8) == pool_order(keys[:5])  # a small lot: all of it
+    # any ids of the images: the pool's ids in pool order, and each one's position in it
+    ids = [f"img{i}" for i in range(len(keys))]
+    chosen, position = pool_members(ids, keys, 8)
+    assert chosen == [ids[i] for i in pool] and position == {ids[i]: j for j, i in enumerate(pool)}
     # a member meets the others and the spare, never itself; an outsider the first `size`
     cols = pool_columns([None, 0, 8], pool=9, size=8)
     assert cols.tolist() == [list(range(8)), list(range(1, 9)), list(range(8))]
