@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.decisions import _cell, cell_mean, decision_metrics, json_safe, loco, loco_score  # noqa: E402
-from models.decision import LotRule, lot_band  # noqa: E402
+from models.decision import LotRule, Verdicts, lot_band  # noqa: E402
 from utils.cli import InputValueError  # noqa: E402
 from utils.misc import write_json  # noqa: E402
 
@@ -47,9 +48,10 @@ def decide_again(run: dict, rule: LotRule) -> dict:
     scores = np.asarray([im["score"] for im in run["images"]], dtype=np.float64)
     labels = [im["label"] for im in run["images"]]
     ok_at_most, image, defect_above, _ = lot_band(scores, rule)
-    verdicts = ["ok" if s <= ok_at_most else "defect" if s > defect_above else "review" for s in scores]
-    no_band = ["ok" if s <= image else "defect" for s in scores]
-    metrics = decision_metrics(labels, scores, verdicts, no_band, [None] * len(scores))
+    # the one verdict rule (models/decision.py Verdicts); no pixel threshold: image verdicts only
+    decided = Verdicts(ok_at_most, defect_above, image, pixel=math.nan, source="lot", colour=(0.0, 1.0))
+    metrics = decision_metrics(labels, scores, [decided.verdict(s) for s in scores],
+                               [decided.without_band(s) for s in scores], [None] * len(scores))
     return {"class": run["class"], "lot": run["lot"], "k": run["k"], "seed": run["seed"],
             "variant": rule_name(rule), "metrics": metrics}
 
