@@ -37,7 +37,7 @@ import logging
 import logging.handlers
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from data.images import ImageReadError, image_to_tensor, image_to_unit_tensor, list_images, load_image
 from models import build_fasl_from_args
-from models.decision import (DecisionSettings, Verdicts, decide, fit_lot, fit_references, lot_floor,
-                             reference_verdicts, with_known_defects)
+from models.decision import (DecisionSettings, Verdicts, decide, fallback_warning, falls_back, fit_lot,
+                             fit_references, lot_floor, reference_verdicts, with_known_defects)
 from models.fasl import FASL, InferenceConfig, mode_uses_heads, resolved_search_dtype
 from models.flags import (PREDICT_BACKBONE, add_backbone_args, add_decision_args, add_inference_args,
                           add_post_args, add_retired_flag, check_model_flags, check_post_flags, decision_settings_from_args,
@@ -573,20 +573,15 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
             log.info("cleared %d file(s) of an earlier run from %s", removed, out)
     else:
         run_log.start_file(log_path)
-    scores, alone, ref_scores, lot_aware, known = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d,
-                                                            defect_refs)
-    gathered = gather_to_main((scores, alone, [(i, lot.errors[i]) for i in range(len(paths)) if lot.errors[i]]), d)
-    if d.is_main:
-        for part_scores, part_alone, part_errors in gathered:
-            scores.update(part_scores)
-            alone.update(part_alone)
-            for i, e in part_errors:
-                lot.errors[i] = e
-        verdicts = fit_verdicts(args, refs, scores, ref_scores, lot_aware, lot, out, log, known, alone)
-    else:
-        verdicts = None
-    verdicts = broadcast_from_main(verdicts, d)
-    scores = broadcast_from_main(scores, d)
+    scores, alone, ref_scores, lot_aware, known, verdicts = score_and_fit(args, model, cfg, post, refs, copies, lot,
+                                                                          out, log, d, defect_refs)
+    if lot_aware and falls_back(verdicts, len(refs.refs), args.settings):
+        why = fallback_warning(verdicts, len(refs.refs))
+        log.warning("%s", why)
+        args = argparse.Namespace(**{**vars(args), "settings": replace(args.settings, lot="off")})
+        scores, alone, ref_scores, lot_aware, known, verdicts = score_and_fit(args, model, cfg, post, refs, copies,
+                                                                              lot, out, log, d, defect_refs)
+        verdicts.warnings.insert(0, why)
     records = decide_images(args, lot, scores, verdicts, out, out, d, alone)
     gathered = gather_to_main(records, d)
     if not d.is_main:
@@ -604,6 +599,26 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
                    "defect_ref_scores": known,
                    "summary": f"{len(refs.refs)} image(s)" + (f" from {args.load_refs}" if args.load_refs else "")}
     return write_outputs(args, out, refs_record, verdicts, records, lot_aware, model_record, log)
+
+
+def score_and_fit(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: SavedReferences, copies: int,
+                  lot: Lot, out: Path, log, d: Dist, defect_refs: list[Path]):
+    """``score_lot`` on every process, the parts gathered and the Verdicts fitted on the main one and
+    shared -> (scores, alone, ref_scores, lot_aware, known, verdicts); scores and verdicts are every
+    process's, the rest the main one's."""
+    scores, alone, ref_scores, lot_aware, known = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d,
+                                                            defect_refs)
+    gathered = gather_to_main((scores, alone, [(i, lot.errors[i]) for i in range(len(lot.paths)) if lot.errors[i]]), d)
+    verdicts = None
+    if d.is_main:
+        for part_scores, part_alone, part_errors in gathered:
+            scores.update(part_scores)
+            alone.update(part_alone)
+            for i, e in part_errors:
+                lot.errors[i] = e
+        verdicts = fit_verdicts(args, refs, scores, ref_scores, lot_aware, lot, out, log, known, alone)
+    verdicts = broadcast_from_main(verdicts, d)
+    return broadcast_from_main(scores, d), alone, ref_scores, lot_aware, known, verdicts
 
 
 def redecide(args, out: Path) -> int:

@@ -22,7 +22,8 @@ review counts as caught), false alarms over all goods (a good part sent to revie
 looks at it), balanced accuracy, the share sent to review, the same three without the review band,
 image and pixel AUROC, AUPRO, mask IoU of caught defects, the share of ground-truth regions a
 region touches and how many regions a touched one is split into, seconds per image, and whether
-the lot was warned about as mostly defective.
+the lot was warned about as mostly defective and whether it was then decided from the references
+alone (``fell_back``: models/decision.py ``falls_back``, as predict.py does).
 
 Variants (``--variant 'NAME: flags'``, predict.py's decision and scoring flags) are compared on the
 same encodings. ``--loco`` chooses a variant **leave-one-class-out**: for each class, the variant
@@ -46,7 +47,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,8 @@ from data.meta import load_meta  # noqa: E402
 from data.mvtec import build_mvtec_meta  # noqa: E402
 from models import build_fasl_from_args  # noqa: E402
 from models.backbone import BackboneOutput  # noqa: E402
-from models.decision import (DecisionSettings, decide, fit_lot, fit_references, lot_floor,  # noqa: E402
-                             reference_verdicts, with_known_defects)
+from models.decision import (DecisionSettings, decide, fallback_warning, falls_back, fit_lot,  # noqa: E402
+                             fit_references, lot_floor, reference_verdicts, with_known_defects)
 from models.fasl import Encoded, InferenceConfig  # noqa: E402
 from models.flags import (PREDICT_BACKBONE, add_backbone_args, add_decision_args, add_inference_args,  # noqa: E402
                           add_post_args, decision_settings_from_args, fill_model_defaults, map_post_from_args)
@@ -82,7 +83,7 @@ LOTS = ("full", "low", "repeat", "test")
 LOW_SHARE = 0.1  # defects in a low-defect lot
 SUMMARY = ("caught", "false_alarms", "balanced_accuracy", "review", "caught_no_band", "false_alarms_no_band",
            "balanced_accuracy_no_band", "image_auroc", "pixel_auroc", "aupro", "iou_caught", "regions_hit",
-           "regions_per_hit", "s_per_image", "warned_mostly_defective")
+           "regions_per_hit", "s_per_image", "warned_mostly_defective", "fell_back")
 FPR_TARGET, REVIEW_TARGET = 0.05, 0.10
 
 
@@ -367,6 +368,16 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
     if lot_aware:
         verdicts = fit_lot(scores_np, lambda keep: (maps_t[j].numpy() for j in keep), v.settings.rule,
                            v.settings.fpr, ref_scores, thresholds.image, alone)
+        if falls_back(verdicts, len(refs), v.settings):  # decided as predict.py does: again, from the references
+            why = fallback_warning(verdicts, len(refs))
+            metrics, records, fit = run_one(model, replace(v, settings=replace(v.settings, lot="off")), c, refs, lot,
+                                            batch_size, map_size, mask_levels, scored, known)
+            fit["verdicts"]["warnings"].insert(0, why)
+            metrics.update(n_warnings=metrics["n_warnings"] + 1, fell_back=1.0,
+                           share_above_references=verdicts.stats["share_above_reference_threshold"],
+                           warned_mostly_defective=1.0,
+                           s_per_image=metrics["s_per_image"] + (time.perf_counter() - t0) / len(lot))
+            return metrics, records, fit
         floor = lot_floor(scores_np, v.settings.rule)
     else:
         verdicts = reference_verdicts(thresholds, v.settings)
@@ -401,7 +412,8 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
                    n_warnings=len(verdicts.warnings),
                    share_above_references=verdicts.stats.get("share_above_reference_threshold"),
                    warned_mostly_defective=float(any("looks mostly defective" in w for w in verdicts.warnings))
-                   if lot_aware else math.nan)  # only a lot-aware fit judges it
+                   if lot_aware else math.nan,  # only a lot-aware fit judges it
+                   fell_back=0.0 if lot_aware else math.nan)
     fit = {"verdicts": verdicts.to_dict()}
     return metrics, records, fit
 

@@ -12,7 +12,8 @@ Thresholds (measured leave-one-class-out, docs/predict.md):
   transfers between parts of different score levels). The review band is ``c -+ band``: at or
   below its lower edge an image is ``ok``, above its upper edge a ``defect``, in between it goes
   to ``review``. Nothing here assumes a defect rate beyond "fewer than half": a lot that looks
-  mostly defective is warned about, as is one too small for its statistics.
+  mostly defective is warned about, as is one too small for its statistics, and with two or more
+  references decided from the references alone (``falls_back``).
 * **From the references alone** (``Thresholds`` of models/thresholds.py: their normal views at a
   false-alarm rate), for a single image or a small lot; the review band lies above the threshold.
 
@@ -49,6 +50,14 @@ MAX_PIXEL_MAPS = 256  # good maps the lot's pixel threshold is fitted on, at mos
 # (docs/measurements.md), 60-67 % of test-split lots (75-80 % defective) reach it, 0-7 % of lots with
 # 10-45 % defects (where one unusual reference flags much of the lot)
 MOSTLY_ABOVE = 0.5
+# ... and, with at least FALLBACK_MIN_REFS references, a lot with at least FALLBACK_ABOVE of it there is
+# decided from the references alone (``falls_back``): on five real classes (docs/measurements.md) it
+# fired on none of 135 lots with 10-45 % defects at k = 2 and 4, and on 47-60 % of test-split lots,
+# whose defects it then catches (0.08 -> 0.53-0.64); with one reference it also fired on healthy
+# lots (one unusual reference flags much of a lot), so k = 1 only warns
+FALLBACK_ABOVE = 0.6
+FALLBACK_MIN_REFS = 2
+MOSTLY_DEFECTIVE = ("references", "warn")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,8 @@ class DecisionSettings:
     lot: ``auto`` (lot-aware scoring and lot thresholds when the lot holds at least ``min_lot``
         images, the references alone otherwise), ``on`` (always; a smaller lot is an error) or
         ``off`` (every image on its own, thresholds from the references).
+    mostly_defective: what a lot-aware lot that looks mostly defective gets (``falls_back``):
+        ``references`` (decided again as with ``lot off``) or ``warn`` (a warning only).
     scoring: how a lot is scored (models/lot.py); rule: the lot threshold (``LotRule``).
     fpr: the references-only fit's false-alarm rate, and the pixel threshold's rate on good maps.
     margin: the references-only image threshold x (1 + margin); None: ``SELF_VIEWS_MARGIN`` with
@@ -89,6 +100,7 @@ class DecisionSettings:
 
     lot: str = "auto"
     min_lot: int = 10
+    mostly_defective: str = "references"
     scoring: LotScoring = LotScoring()
     rule: LotRule = LotRule()
     fpr: float = 0.05
@@ -103,6 +115,8 @@ class DecisionSettings:
     def __post_init__(self):
         if self.lot not in LOT_MODES:
             raise ValueError(f"lot must be one of {LOT_MODES}, got {self.lot!r}")
+        if self.mostly_defective not in MOSTLY_DEFECTIVE:
+            raise ValueError(f"mostly_defective must be one of {MOSTLY_DEFECTIVE}, got {self.mostly_defective!r}")
         if self.min_lot < 3:
             raise ValueError(f"min_lot must be >= 3, got {self.min_lot}")
         if not 0.0 < self.fpr < 1.0:
@@ -261,6 +275,26 @@ def fit_lot(scores: Sequence[float], load_maps: Callable[[list[int]], Iterable[n
              "reference_scores": refs, "share_above_reference_threshold": above_refs,
              "pixel_fpr": pixel_fpr, "n_good_maps": len(good)}
     return Verdicts(ok_at_most, defect_above, image, pixel, "lot", colour_range(median, ok_at_most), stats, warnings)
+
+
+def falls_back(verdicts: Verdicts, n_refs: int, settings: DecisionSettings) -> bool:
+    """Whether a lot fitted by ``fit_lot`` is to be decided again from its ``n_refs`` references
+    alone: it looks mostly defective (at least ``FALLBACK_ABOVE`` of it above the references-only
+    threshold, each image scored against the references alone), the lot's own thresholds, which
+    assume most of it is good, cannot hold, and there are enough references (``FALLBACK_MIN_REFS``)
+    for that share to be trusted; ``settings.mostly_defective == "warn"`` never falls back."""
+    share = verdicts.stats.get("share_above_reference_threshold")
+    return (settings.mostly_defective == "references" and verdicts.source == "lot" and share is not None
+            and share >= FALLBACK_ABOVE and n_refs >= FALLBACK_MIN_REFS)
+
+
+def fallback_warning(verdicts: Verdicts, n_refs: int) -> str:
+    """The warning a lot decided from its references alone carries (``falls_back``)."""
+    share = verdicts.stats["share_above_reference_threshold"]
+    return (f"{100 * share:.0f} % of the lot scores above the threshold the {n_refs} references alone give: it "
+            f"looks mostly defective, so its own thresholds (which assume most of it is good) cannot hold; it was "
+            f"scored and decided from the references alone, as with --lot off (--mostly_defective warn keeps the "
+            f"lot's)")
 
 
 def with_known_defects(verdicts: Verdicts, defect_scores: Sequence[float], floor: float,

@@ -230,7 +230,7 @@ def add_decision_args(p: argparse.ArgumentParser,
     """The decision flags of models/decision.py ``DecisionSettings`` (defaults read from it, defined
     there once): the everyday ones in a "decision" group, the measured constants in ``advanced``
     (a group of the caller's, shown last; default: a new "advanced decision" group)."""
-    from models.decision import LOT_MODES, DecisionSettings
+    from models.decision import LOT_MODES, MOSTLY_DEFECTIVE, DecisionSettings
     from models.thresholds import BANK_AUGMENTS, NORMAL_SAMPLES
 
     d = DecisionSettings()
@@ -245,6 +245,9 @@ def add_decision_args(p: argparse.ArgumentParser,
     a = advanced or p.add_argument_group("advanced decision (the defaults are the measured choices)")
     a.add_argument("--min_lot", type=int, default=d.min_lot,
                    help="the smallest lot --lot auto scores as a lot (default: %(default)s)")
+    a.add_argument("--mostly_defective", choices=MOSTLY_DEFECTIVE, default=d.mostly_defective,
+                   help="a lot that looks mostly defective (with 2 or more references): decided from the "
+                        "'references' alone, as with --lot off, or 'warn' only (default: %(default)s)")
     a.add_argument("--pool_size", type=int, default=d.scoring.pool_size,
                    help="lot images every image is compared with, besides the references (default: %(default)s)")
     a.add_argument("--pool_fraction", type=float, default=d.scoring.fraction,
@@ -283,7 +286,7 @@ def decision_settings_from_args(args):
     from models.lot import LotScoring
 
     return DecisionSettings(
-        lot=args.lot, min_lot=args.min_lot, fpr=args.fpr, margin=args.margin, ref_band=args.ref_band,
+        lot=args.lot, min_lot=args.min_lot, mostly_defective=args.mostly_defective, fpr=args.fpr, margin=args.margin, ref_band=args.ref_band,
         scoring=LotScoring(pool_size=args.pool_size, fraction=args.pool_fraction, fd_weight=args.fd_weight),
         rule=LotRule(c=args.lot_c, band=args.lot_band), normal_sample=args.normal_sample,
         augment_refs=args.augment_refs, mask_level=args.mask_level, min_region_area=args.min_region_area,

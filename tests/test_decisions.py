@@ -212,6 +212,27 @@ def test_benchmark_decides_as_predict_does(mvtec, tmp_path):
     assert run["metrics"]["n_good"] == len(goods)
 
 
+def test_a_lot_that_looks_mostly_defective_is_decided_as_lot_off(mvtec, tmp_path):
+    """A references-only threshold at a 90 % false-alarm rate puts most of every lot above it: each
+    lot-aware lot (k = 2) falls back and is decided exactly as the --lot off variant decides it."""
+    common = "--min_lot 5 --fpr 0.9"
+    result = decisions.main(["--data_root", str(mvtec), "--pretrained", "none", "--model", "fasl-tiny-vit",
+                             "--image_size", "112", "--features_list", "1", "2", "3", "4", "--k_shot", "2",
+                             "--seeds", "0", "--lots", "full", "--common", common, "--variant", "lot:",
+                             "--variant", "single: --lot off", "--variant", "kept: --mostly_defective warn",
+                             "--out", str(tmp_path / "bench")])
+    runs = {(r["variant"], r["class"]): r for r in result["runs"]}
+    for cls in {r["class"] for r in result["runs"]}:
+        lot, single, kept = runs[("lot", cls)], runs[("single", cls)], runs[("kept", cls)]
+        assert kept["metrics"]["fell_back"] == 0.0 and kept["fit"]["verdicts"]["source"] == "lot"
+        assert kept["metrics"]["share_above_references"] >= 0.6
+        assert lot["metrics"]["fell_back"] == 1.0 and lot["metrics"]["warned_mostly_defective"] == 1.0
+        assert lot["fit"]["verdicts"]["source"] == "references"
+        assert "decided from the references alone" in lot["fit"]["verdicts"]["warnings"][0]
+        assert [r["score"] for r in lot["images"]] == [r["score"] for r in single["images"]]
+        assert [r["verdict"] for r in lot["images"]] == [r["verdict"] for r in single["images"]]
+
+
 def test_benchmark_refuses_bad_input_before_work(mvtec, tmp_path):
     base = ["--pretrained", "none", "--model", "fasl-tiny-vit", "--image_size", "112", "--out", str(tmp_path / "o")]
     with pytest.raises(FileNotFoundError, match="nowhere"):

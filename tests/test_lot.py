@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from models import build_fasl
-from models.decision import (DecisionSettings, LotRule, Verdicts, colour_range, decide, defect_regions, fit_lot,
-                             from_references, good_sample, lot_band)
+from models.decision import (FALLBACK_ABOVE, DecisionSettings, LotRule, Verdicts, colour_range, decide,
+                             defect_regions, fallback_warning, falls_back, fit_lot, from_references, good_sample,
+                             lot_band)
 from models.fasl import InferenceConfig
 from models.lot import (LotScorer, LotScoring, choose_pool, lowest_mean, patch_distances, pool_columns, pool_members,
                         pool_order)
@@ -207,6 +208,31 @@ def test_fit_lot_fits_pixels_on_good_maps_and_warns():
     small = fit_lot(scores[:12], lambda keep: (maps[i] for i in keep), rule, 0.05)
     assert any("small for its own statistics" in w for w in small.warnings)
     assert good_sample(np.arange(10.0), 4.5, at_most=3) == [0, 2, 4]  # spread over the good ones
+
+
+def test_a_mostly_defective_lot_falls_back_to_the_references_with_two_or_more():
+    scores = np.linspace(1.0, 2.0, 20)
+    maps = [np.full((4, 4), s, dtype=np.float32) for s in scores]
+
+    def fitted(n_above):
+        alone = np.r_[np.full(20 - n_above, 1.0), np.full(n_above, 2.0)]
+        return fit_lot(scores, lambda keep: (maps[i] for i in keep), LotRule(), 0.05, [1.1],
+                       reference_threshold=1.5, single_scores=alone)
+
+    on, warn = DecisionSettings(), DecisionSettings(mostly_defective="warn")
+    assert FALLBACK_ABOVE == 0.6
+    twelve, eleven = fitted(12), fitted(11)  # 60 % and 55 % above the references-only threshold
+    assert falls_back(twelve, 2, on) and falls_back(twelve, 4, on)
+    assert not falls_back(eleven, 4, on)  # warned (at least half) but not decided again
+    assert any("55 % of the lot" in w for w in eleven.warnings)
+    assert not falls_back(twelve, 1, on)  # one reference: its share is not trusted, a warning only
+    assert not falls_back(twelve, 4, warn)
+    unjudged = fit_lot(scores, lambda keep: (maps[i] for i in keep), LotRule(), 0.05, [1.1])
+    assert not falls_back(unjudged, 4, on)
+    assert not falls_back(from_references(1.5, 1.0, 0.5, 0.03), 4, on)  # only a lot's own fit falls back
+    assert fallback_warning(twelve, 3).startswith("60 % of the lot scores above the threshold the 3 references")
+    with pytest.raises(ValueError, match="mostly_defective must be one of"):
+        DecisionSettings(mostly_defective="ignore")
 
 
 def test_verdicts_and_the_references_band():

@@ -524,6 +524,36 @@ def test_a_lot_is_scored_and_thresholded_as_a_lot(lot, tmp_path):
              "--lot", "on"])
 
 
+def test_a_mostly_defective_lot_is_decided_from_the_references_alone(lot, tmp_path):
+    """10 of 14 images defective: the lot's own thresholds (which assume most of it is good) cannot
+    hold; with 2 references the lot is scored and decided as --lot off would, and says so."""
+    root = tmp_path / "mostly"
+    for p in lot["good"][:4]:
+        write(root / p.name, np.asarray(Image.open(p)))
+    for i in range(10):
+        write(root / f"d{i:02d}.png", with_defect(texture(96, 96, 400 + i), (10 + 5 * i, 20 + 3 * i, 24)))
+    refs = ["--refs", *map(str, lot["refs"])]
+    out, off, warn = tmp_path / "out", tmp_path / "off", tmp_path / "warn"
+    assert run([*refs, "--images", str(root), "--out", str(out)]) == 0
+    assert run([*refs, "--images", str(root), "--out", str(off), "--lot", "off"]) == 0
+    assert run([*refs, "--images", str(root), "--out", str(warn), "--mostly_defective", "warn"]) == 0
+    pred, alone, kept = (read_json(o / "predictions.json") for o in (out, off, warn))
+    assert kept["lot_aware"] and kept["verdicts"]["source"] == "lot"
+    share = kept["verdicts"]["stats"]["share_above_reference_threshold"]
+    assert share >= 0.6 and any("looks mostly defective" in w for w in kept["verdicts"]["warnings"])
+    assert not pred["lot_aware"] and pred["verdicts"]["source"] == "references"
+    assert pred["verdicts"]["warnings"][0].startswith(f"{100 * share:.0f} % of the lot scores above the threshold "
+                                                      f"the 2 references alone give")
+    assert "decided from the references alone" in pred["verdicts"]["warnings"][0]
+    assert "decided from the references alone" in (out / "predict.log").read_text()
+    by_name = {r["name"]: r for r in alone["images"]}
+    for r in pred["images"]:  # exactly what --lot off gives
+        assert r["score"] == pytest.approx(by_name[r["name"]]["score"], rel=1e-6)
+        assert r["verdict"] == by_name[r["name"]]["verdict"]
+    assert sum(r["verdict"] != "ok" for r in pred["images"] if r["name"].startswith("d")) > \
+        sum(r["verdict"] != "ok" for r in kept["images"] if r["name"].startswith("d"))
+
+
 def test_a_reused_out_holds_only_the_new_run_and_redecide_needs_no_scoring(lot, tmp_path):
     out = tmp_path / "out"
     refs = ["--refs", *map(str, lot["refs"])]
