@@ -37,7 +37,7 @@ import logging
 import logging.handlers
 import math
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -348,13 +348,26 @@ def read_defect_refs(args, model: FASL) -> list[Path]:
     return paths
 
 
+@dataclass
+class LotScores:
+    """What scoring a lot gives (``score_lot``), by image index: scores; alone: each image's score
+    against the references alone (lot-aware only: what --lot off would give, for the
+    mostly-defective warning); matches: ``Prediction.known_match`` (with --defect_refs only);
+    ref_scores: the references scored as lot images (lot-aware only); lot_aware; known: the known
+    defects' scores; verdicts: fitted on them (``score_and_fit``)."""
+
+    scores: dict[int, float] = field(default_factory=dict)
+    alone: dict[int, float] = field(default_factory=dict)
+    matches: dict[int, float] = field(default_factory=dict)
+    ref_scores: list[float] = field(default_factory=list)
+    lot_aware: bool = False
+    known: list[float] = field(default_factory=list)
+    verdicts: Verdicts | None = None
+
+
 def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: SavedReferences, copies: int, lot: Lot,
-              out: Path, log, d: Dist, defect_refs: list[Path] = ()) -> tuple[dict[int, float], dict[int, float],
-                                                                             list[float], bool, list[float]]:
-    """Score every usable image (this process's share), saving its map under maps/ -> ({image:
-    score}, {image: its score against the references alone} (lot-aware only: what --lot off would
-    give, for the mostly-defective warning), the references' scores as lot images (lot-aware only),
-    whether lot-aware, the known defects' scores)."""
+              out: Path, log, d: Dist, defect_refs: list[Path] = ()) -> LotScores:
+    """Score every usable image (this process's share), saving its map under maps/ (``LotScores``)."""
     s: DecisionSettings = args.settings
     usable = lot.usable
     lot_aware = s.lot_aware(len(usable)) and cfg.mode == "fd" and cfg.winmode == "nan"
@@ -369,9 +382,10 @@ def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: Save
         log.info("lot-aware: %d images, each compared with %d of them (a pool chosen by content) and the %d "
                  "reference(s)", len(usable), min(s.scoring.pool_size, len(chosen) - 1), len(refs.refs))
     scorer.fit(bank=refs.bank, copies=copies, pool=pool)
+    if defect_refs:
+        scorer.set_known(torch.stack([read_tensor(p, model) for p in defect_refs]))
     mine = [usable[i] for i in shard(usable, d, args.batch_size)]
-    scores: dict[int, float] = {}
-    alone: dict[int, float] = {}
+    res = LotScores(lot_aware=lot_aware)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(mine), desc="scoring", unit="img", dynamic_ncols=True)
     for start in range(0, len(mine), args.batch_size):
@@ -379,22 +393,26 @@ def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: Save
         pred = scorer.score(torch.stack([read_tensor(lot.paths[i], model) for i in batch]),
                             [members.get(i) for i in batch])
         singles = pred.single_score.tolist() if pred.single_score is not None else [None] * len(batch)
-        for i, score_map, score, single in zip(batch, pred.score_map.float().cpu().numpy(), pred.image_score.tolist(),
-                                               singles):
+        matches = pred.known_match.tolist() if pred.known_match is not None else [None] * len(batch)
+        for i, score_map, score, single, match in zip(batch, pred.score_map.float().cpu().numpy(),
+                                                      pred.image_score.tolist(), singles, matches):
             if not (math.isfinite(score) and np.isfinite(score_map).all()):
                 lot.errors[i] = "the model returned a non-finite score"
                 log.error("left out %s: %s", lot.paths[i], lot.errors[i])
                 continue
             np.save(out / "maps" / f"{lot.names[i]}.npy", score_map.astype(np.float16))
-            scores[i] = float(score)
+            res.scores[i] = float(score)
             if single is not None:
-                alone[i] = float(single)
+                res.alone[i] = float(single)
+            if match is not None:
+                res.matches[i] = float(match)
         bar.update(len(batch))
     bar.close()
-    ref_scores = scorer.score_references().image_score.tolist() if lot_aware and d.is_main else []
-    known = scorer.score(torch.stack([read_tensor(p, model) for p in defect_refs])).image_score.tolist() \
-        if defect_refs and d.is_main else []
-    return scores, alone, ref_scores, lot_aware, known
+    if d.is_main:
+        res.ref_scores = scorer.score_references().image_score.tolist() if lot_aware else []
+        res.known = scorer.score(torch.stack([read_tensor(p, model) for p in defect_refs])).image_score.tolist() \
+            if defect_refs else []
+    return res
 
 
 def load_map(out: Path, name: str) -> np.ndarray:
@@ -438,9 +456,11 @@ def fit_verdicts(args, refs: SavedReferences, scores: dict[int, float], ref_scor
 
 
 def decide_images(args, lot: Lot, scores: dict[int, float], verdicts: Verdicts, out: Path, maps_dir: Path,
-                  d: Dist, alone: dict[int, float] | None = None) -> list[dict]:
+                  d: Dist, alone: dict[int, float] | None = None, matches: dict[int, float] | None = None
+                  ) -> list[dict]:
     """This process's records, overlays and masks; alone: each image's score against the references
-    alone (lot-aware runs), kept in predictions.json for --redecide's warnings."""
+    alone (lot-aware runs), kept in predictions.json for --redecide's warnings; matches: each
+    image's ``Prediction.known_match`` (with --defect_refs)."""
     s: DecisionSettings = args.settings
     lo, hi = verdicts.colour
     records = []
@@ -448,7 +468,8 @@ def decide_images(args, lot: Lot, scores: dict[int, float], verdicts: Verdicts, 
     for i in tqdm(mine, desc="deciding", unit="img", dynamic_ncols=True, leave=False):
         rgb = np.asarray(load_image(lot.paths[i]))
         H, W = rgb.shape[:2]
-        outcome = decide(verdicts, load_map(maps_dir, lot.names[i]), scores[i], (H, W), s)
+        outcome = decide(verdicts, load_map(maps_dir, lot.names[i]), scores[i], (H, W), s,
+                         known_match=(matches or {}).get(i))
         name = lot.names[i]
         vis = heatmap_overlay(rgb, normalize_map(outcome.full_map, lo, hi), alpha=0.5)
         save_png(out / f"{name}_overlay.png", mask_outline(vis, outcome.found.mask, color=(255, 255, 255),
@@ -459,7 +480,8 @@ def decide_images(args, lot: Lot, scores: dict[int, float], verdicts: Verdicts, 
                         "verdict_without_band": outcome.verdict_without_band,
                         "regions": [r.to_dict() for r in outcome.found.regions], "defect_area": outcome.found.area,
                         "width": W, "height": H, "overlay": f"{name}_overlay.png", "mask": f"{name}_mask.png",
-                        "map": f"maps/{name}.npy", "score_alone": (alone or {}).get(i)})
+                        "map": f"maps/{name}.npy", "score_alone": (alone or {}).get(i),
+                        "known_match": (matches or {}).get(i), "like_known_defect": outcome.like_known})
     return records
 
 
@@ -573,16 +595,15 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
             log.info("cleared %d file(s) of an earlier run from %s", removed, out)
     else:
         run_log.start_file(log_path)
-    scores, alone, ref_scores, lot_aware, known, verdicts = score_and_fit(args, model, cfg, post, refs, copies, lot,
-                                                                          out, log, d, defect_refs)
-    if lot_aware and falls_back(verdicts, len(refs.refs), args.settings):
-        why = fallback_warning(verdicts, len(refs.refs))
+    res = score_and_fit(args, model, cfg, post, refs, copies, lot, out, log, d, defect_refs)
+    if res.lot_aware and falls_back(res.verdicts, len(refs.refs), args.settings):
+        why = fallback_warning(res.verdicts, len(refs.refs))
         log.warning("%s", why)
         args = argparse.Namespace(**{**vars(args), "settings": replace(args.settings, lot="off")})
-        scores, alone, ref_scores, lot_aware, known, verdicts = score_and_fit(args, model, cfg, post, refs, copies,
-                                                                              lot, out, log, d, defect_refs)
-        verdicts.warnings.insert(0, why)
-    records = decide_images(args, lot, scores, verdicts, out, out, d, alone)
+        res = score_and_fit(args, model, cfg, post, refs, copies, lot, out, log, d, defect_refs)
+        res.verdicts.warnings.insert(0, why)
+    verdicts = res.verdicts
+    records = decide_images(args, lot, res.scores, verdicts, out, out, d, res.alone, res.matches)
     gathered = gather_to_main(records, d)
     if not d.is_main:
         return 0
@@ -595,30 +616,32 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
                     "summary": f"{args.model} ({bb.pretrained or 'random weights'}), {bb.image_size} px, "
                                f"--mode {args.mode}"}
     refs_record = {"paths": refs.refs, "file": args.load_refs, "thresholds": refs.thresholds.to_dict(),
-                   "scores_as_lot_images": ref_scores, "defect_refs": [str(p) for p in defect_refs],
-                   "defect_ref_scores": known,
+                   "scores_as_lot_images": res.ref_scores, "defect_refs": [str(p) for p in defect_refs],
+                   "defect_ref_scores": res.known,
                    "summary": f"{len(refs.refs)} image(s)" + (f" from {args.load_refs}" if args.load_refs else "")}
-    return write_outputs(args, out, refs_record, verdicts, records, lot_aware, model_record, log)
+    return write_outputs(args, out, refs_record, verdicts, records, res.lot_aware, model_record, log)
 
 
 def score_and_fit(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: SavedReferences, copies: int,
-                  lot: Lot, out: Path, log, d: Dist, defect_refs: list[Path]):
-    """``score_lot`` on every process, the parts gathered and the Verdicts fitted on the main one and
-    shared -> (scores, alone, ref_scores, lot_aware, known, verdicts); scores and verdicts are every
-    process's, the rest the main one's."""
-    scores, alone, ref_scores, lot_aware, known = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d,
-                                                            defect_refs)
-    gathered = gather_to_main((scores, alone, [(i, lot.errors[i]) for i in range(len(lot.paths)) if lot.errors[i]]), d)
-    verdicts = None
+                  lot: Lot, out: Path, log, d: Dist, defect_refs: list[Path]) -> LotScores:
+    """``score_lot`` on every process, the parts gathered and the Verdicts fitted on the main one
+    -> its LotScores; scores, matches and verdicts are every process's, the rest the main one's."""
+    res = score_lot(args, model, cfg, post, refs, copies, lot, out, log, d, defect_refs)
+    errors = [(i, lot.errors[i]) for i in range(len(lot.paths)) if lot.errors[i]]
+    gathered = gather_to_main((res.scores, res.alone, res.matches, errors), d)
     if d.is_main:
-        for part_scores, part_alone, part_errors in gathered:
-            scores.update(part_scores)
-            alone.update(part_alone)
+        for part_scores, part_alone, part_matches, part_errors in gathered:
+            res.scores.update(part_scores)
+            res.alone.update(part_alone)
+            res.matches.update(part_matches)
             for i, e in part_errors:
                 lot.errors[i] = e
-        verdicts = fit_verdicts(args, refs, scores, ref_scores, lot_aware, lot, out, log, known, alone)
-    verdicts = broadcast_from_main(verdicts, d)
-    return broadcast_from_main(scores, d), alone, ref_scores, lot_aware, known, verdicts
+        res.verdicts = fit_verdicts(args, refs, res.scores, res.ref_scores, res.lot_aware, lot, out, log, res.known,
+                                    res.alone)
+    res.verdicts = broadcast_from_main(res.verdicts, d)
+    res.scores = broadcast_from_main(res.scores, d)
+    res.matches = broadcast_from_main(res.matches, d)
+    return res
 
 
 def redecide(args, out: Path) -> int:
@@ -658,7 +681,9 @@ def redecide(args, out: Path) -> int:
             verdicts = fit_verdicts(args, refs, scores, doc["references"].get("scores_as_lot_images", []),
                                     doc["lot_aware"], lot, maps_dir, log, doc["references"].get("defect_ref_scores", []),
                                     alone)
-            records = decide_images(args, lot, scores, verdicts, out, maps_dir, Dist(), alone)
+            matches = {i: r["known_match"] for i, r in enumerate(doc["images"])
+                       if r["read_status"] == "scored" and r.get("known_match") is not None}
+            records = decide_images(args, lot, scores, verdicts, out, maps_dir, Dist(), alone, matches)
             for r in records:
                 r["map"] = str((maps_dir / r["map"]).resolve()) if out.resolve() != old.resolve() else r["map"]
             records += [{"index": i, "path": str(lot.paths[i]), "name": lot.names[i], "read_status": "failed",

@@ -337,7 +337,7 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
     key = scoring_key(v, refs, lot)
     lot_aware = v.settings.lot_aware(len(lot))
     if scored is not None and key in scored:
-        maps_t, scores_np, alone, ref_scores, thresholds, seconds_scoring, scorer = scored[key]
+        maps_t, scores_np, alone, ref_scores, thresholds, seconds_scoring, scorer, members = scored[key]
     else:
         ref = reference_images(c.raw[refs], bb.mean, bb.std, bb.patch_size, v.settings.augment_refs,
                                v.settings.normal_sample)
@@ -363,7 +363,7 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
         ref_scores = scorer.score_references().image_score.tolist() if lot_aware else []
         seconds_scoring = time.perf_counter() - t0
         if scored is not None:
-            scored[key] = (maps_t, scores_np, alone, ref_scores, thresholds, seconds_scoring, scorer)
+            scored[key] = (maps_t, scores_np, alone, ref_scores, thresholds, seconds_scoring, scorer, members)
     t1 = time.perf_counter()
     if lot_aware:
         verdicts = fit_lot(scores_np, lambda keep: (maps_t[j].numpy() for j in keep), v.settings.rule,
@@ -382,22 +382,31 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
     else:
         verdicts = reference_verdicts(thresholds, v.settings)
         floor = thresholds.fit.image_empirical
+    matches = [None] * len(lot)
     if known:
-        known_scores = scorer.score_encoded(select(c.encoded, list(known))).image_score.tolist()
+        known_enc = select(c.encoded, list(known))
+        known_scores = scorer.score_encoded(known_enc).image_score.tolist()
         verdicts = with_known_defects(verdicts, known_scores, floor)
+        scorer.set_known(known_enc)  # then each lot image's closeness to the known defects, as predict.py
+        matches = torch.cat([scorer.match_known(select(c.encoded, lot[s:s + batch_size]), members[s:s + batch_size])
+                             for s in range(0, len(lot), batch_size)]).tolist()
+        scorer.set_known(None)
     records, qualities, verdict_list, no_band = [], [], [], []
     other: dict[float, list] = {level: [] for level in mask_levels}
     for j, img in enumerate(lot):
-        out = decide(verdicts, maps_t[j].numpy(), float(scores_np[j]), c.sizes[img], v.settings)
+        out = decide(verdicts, maps_t[j].numpy(), float(scores_np[j]), c.sizes[img], v.settings,
+                     known_match=matches[j])
         q = mask_quality(out.found.mask, c.masks[img]) if c.labels[img] else None
         for level in mask_levels:
-            alt = decide(verdicts, maps_t[j].numpy(), float(scores_np[j]), c.sizes[img], v.settings, mask_level=level)
+            alt = decide(verdicts, maps_t[j].numpy(), float(scores_np[j]), c.sizes[img], v.settings, mask_level=level,
+                         known_match=matches[j])
             other[level].append(mask_quality(alt.found.mask, c.masks[img]) if c.labels[img] else None)
         qualities.append(q)
         verdict_list.append(out.verdict)
         no_band.append(out.verdict_without_band)
         records.append({"path": str(c.paths[img]), "label": int(c.labels[img]), "kind": c.kinds[img],
                         "score": float(scores_np[j]), "verdict": out.verdict, "n_regions": len(out.found.regions),
+                        "known_match": matches[j], "like_known": out.like_known,
                         **({k: q[k] for k in ("iou", "regions", "regions_hit", "pieces")} if q else {})})
     seconds = seconds_scoring + time.perf_counter() - t1
     labels = c.labels[lot]

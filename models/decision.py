@@ -96,6 +96,9 @@ class DecisionSettings:
         one reference (its own views look more alike than a new good part does), 0 with more.
     ref_band: the references-only review band: from the threshold up to (1 + 2 ref_band) x it.
     mask_level, min_region_area, regions_for_ok: the regions (``defect_regions``).
+    known_match: with known defects (``--defect_refs``), an ``ok`` image some patch of which lies
+        closer to a known defect's defect patches than to the good parts by more than this
+        (``Prediction.known_match``) goes to ``review``; None: never.
     """
 
     lot: str = "auto"
@@ -111,10 +114,13 @@ class DecisionSettings:
     mask_level: float = 0.4
     min_region_area: int = 0
     regions_for_ok: bool = False
+    known_match: float | None = 0.0
 
     def __post_init__(self):
         if self.lot not in LOT_MODES:
             raise ValueError(f"lot must be one of {LOT_MODES}, got {self.lot!r}")
+        if self.known_match is not None and not math.isfinite(self.known_match):
+            raise ValueError(f"known_match must be a finite number or None (never), got {self.known_match}")
         if self.mostly_defective not in MOSTLY_DEFECTIVE:
             raise ValueError(f"mostly_defective must be one of {MOSTLY_DEFECTIVE}, got {self.mostly_defective!r}")
         if self.min_lot < 3:
@@ -417,21 +423,28 @@ def _regions_of(mask: np.ndarray, score_map: np.ndarray, min_area: int) -> Regio
 @dataclass
 class Outcome:
     """One image's decision: its map at the image's size (H, W), verdict, the verdict without
-    the band, and the regions with their mask (none for an ``ok`` image unless asked for)."""
+    the band, and the regions with their mask (none for an ``ok`` image unless asked for);
+    like_known: sent to review because it looks like a known defect (``DecisionSettings.known_match``)."""
 
     full_map: np.ndarray
     verdict: str
     verdict_without_band: str
     found: Regions
+    like_known: bool = False
 
 
 def decide(verdicts: Verdicts, score_map: np.ndarray, score: float, size_hw: tuple[int, int],
-           settings: DecisionSettings, mask_level: float | None = None) -> Outcome:
+           settings: DecisionSettings, mask_level: float | None = None, known_match: float | None = None) -> Outcome:
     """score_map: (h, w) at the map size; size_hw: the image's (H, W) -> its Outcome, regions per
-    ``settings`` (``mask_level``: another level than the settings', for comparisons)."""
+    ``settings`` (``mask_level``: another level than the settings', for comparisons); known_match:
+    the image's ``Prediction.known_match`` (None: no known defects)."""
     H, W = size_hw
     full = resize_map(score_map, (H, W))
     verdict = verdicts.verdict(score)
+    like_known = verdict == "ok" and known_match is not None and settings.known_match is not None \
+        and known_match > settings.known_match
+    if like_known:
+        verdict = "review"
     mask_level = settings.mask_level if mask_level is None else mask_level
     min_area = settings.min_region_area
     if verdict != "ok" or settings.regions_for_ok:
@@ -442,4 +455,4 @@ def decide(verdicts: Verdicts, score_map: np.ndarray, score: float, size_hw: tup
         found = defect_regions(full, seed, floor, mask_level, min_area)
     else:
         found = Regions(mask=np.zeros((H, W), dtype=bool), regions=[])
-    return Outcome(full, verdict, verdicts.without_band(score), found)
+    return Outcome(full, verdict, verdicts.without_band(score), found, like_known)

@@ -150,11 +150,14 @@ class InferenceConfig:
 class Prediction:
     """score_map: (B, H, W) pixel anomaly scores in [0, 1]; image_score: (B,); single_score: (B,) or
     None: a lot-aware prediction's image scores of each image against the references alone (what
-    ``--lot off`` gives, post-processed), on the scale of the references-only thresholds."""
+    ``--lot off`` gives, post-processed), on the scale of the references-only thresholds;
+    known_match: (B,) or None: how much closer some patch of each image lies to a known defect
+    than to the good parts (models/lot.py ``LotScorer.set_known``; > 0: closer to the defect)."""
 
     score_map: torch.Tensor
     image_score: torch.Tensor
     single_score: torch.Tensor | None = None
+    known_match: torch.Tensor | None = None
 
 
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:

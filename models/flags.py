@@ -14,6 +14,7 @@ below; a program whose default differs on purpose says so in its help.
 from __future__ import annotations
 
 import argparse
+import math
 
 from models.backbone import (DEFAULT_MODEL, PRECISIONS, backbone_geometry, check_neighbourhood, default_image_size,
                              default_pretrained)
@@ -225,6 +226,16 @@ def check_post_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> No
         p.error(str(err))
 
 
+def known_match_value(text) -> float | None:
+    """--known_match's value: a finite number, or 'off' (None: never)."""
+    if text is None or str(text).lower() == "off":
+        return None
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"give a finite number or 'off', got {text!r}")
+    return value
+
+
 def add_decision_args(p: argparse.ArgumentParser,
                       advanced: argparse._ArgumentGroup | None = None) -> argparse._ArgumentGroup:
     """The decision flags of models/decision.py ``DecisionSettings`` (defaults read from it, defined
@@ -275,6 +286,9 @@ def add_decision_args(p: argparse.ArgumentParser,
                         "flipped or rotated: 'flips', 'rot90', 'all', 'none' (default: %(default)s)")
     a.add_argument("--min_region_area", type=int, default=d.min_region_area,
                    help="smallest defect region kept, in (original) pixels (default: %(default)s)")
+    a.add_argument("--known_match", type=known_match_value, default=d.known_match,
+                   help="with --defect_refs: an ok image with a patch closer to a known defect than to the good "
+                        "parts by more than this goes to review ('off': never) (default: %(default)s)")
     a.add_argument("--regions_for_ok", action="store_true",
                    help="also list the regions (and fill the mask) of images whose verdict is ok")
     return g
@@ -290,7 +304,7 @@ def decision_settings_from_args(args):
         scoring=LotScoring(pool_size=args.pool_size, fraction=args.pool_fraction, fd_weight=args.fd_weight),
         rule=LotRule(c=args.lot_c, band=args.lot_band), normal_sample=args.normal_sample,
         augment_refs=args.augment_refs, mask_level=args.mask_level, min_region_area=args.min_region_area,
-        regions_for_ok=args.regions_for_ok)
+        regions_for_ok=args.regions_for_ok, known_match=args.known_match)
 
 
 def hide_advanced(p: argparse.ArgumentParser, *groups: argparse._ArgumentGroup,

@@ -153,6 +153,25 @@ def lowest_mean(distances: torch.Tensor, m: int) -> torch.Tensor:
     return distances.topk(m, dim=1, largest=False).values.mean(dim=1)
 
 
+KNOWN_LEVEL = 0.5  # a known defect's patches kept as its defect: distance >= median + this x (max - median)
+
+
+def defect_patches(tokens: Sequence[torch.Tensor], good: torch.Tensor, level: float = KNOWN_LEVEL
+                   ) -> list[torch.Tensor]:
+    """The patches of known defect images that hold their defect.
+
+    tokens: L x (B, N, C_l) the images' features; good: (B, N) each patch's distance to the good
+    parts (``LotScorer.good_distance``). A patch is kept when its distance reaches its own image's
+    median + ``level`` x (its max - median): the part of the image unlike any good part, however
+    strong the defect. Returns L x (1, S, C_l): the kept patches of all B images as one pool image.
+    """
+    if good.ndim != 2 or good.shape != tokens[0].shape[:2]:
+        raise ValueError(f"good distances {tuple(good.shape)} do not match tokens {tuple(tokens[0].shape[:2])}")
+    med = good.median(dim=1, keepdim=True).values
+    keep = good >= med + level * (good.amax(dim=1, keepdim=True) - med)  # [B, N], each image's peak at least
+    return [t[keep][None] for t in tokens]
+
+
 class LotScorer:
     """Scores images against k references and, lot-aware, a pool of lot images.
 
@@ -172,6 +191,7 @@ class LotScorer:
         self.bank: MemoryBank | None = None
         self.copies = 1
         self.pool_tokens: list[torch.Tensor] | None = None  # L x (P, N, C_l)
+        self.known_tokens: list[torch.Tensor] | None = None  # L x (1, S, C_l): known defects' defect patches
 
     @property
     def pool_size(self) -> int:
@@ -206,6 +226,59 @@ class LotScorer:
         idx = torch.tensor([j * self.copies for j in range(k) if keep is None or j in keep], dtype=torch.long,
                            device=self.model.device)
         return [t.index_select(0, idx) for t in self.bank.global_memory.tokens]
+
+    @torch.no_grad()
+    def set_known(self, known: torch.Tensor | Encoded | None) -> "LotScorer":
+        """Known defect images, (K, 3, S, S) normalised or encoded (after ``fit``; None: forget
+        them): their defect patches (``defect_patches``) are kept, and every later Prediction
+        carries ``known_match``, the largest margin by which a patch of the image lies closer to
+        one of those patches than to the good parts (``good_distance``)."""
+        self._check_fitted()
+        if known is None:
+            self.known_tokens = None
+            return self
+        enc = known if isinstance(known, Encoded) else self.model.encode(known, self.cfg)
+        tokens = enc.features.tokens
+        self.known_tokens = defect_patches(tokens, self.good_distance(tokens, [None] * enc.batch))
+        return self
+
+    @torch.no_grad()
+    def match_known(self, enc: Encoded, members: Sequence[int | None] | None = None) -> torch.Tensor:
+        """(B,) ``Prediction.known_match`` of encoded images without scoring them again (``set_known``
+        first; members: as ``score``)."""
+        if self.known_tokens is None:
+            raise RuntimeError("LotScorer.set_known first")
+        members = [None] * enc.batch if members is None else list(members)
+        tokens = enc.features.tokens
+        match = self._known_match(tokens, self.good_distance(tokens, members))
+        return torch.full((enc.batch,), -math.inf) if match is None else match
+
+    def good_distance(self, tokens: Sequence[torch.Tensor], members: Sequence[int | None]) -> torch.Tensor:
+        """L x (B, N, C_l) features -> (B, N): each patch's distance to the good parts: lot-aware, the
+        mutual score (the lowest ``fraction`` of its distances to the pool images and references);
+        otherwise its distance to the nearest reference."""
+        search = self.model.search_dtype_for(self.cfg, windows=False)
+        ref_tokens = self._reference_tokens()
+        if self.scoring is None:
+            return patch_distances(tokens, ref_tokens, self.cfg.max_bytes, search).amin(dim=1)
+        return self._mutual(tokens, members, ref_tokens, search)
+
+    def _mutual(self, tokens, members, ref_tokens, search) -> torch.Tensor:
+        """(B, N) the mutual score of each patch (module docstring)."""
+        cols = pool_columns(members, self.pool_size, self.scoring.pool_size).to(self.model.device)
+        d_pool = patch_distances(tokens, self.pool_tokens, self.cfg.max_bytes, search)  # [B, P, N]
+        d = d_pool.gather(1, cols[:, :, None].expand(-1, -1, d_pool.shape[2]))  # [B, m, N]
+        if ref_tokens[0].shape[0]:
+            d = torch.cat([d, patch_distances(tokens, ref_tokens, self.cfg.max_bytes, search)], dim=1)  # [B, m+k, N]
+        return lowest_mean(d, self.scoring.lowest(d.shape[1]))
+
+    def _known_match(self, tokens, good: torch.Tensor) -> torch.Tensor | None:
+        """(B,) max over patches of (distance to the good parts - distance to the nearest known defect patch)."""
+        if self.known_tokens is None or self.known_tokens[0].shape[1] == 0:
+            return None
+        search = self.model.search_dtype_for(self.cfg, windows=False)
+        d_known = patch_distances(tokens, self.known_tokens, self.cfg.max_bytes, search)[:, 0]  # [B, N]
+        return (good - d_known).amax(dim=1).float()
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, members: Sequence[int | None] | None = None,
@@ -244,13 +317,16 @@ class LotScorer:
         parts = []
         for chunk, mine, aligned in (progress(chunks) if progress else chunks):
             pred = self.score_encoded(chunk, mine, aligned) if encoded else self.score(chunk, mine)
-            parts.append(Prediction(pred.score_map.float().cpu(), pred.image_score.float().cpu(),
-                                    None if pred.single_score is None else pred.single_score.float().cpu()))
+            parts.append(Prediction(*(None if x is None else x.float().cpu() for x in
+                                      (pred.score_map, pred.image_score, pred.single_score, pred.known_match))))
         if not parts:
             return Prediction(torch.empty(0, self.cfg.out_size, self.cfg.out_size), torch.empty(0))
-        single = torch.cat([p.single_score for p in parts]) if all(p.single_score is not None for p in parts) \
-            else None
-        return Prediction(torch.cat([p.score_map for p in parts]), torch.cat([p.image_score for p in parts]), single)
+
+        def joined(name):
+            values = [getattr(p, name) for p in parts]
+            return torch.cat(values) if all(v is not None for v in values) else None
+
+        return Prediction(*(joined(n) for n in ("score_map", "image_score", "single_score", "known_match")))
 
     def _check_fitted(self) -> None:
         if self.bank is None:
@@ -264,7 +340,11 @@ class LotScorer:
         self._check_fitted()
         single = self.model.score(enc, self.bank, self.cfg, alignments)
         if self.scoring is None:
-            return self.post.apply(single)
+            out = self.post.apply(single)
+            if self.known_tokens is not None:
+                tokens = enc.features.tokens
+                out.known_match = self._known_match(tokens, self.good_distance(tokens, [None] * enc.batch))
+            return out
         members = [None] * enc.batch if members is None else list(members)
         return self._combine(single, enc.features.tokens, enc.features.grid, members, self._reference_tokens())
 
@@ -272,13 +352,9 @@ class LotScorer:
         """The lot-aware Prediction: ``fd_weight`` x the single-image one (None: there is none,
         the mutual score alone) + the rest x the mutual score, post-processed."""
         B = tokens[0].shape[0]
-        cols = pool_columns(members, self.pool_size, self.scoring.pool_size).to(self.model.device)
         search = self.model.search_dtype_for(self.cfg, windows=False)
-        d_pool = patch_distances(tokens, self.pool_tokens, self.cfg.max_bytes, search)  # [B, P, N]
-        d = d_pool.gather(1, cols[:, :, None].expand(-1, -1, d_pool.shape[2]))  # [B, m, N]
-        if ref_tokens[0].shape[0]:
-            d = torch.cat([d, patch_distances(tokens, ref_tokens, self.cfg.max_bytes, search)], dim=1)  # [B, m+k, N]
-        mutual = lowest_mean(d, self.scoring.lowest(d.shape[1])).reshape(B, 1, *grid)  # [B, 1, G, G]
+        good = self._mutual(tokens, members, ref_tokens, search)  # [B, N]
+        mutual = good.reshape(B, 1, *grid)  # [B, 1, G, G]
         score_map = upsample(mutual, self.cfg.out_size)[:, 0]  # [B, H, W]
         image_score = mutual.flatten(1).amax(dim=1)  # the 'model' image score of the mutual grid
         alone = None
@@ -288,7 +364,7 @@ class LotScorer:
             image_score = w * single.image_score.float() + (1 - w) * image_score
             alone = self.post.apply(single).image_score.float()
         out = self.post.apply(Prediction(score_map=score_map, image_score=image_score))
-        return Prediction(out.score_map, out.image_score, alone)
+        return Prediction(out.score_map, out.image_score, alone, self._known_match(tokens, good))
 
     @torch.no_grad()
     def score_references(self) -> Prediction:

@@ -12,8 +12,8 @@ from models.decision import (FALLBACK_ABOVE, DecisionSettings, LotRule, Verdicts
                              defect_regions, fallback_warning, falls_back, fit_lot, from_references, good_sample,
                              lot_band)
 from models.fasl import InferenceConfig
-from models.lot import (LotScorer, LotScoring, choose_pool, lowest_mean, patch_distances, pool_columns, pool_members,
-                        pool_order)
+from models.lot import (LotScorer, LotScoring, choose_pool, defect_patches, lowest_mean, patch_distances, pool_columns,
+                        pool_members, pool_order)
 from models.postprocess import MapPost
 
 
@@ -150,6 +150,66 @@ def test_references_are_scored_as_lot_images_leaving_themselves_out(tiny):
     assert one.image_score.shape == (1,) and one.image_score[0] > 0  # k = 1: the mutual score alone
     with pytest.raises(ValueError, match="--mode fd and --winmode nan"):
         LotScorer(model, InferenceConfig(mode="fd", winmode="mul", win_size=2, out_size=56), None, scoring)
+
+
+def test_defect_patches_keep_each_known_image_above_its_own_level():
+    tokens = [torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)]
+    good = torch.tensor([[0.1, 0.2, 0.9, 0.5], [0.3, 0.3, 0.3, 0.4]])
+    # image 0: median 0.2 (lower middle), level 0.2 + 0.5 x 0.7 = 0.55 -> patch 2; image 1: 0.3 + 0.05 -> patch 3
+    kept = defect_patches(tokens, good, level=0.5)
+    assert torch.equal(kept[0], torch.stack([tokens[0][0, 2], tokens[0][1, 3]])[None])
+    with pytest.raises(ValueError, match="do not match tokens"):
+        defect_patches(tokens, good[:, :3])
+
+
+@pytest.mark.parametrize("lot_aware", [False, True])
+def test_known_match_equals_a_brute_force_comparison(tiny, lot_aware):
+    """known_match: the largest (distance to the good parts - distance to the nearest known defect
+    patch) over an image's patches, each distance a mean over blocks of 1 - cosine similarity."""
+    model, cfg = tiny
+    torch.manual_seed(4)
+    refs, pool, known, images = (torch.randn(n, 3, 56, 56) for n in (2, 4, 2, 3))
+    scorer = LotScorer(model, cfg, None, LotScoring(pool_size=3) if lot_aware else None).fit(refs, pool)
+    plain = scorer.score(images)
+    assert plain.known_match is None
+    scorer.set_known(known)
+    got = scorer.score(images)
+    assert torch.allclose(got.image_score, plain.image_score) and torch.equal(got.score_map, plain.score_map)
+    enc_known, enc = model.encode(known, cfg), model.encode(images, cfg)
+    kept = defect_patches(enc_known.features.tokens,
+                          scorer.good_distance(enc_known.features.tokens, [None, None]))
+    good = scorer.good_distance(enc.features.tokens, [None] * 3)  # [3, N]
+    if not lot_aware:  # the nearest reference, by hand
+        want_good = torch.stack([
+            torch.stack([(1 - (q[b] @ r[j].T).amax(dim=1)).clamp(min=0) for q, r in
+                         zip(enc.features.tokens, scorer._reference_tokens())]).mean(0)
+            for b in range(3) for j in range(2)]).reshape(3, 2, -1).amin(dim=1)
+        assert torch.allclose(good, want_good, atol=1e-5)
+    for b in range(3):
+        d_known = torch.stack([(1 - (q[b] @ k[0].T).amax(dim=1)).clamp(min=0)
+                               for q, k in zip(enc.features.tokens, kept)]).mean(0)  # [N]
+        assert got.known_match[b] == pytest.approx(float((good[b] - d_known).max()), abs=1e-5)
+    assert torch.allclose(scorer.match_known(enc), got.known_match, atol=1e-6)
+    # a known defect image among the images matches itself: its defect patches are at distance 0
+    assert scorer.score(known).known_match.min() > 0
+    assert scorer.set_known(None).score(images).known_match is None
+
+
+def test_an_ok_image_like_a_known_defect_goes_to_review():
+    v = from_references(1.0, 0.5, 0.1, 0.0)
+    m = np.zeros((4, 4), dtype=np.float32)
+    s = DecisionSettings()
+    plain = decide(v, m, 0.5, (4, 4), s)
+    assert plain.verdict == "ok" and not plain.like_known
+    like = decide(v, m, 0.5, (4, 4), s, known_match=0.01)
+    assert like.verdict == "review" and like.like_known and like.verdict_without_band == "ok"
+    assert decide(v, m, 0.5, (4, 4), s, known_match=-0.01).verdict == "ok"
+    assert decide(v, m, 0.5, (4, 4), DecisionSettings(known_match=0.05), known_match=0.01).verdict == "ok"
+    assert decide(v, m, 0.5, (4, 4), DecisionSettings(known_match=None), known_match=9.0).verdict == "ok"
+    high = decide(v, m + 2.0, 2.0, (4, 4), s, known_match=0.5)
+    assert high.verdict == "defect" and not high.like_known  # only ok images are moved
+    with pytest.raises(ValueError, match="known_match must be a finite number or None"):
+        DecisionSettings(known_match=math.nan)
 
 
 # ----------------------------------------------------------------------------- thresholds and verdicts

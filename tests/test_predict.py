@@ -613,6 +613,21 @@ def test_defect_refs_keep_the_review_threshold_below_known_defects(lot, tmp_path
     assert pred["verdicts"]["stats"]["known_defect_scores"] == [score]
     assert pred["verdicts"]["ok_at_most"] <= max(0.97 * score, pred["verdicts"]["stats"]["known_defect_floor"])
     assert pred["verdicts"]["ok_at_most"] <= plain["verdicts"]["ok_at_most"]
+    # every image carries its closeness to the known defect; the known defect itself is in the lot:
+    # its defect patches lie at distance 0 from the known ones, closer than to any good part
+    recs = {r["name"]: r for r in pred["images"]}
+    assert all(isinstance(r["known_match"], float) for r in recs.values())
+    assert recs[known.stem]["known_match"] > 0
+    for r in recs.values():  # an ok image like the known defect goes to review, and says why
+        score_says = "ok" if r["score"] <= pred["verdicts"]["ok_at_most"] else None
+        if r["like_known_defect"]:
+            assert r["verdict"] == "review" and score_says == "ok" and r["known_match"] > 0
+        elif score_says == "ok":
+            assert r["verdict"] == "ok" and r["known_match"] <= 0
+    assert all(r["known_match"] is None and not r["like_known_defect"] for r in plain["images"])
+    off = tmp_path / "off"
+    assert run([*base, "--out", str(off), "--defect_refs", str(known), "--known_match", "off"]) == 0
+    assert not any(r["like_known_defect"] for r in read_json(off / "predictions.json")["images"])
     with pytest.raises(FileNotFoundError, match="--defect_refs: .*nothere.png is no file"):
         run([*base, "--out", str(tmp_path / "c"), "--defect_refs", str(tmp_path / "nothere.png")])
     assert not (tmp_path / "c").exists()  # refused before anything is written
