@@ -73,7 +73,7 @@ PREDICTIONS_FORMAT = "fasl-predictions-v2"
 # top-1 % mean scores images best
 DEFAULT_POST = MapPost(smooth_sigma=4.0, image_score="top", top_fraction=0.01)
 CSV_FIELDS = ("path", "name", "read_status", "score", "verdict", "verdict_without_band", "n_regions", "defect_area",
-              "width", "height", "overlay", "mask", "map", "error")
+              "width", "height", "overlay", "mask", "map", "error", "known_match", "like_known_defect")
 RUN_FILES = ("predictions.csv", "predictions.json", "settings.json", "thresholds.json", "report.html",
              "report_histogram.png", "report_colourbar.png", "predict.log")
 
@@ -510,8 +510,9 @@ def settings_record(args) -> dict:
 
 
 def write_outputs(args, out: Path, refs_record: dict, verdicts: Verdicts, records: list[dict], lot_aware: bool,
-                  model_record: dict, log) -> int:
-    """predictions.csv / .json, settings.json, thresholds.json, report.html; the console summary.
+                  model_record: dict, log, fell_back: bool = False) -> int:
+    """predictions.csv / .json, settings.json, thresholds.json, report.html; the console summary;
+    fell_back: the lot looked mostly defective and was decided from the references alone.
     Returns the exit status (1 if any image could not be used)."""
     records = sorted(records, key=lambda r: r["index"])
     failed = [r for r in records if r["read_status"] != "scored"]
@@ -523,7 +524,7 @@ def write_outputs(args, out: Path, refs_record: dict, verdicts: Verdicts, record
     write_json(out / "settings.json", settings)
     write_json(out / "thresholds.json", verdicts.to_dict())
     write_json(out / "predictions.json", {
-        "format": PREDICTIONS_FORMAT, "verdicts": verdicts.to_dict(), "lot_aware": lot_aware,
+        "format": PREDICTIONS_FORMAT, "verdicts": verdicts.to_dict(), "lot_aware": lot_aware, "fell_back": fell_back,
         "settings": settings, "decision": args.settings.to_dict(), "model": model_record, "references": refs_record,
         "images": records, "failed": [r["path"] for r in failed]})
     counts = {v: sum(r.get("verdict") == v for r in records) for v in ("defect", "review", "ok")}
@@ -595,11 +596,14 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
             log.info("cleared %d file(s) of an earlier run from %s", removed, out)
     else:
         run_log.start_file(log_path)
+    read_errors = list(lot.errors)
     res = score_and_fit(args, model, cfg, post, refs, copies, lot, out, log, d, defect_refs)
-    if res.lot_aware and falls_back(res.verdicts, len(refs.refs), args.settings):
+    fell_back = res.lot_aware and falls_back(res.verdicts, len(refs.refs), args.settings)
+    if fell_back:
         why = fallback_warning(res.verdicts, len(refs.refs))
         log.warning("%s", why)
         args = argparse.Namespace(**{**vars(args), "settings": replace(args.settings, lot="off")})
+        lot.errors = read_errors  # an image the lot-aware pass could not score gets its own chance
         res = score_and_fit(args, model, cfg, post, refs, copies, lot, out, log, d, defect_refs)
         res.verdicts.warnings.insert(0, why)
     verdicts = res.verdicts
@@ -619,7 +623,7 @@ def _run(args, out: Path, run_log: RunLog, log_path: Path, d: Dist, device: torc
                    "scores_as_lot_images": res.ref_scores, "defect_refs": [str(p) for p in defect_refs],
                    "defect_ref_scores": res.known,
                    "summary": f"{len(refs.refs)} image(s)" + (f" from {args.load_refs}" if args.load_refs else "")}
-    return write_outputs(args, out, refs_record, verdicts, records, res.lot_aware, model_record, log)
+    return write_outputs(args, out, refs_record, verdicts, records, res.lot_aware, model_record, log, fell_back)
 
 
 def score_and_fit(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: SavedReferences, copies: int,
@@ -640,7 +644,9 @@ def score_and_fit(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: 
                                     res.alone)
     res.verdicts = broadcast_from_main(res.verdicts, d)
     res.scores = broadcast_from_main(res.scores, d)
+    res.alone = broadcast_from_main(res.alone, d)
     res.matches = broadcast_from_main(res.matches, d)
+    lot.errors = broadcast_from_main(lot.errors, d)  # every process then agrees on the usable images
     return res
 
 
@@ -681,6 +687,15 @@ def redecide(args, out: Path) -> int:
             verdicts = fit_verdicts(args, refs, scores, doc["references"].get("scores_as_lot_images", []),
                                     doc["lot_aware"], lot, maps_dir, log, doc["references"].get("defect_ref_scores", []),
                                     alone)
+            fell_back = bool(doc.get("fell_back"))
+            if fell_back:  # scored from the references alone: the reason stays with the verdicts
+                verdicts.warnings[:0] = [w for w in doc["verdicts"]["warnings"] if "decided from the references alone"
+                                         in w][:1]
+            elif doc["lot_aware"] and falls_back(verdicts, len(refs.refs), args.settings):
+                why = (fallback_warning(verdicts, len(refs.refs)) + "; here the lot's thresholds are kept: --redecide "
+                       "does not score again, run predict.py on the images to decide them from the references alone")
+                log.warning("%s", why)
+                verdicts.warnings.insert(0, why)
             matches = {i: r["known_match"] for i, r in enumerate(doc["images"])
                        if r["read_status"] == "scored" and r.get("known_match") is not None}
             records = decide_images(args, lot, scores, verdicts, out, maps_dir, Dist(), alone, matches)
@@ -689,7 +704,8 @@ def redecide(args, out: Path) -> int:
             records += [{"index": i, "path": str(lot.paths[i]), "name": lot.names[i], "read_status": "failed",
                          "error": lot.errors[i], "regions": []} for i in range(len(lot.paths)) if lot.errors[i]]
             log.info("decided again from the maps of %s", old)
-            return write_outputs(args, out, doc["references"], verdicts, records, doc["lot_aware"], doc["model"], log)
+            return write_outputs(args, out, doc["references"], verdicts, records, doc["lot_aware"], doc["model"], log,
+                                 fell_back)
     finally:
         run_log.close(log_path)
 

@@ -370,13 +370,14 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
                            v.settings.fpr, ref_scores, thresholds.image, alone)
         if falls_back(verdicts, len(refs), v.settings):  # decided as predict.py does: again, from the references
             why = fallback_warning(verdicts, len(refs))
+            lot_aware_seconds = seconds_scoring + time.perf_counter() - t1  # scoring and fitting as a lot
             metrics, records, fit = run_one(model, replace(v, settings=replace(v.settings, lot="off")), c, refs, lot,
                                             batch_size, map_size, mask_levels, scored, known)
             fit["verdicts"]["warnings"].insert(0, why)
             metrics.update(n_warnings=metrics["n_warnings"] + 1, fell_back=1.0,
                            share_above_references=verdicts.stats["share_above_reference_threshold"],
                            warned_mostly_defective=1.0,
-                           s_per_image=metrics["s_per_image"] + (time.perf_counter() - t0) / len(lot))
+                           s_per_image=metrics["s_per_image"] + lot_aware_seconds / len(lot))
             return metrics, records, fit
         floor = lot_floor(scores_np, v.settings.rule)
     else:
@@ -388,9 +389,12 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
         known_scores = scorer.score_encoded(known_enc).image_score.tolist()
         verdicts = with_known_defects(verdicts, known_scores, floor)
         scorer.set_known(known_enc)  # then each lot image's closeness to the known defects, as predict.py
-        matches = torch.cat([scorer.match_known(select(c.encoded, lot[s:s + batch_size]), members[s:s + batch_size])
-                             for s in range(0, len(lot), batch_size)]).tolist()
-        scorer.set_known(None)
+        try:
+            matches = torch.cat([scorer.match_known(select(c.encoded, lot[s:s + batch_size]),
+                                                    members[s:s + batch_size])
+                                 for s in range(0, len(lot), batch_size)]).tolist()
+        finally:  # the scorer is cached for other variants
+            scorer.set_known(None)
     records, qualities, verdict_list, no_band = [], [], [], []
     other: dict[float, list] = {level: [] for level in mask_levels}
     for j, img in enumerate(lot):
@@ -406,7 +410,7 @@ def run_one(model, v: Variant, c: ClassImages, refs: list[int], lot: list[int], 
         no_band.append(out.verdict_without_band)
         records.append({"path": str(c.paths[img]), "label": int(c.labels[img]), "kind": c.kinds[img],
                         "score": float(scores_np[j]), "verdict": out.verdict, "n_regions": len(out.found.regions),
-                        "known_match": matches[j], "like_known": out.like_known,
+                        "known_match": matches[j], "like_known_defect": out.like_known,
                         **({k: q[k] for k in ("iou", "regions", "regions_hit", "pieces")} if q else {})})
     seconds = seconds_scoring + time.perf_counter() - t1
     labels = c.labels[lot]

@@ -11,9 +11,10 @@ Thresholds (measured leave-one-class-out, docs/predict.md):
   plus c times its lower spread, in log space (scores are positive and skewed; a ratio is what
   transfers between parts of different score levels). The review band is ``c -+ band``: at or
   below its lower edge an image is ``ok``, above its upper edge a ``defect``, in between it goes
-  to ``review``. Nothing here assumes a defect rate beyond "fewer than half": a lot that looks
-  mostly defective is warned about, as is one too small for its statistics, and with two or more
-  references decided from the references alone (``falls_back``).
+  to ``review``. Nothing here assumes a defect rate beyond "fewer than half": a lot half or more
+  of which lies above the references-only threshold is warned about as mostly defective, as is
+  one too small for its statistics; at ``FALLBACK_ABOVE`` (60 %) and with two or more references,
+  a lot of ``--lot auto`` is decided from the references alone (``falls_back``).
 * **From the references alone** (``Thresholds`` of models/thresholds.py: their normal views at a
   false-alarm rate), for a single image or a small lot; the review band lies above the threshold.
 
@@ -288,9 +289,11 @@ def falls_back(verdicts: Verdicts, n_refs: int, settings: DecisionSettings) -> b
     alone: it looks mostly defective (at least ``FALLBACK_ABOVE`` of it above the references-only
     threshold, each image scored against the references alone), the lot's own thresholds, which
     assume most of it is good, cannot hold, and there are enough references (``FALLBACK_MIN_REFS``)
-    for that share to be trusted; ``settings.mostly_defective == "warn"`` never falls back."""
+    for that share to be trusted; ``settings.mostly_defective == "warn"``, and ``lot`` ``on`` (the
+    lot's thresholds asked for), never fall back."""
     share = verdicts.stats.get("share_above_reference_threshold")
-    return (settings.mostly_defective == "references" and verdicts.source == "lot" and share is not None
+    return (settings.mostly_defective == "references" and settings.lot == "auto" and verdicts.source == "lot"
+            and share is not None
             and share >= FALLBACK_ABOVE and n_refs >= FALLBACK_MIN_REFS)
 
 

@@ -257,8 +257,9 @@ def add_decision_args(p: argparse.ArgumentParser,
     a.add_argument("--min_lot", type=int, default=d.min_lot,
                    help="the smallest lot --lot auto scores as a lot (default: %(default)s)")
     a.add_argument("--mostly_defective", choices=MOSTLY_DEFECTIVE, default=d.mostly_defective,
-                   help="a lot that looks mostly defective (with 2 or more references): decided from the "
-                        "'references' alone, as with --lot off, or 'warn' only (default: %(default)s)")
+                   help="--lot auto, 2 or more references, 60 %% or more of the lot above the references-only "
+                        "threshold (mostly defective): decide it from the 'references' alone, as --lot off, or "
+                        "'warn' only (default: %(default)s)")
     a.add_argument("--pool_size", type=int, default=d.scoring.pool_size,
                    help="lot images every image is compared with, besides the references (default: %(default)s)")
     a.add_argument("--pool_fraction", type=float, default=d.scoring.fraction,

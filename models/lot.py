@@ -212,6 +212,7 @@ class LotScorer:
             bank = self.model.build_memory(references, self.model.windows_for(self.cfg),
                                            window_batch=self.cfg.window_batch)
         self.bank, self.copies = bank, copies
+        self.known_tokens = None  # known defects are set after fitting (``set_known``)
         if self.scoring is not None:
             if pool_tokens is None and pool is not None:
                 pool_tokens = self.model.encode(pool, self.cfg).features.tokens
@@ -255,13 +256,13 @@ class LotScorer:
 
     def good_distance(self, tokens: Sequence[torch.Tensor], members: Sequence[int | None]) -> torch.Tensor:
         """L x (B, N, C_l) features -> (B, N): each patch's distance to the good parts: lot-aware, the
-        mutual score (the lowest ``fraction`` of its distances to the pool images and references);
-        otherwise its distance to the nearest reference."""
+        mutual score (the lowest ``fraction`` of its distances to the pool images and references:
+        the lot's consensus, so a defect that repeats through the pool does not vouch for itself);
+        otherwise its distance to the nearest reference or reference copy (``--augment_refs``)."""
         search = self.model.search_dtype_for(self.cfg, windows=False)
-        ref_tokens = self._reference_tokens()
         if self.scoring is None:
-            return patch_distances(tokens, ref_tokens, self.cfg.max_bytes, search).amin(dim=1)
-        return self._mutual(tokens, members, ref_tokens, search)
+            return patch_distances(tokens, self.bank.global_memory.tokens, self.cfg.max_bytes, search).amin(dim=1)
+        return self._mutual(tokens, members, self._reference_tokens(), search)
 
     def _mutual(self, tokens, members, ref_tokens, search) -> torch.Tensor:
         """(B, N) the mutual score of each patch (module docstring)."""
@@ -273,7 +274,10 @@ class LotScorer:
         return lowest_mean(d, self.scoring.lowest(d.shape[1]))
 
     def _known_match(self, tokens, good: torch.Tensor) -> torch.Tensor | None:
-        """(B,) max over patches of (distance to the good parts - distance to the nearest known defect patch)."""
+        """(B,) max over patches of (distance to the good parts - distance to the nearest known defect
+        patch). Lot-aware, the first is a consensus (a mean over the closest half of the pool), the
+        second a nearest neighbour: the difference leans positive, which ``--known_match``'s margin,
+        measured on real parts, absorbs."""
         if self.known_tokens is None or self.known_tokens[0].shape[1] == 0:
             return None
         search = self.model.search_dtype_for(self.cfg, windows=False)

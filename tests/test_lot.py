@@ -179,7 +179,12 @@ def test_known_match_equals_a_brute_force_comparison(tiny, lot_aware):
     kept = defect_patches(enc_known.features.tokens,
                           scorer.good_distance(enc_known.features.tokens, [None, None]))
     good = scorer.good_distance(enc.features.tokens, [None] * 3)  # [3, N]
-    if not lot_aware:  # the nearest reference, by hand
+    if lot_aware:  # the mean of each patch's closest half of the pool (3 of 4) and both references
+        enc_pool, enc_refs = model.encode(pool, cfg), model.encode(refs, cfg)
+        d = torch.cat([patch_distances(enc.features.tokens, enc_pool.features.tokens)[:, :3],
+                       patch_distances(enc.features.tokens, enc_refs.features.tokens)], dim=1)  # [3, 5, N]
+        assert torch.allclose(good, d.sort(dim=1).values[:, :3].mean(dim=1), atol=1e-5)
+    else:  # the nearest reference, by hand
         want_good = torch.stack([
             torch.stack([(1 - (q[b] @ r[j].T).amax(dim=1)).clamp(min=0) for q, r in
                          zip(enc.features.tokens, scorer._reference_tokens())]).mean(0)
@@ -287,6 +292,7 @@ def test_a_mostly_defective_lot_falls_back_to_the_references_with_two_or_more():
     assert any("55 % of the lot" in w for w in eleven.warnings)
     assert not falls_back(twelve, 1, on)  # one reference: its share is not trusted, a warning only
     assert not falls_back(twelve, 4, warn)
+    assert not falls_back(twelve, 4, DecisionSettings(lot="on"))  # the lot's thresholds were asked for
     unjudged = fit_lot(scores, lambda keep: (maps[i] for i in keep), LotRule(), 0.05, [1.1])
     assert not falls_back(unjudged, 4, on)
     assert not falls_back(from_references(1.5, 1.0, 0.5, 0.03), 4, on)  # only a lot's own fit falls back

@@ -552,6 +552,17 @@ def test_a_mostly_defective_lot_is_decided_from_the_references_alone(lot, tmp_pa
         assert r["verdict"] == by_name[r["name"]]["verdict"]
     assert sum(r["verdict"] != "ok" for r in pred["images"] if r["name"].startswith("d")) > \
         sum(r["verdict"] != "ok" for r in kept["images"] if r["name"].startswith("d"))
+    assert pred["fell_back"] and not kept["fell_back"] and not alone["fell_back"]
+    # decided again from the saved maps: a lot that fell back keeps its reason; a lot kept as a lot
+    # (--mostly_defective warn) is said to need scoring again, its thresholds kept
+    assert run(["--redecide", str(out), "--out", str(tmp_path / "re1")]) == 0
+    re1 = read_json(tmp_path / "re1" / "predictions.json")
+    assert re1["fell_back"] and re1["verdicts"]["warnings"][0] == pred["verdicts"]["warnings"][0]
+    assert [r["verdict"] for r in re1["images"]] == [r["verdict"] for r in pred["images"]]
+    assert run(["--redecide", str(warn), "--out", str(tmp_path / "re2")]) == 0
+    re2 = read_json(tmp_path / "re2" / "predictions.json")
+    assert not re2["fell_back"] and re2["verdicts"]["source"] == "lot"
+    assert "--redecide does not score again" in re2["verdicts"]["warnings"][0]
 
 
 def test_a_reused_out_holds_only_the_new_run_and_redecide_needs_no_scoring(lot, tmp_path):
