@@ -636,6 +636,23 @@ def test_defect_refs_keep_the_review_threshold_below_known_defects(lot, tmp_path
         elif score_says == "ok":
             assert r["verdict"] == "ok" and r["known_match"] <= 0
     assert all(r["known_match"] is None and not r["like_known_defect"] for r in plain["images"])
+    # small squares that score below the review threshold, a known defect with a larger square: their
+    # patches lie closer to its square than to any good part, so they go to review, and say why
+    small_lot = tmp_path / "small_squares"
+    for p in lot["good"]:
+        write(small_lot / p.name, np.asarray(Image.open(p)))
+    for side in (6, 8, 10, 12):
+        write(small_lot / f"s{side}.png", with_defect(texture(96, 96, 300 + side), (40, 40, side)))
+    like, big = tmp_path / "like", write(tmp_path / "known" / "big.png", with_defect(texture(96, 96, 500), (30, 30, 30)))
+    assert run(["--refs", *map(str, lot["refs"]), "--images", str(small_lot), "--out", str(like),
+                "--defect_refs", str(big)]) == 0
+    got = read_json(like / "predictions.json")
+    squares = [r for r in got["images"] if r["name"].startswith("s")]
+    assert all(r["score"] <= got["verdicts"]["ok_at_most"] and r["known_match"] > 0 for r in squares)
+    assert all(r["like_known_defect"] and r["verdict"] == "review" and r["verdict_without_band"] == "ok"
+               and r["regions"] for r in squares)  # drawn at their peak, like any flagged image
+    assert "looks like a known defect" in (like / "report.html").read_text()
+    assert not any(r["like_known_defect"] for r in got["images"] if r["name"].startswith("g"))
     off = tmp_path / "off"
     assert run([*base, "--out", str(off), "--defect_refs", str(known), "--known_match", "off"]) == 0
     assert not any(r["like_known_defect"] for r in read_json(off / "predictions.json")["images"])

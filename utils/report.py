@@ -62,6 +62,9 @@ def _card(rec: dict, out: Path, threshold: float) -> str:
     ratio = rec["score"] / threshold if threshold > 0 else float("inf")
     regions = rec.get("regions") or []
     lines = [f"{len(regions)} region(s), {rec.get('defect_area', 0)} px"] if regions else ["no region"]
+    if rec.get("like_known_defect"):
+        lines.insert(0, f"<b>looks like a known defect</b> (a patch {rec['known_match']:.3g} closer to one than to "
+                        f"the good parts)")
     for r in regions[:3]:
         x, y, w, h = r["bbox"]
         lines.append(f"[x {x}, y {y}, {w}&times;{h}] {r['area']} px, max {r['max_score']:.4g}")
