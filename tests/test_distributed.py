@@ -116,6 +116,25 @@ def test_predict_under_torchrun_writes_one_merged_file(syn_datasets, tmp_path):
     assert all((tmp_path / "two" / r["overlay"]).is_file() for r in two["images"])
 
 
+def test_predict_under_torchrun_falls_back_and_matches_known_defects_as_one_process(syn_datasets, tmp_path):
+    """A lot-aware lot that looks mostly defective (a references-only threshold at a 90 % false-alarm
+    rate, lowered by 90 %) is scored again from the references alone, with a known defect: both processes
+    agree on the images, the references-only scores and the known-defect matches."""
+    meta = read(syn_datasets["visa"] / "meta.json")
+    cls = sorted(meta["test"])[0]
+    refs = [str(syn_datasets["visa"] / s["img_path"]) for s in meta["train"][cls][:2]]
+    images = [str(syn_datasets["visa"] / s["img_path"]) for s in meta["test"][cls]]
+    common = ["--refs", *refs, "--images", *images, "--mode", "fd", "--batch_size", "2", "--min_lot", "3",
+              "--fpr", "0.9", "--margin", "-0.9", "--defect_refs", images[-1], *TINY]
+    torchrun(1, "predict.py", [*common, "--out", str(tmp_path / "one")])
+    torchrun(2, "predict.py", [*common, "--out", str(tmp_path / "two")])
+    one, two = read(tmp_path / "one" / "predictions.json"), read(tmp_path / "two" / "predictions.json")
+    assert one["fell_back"] and two["fell_back"] and not two["lot_aware"]
+    assert [r["path"] for r in two["images"]] == images
+    assert one["images"] == two["images"] and one["verdicts"] == two["verdicts"]
+    assert all(r["known_match"] is not None for r in two["images"])
+
+
 def epoch_losses(log: Path) -> list[float]:
     return [float(line.split(" loss ")[1].split()[0]) for line in log.read_text().splitlines() if " loss " in line]
 
