@@ -289,7 +289,8 @@ def add_decision_args(p: argparse.ArgumentParser,
                    help="smallest defect region kept, in (original) pixels (default: %(default)s)")
     a.add_argument("--known_match", type=known_match_value, default=d.known_match,
                    help="with --defect_refs: an ok image with a patch closer to a known defect than to the good "
-                        "parts by more than this goes to review ('off': never) (default: %(default)s)")
+                        "parts by more than this goes to review; off by default (measured not to transfer between "
+                        "parts): set it per part, e.g. with --redecide (default: off)")
     a.add_argument("--regions_for_ok", action="store_true",
                    help="also list the regions (and fill the mask) of images whose verdict is ok")
     return g

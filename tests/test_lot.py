@@ -203,7 +203,9 @@ def test_known_match_equals_a_brute_force_comparison(tiny, lot_aware):
 def test_an_ok_image_like_a_known_defect_goes_to_review():
     v = from_references(1.0, 0.5, 0.1, 0.0)
     m = np.zeros((4, 4), dtype=np.float32)
-    s = DecisionSettings()
+    assert DecisionSettings().known_match is None  # off unless asked for
+    assert decide(v, np.zeros((4, 4), dtype=np.float32), 0.5, (4, 4), DecisionSettings(), known_match=9.0).verdict == "ok"
+    s = DecisionSettings(known_match=0.0)
     plain = decide(v, m, 0.5, (4, 4), s)
     assert plain.verdict == "ok" and not plain.like_known
     like = decide(v, m, 0.5, (4, 4), s, known_match=0.01)

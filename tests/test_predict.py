@@ -629,33 +629,32 @@ def test_defect_refs_keep_the_review_threshold_below_known_defects(lot, tmp_path
     recs = {r["name"]: r for r in pred["images"]}
     assert all(isinstance(r["known_match"], float) for r in recs.values())
     assert recs[known.stem]["known_match"] > 0
-    for r in recs.values():  # an ok image like the known defect goes to review, and says why
-        score_says = "ok" if r["score"] <= pred["verdicts"]["ok_at_most"] else None
-        if r["like_known_defect"]:
-            assert r["verdict"] == "review" and score_says == "ok" and r["known_match"] > 0
-        elif score_says == "ok":
-            assert r["verdict"] == "ok" and r["known_match"] <= 0
+    assert not any(r["like_known_defect"] for r in recs.values())  # the match sends nothing to review by default
     assert all(r["known_match"] is None and not r["like_known_defect"] for r in plain["images"])
     # small squares that score below the review threshold, a known defect with a larger square: their
-    # patches lie closer to its square than to any good part, so they go to review, and say why
+    # patches lie closer to its square than to any good part; decided again with --known_match 0,
+    # they go to review and say why, the good parts stay ok
     small_lot = tmp_path / "small_squares"
     for p in lot["good"]:
         write(small_lot / p.name, np.asarray(Image.open(p)))
     for side in (6, 8, 10, 12):
         write(small_lot / f"s{side}.png", with_defect(texture(96, 96, 300 + side), (40, 40, side)))
-    like, big = tmp_path / "like", write(tmp_path / "known" / "big.png", with_defect(texture(96, 96, 500), (30, 30, 30)))
-    assert run(["--refs", *map(str, lot["refs"]), "--images", str(small_lot), "--out", str(like),
+    first, big = tmp_path / "first", write(tmp_path / "known" / "big.png", with_defect(texture(96, 96, 500), (30, 30, 30)))
+    assert run(["--refs", *map(str, lot["refs"]), "--images", str(small_lot), "--out", str(first),
                 "--defect_refs", str(big)]) == 0
+    before = read_json(first / "predictions.json")
+    squares = [r for r in before["images"] if r["name"].startswith("s")]
+    assert all(r["verdict"] == "ok" and r["known_match"] > 0 for r in squares)
+    like = tmp_path / "like"
+    assert run(["--redecide", str(first), "--out", str(like), "--known_match", "0"]) == 0
     got = read_json(like / "predictions.json")
+    assert [r["known_match"] for r in got["images"]] == [r["known_match"] for r in before["images"]]
     squares = [r for r in got["images"] if r["name"].startswith("s")]
-    assert all(r["score"] <= got["verdicts"]["ok_at_most"] and r["known_match"] > 0 for r in squares)
     assert all(r["like_known_defect"] and r["verdict"] == "review" and r["verdict_without_band"] == "ok"
                and r["regions"] for r in squares)  # drawn at their peak, like any flagged image
     assert "looks like a known defect" in (like / "report.html").read_text()
-    assert not any(r["like_known_defect"] for r in got["images"] if r["name"].startswith("g"))
-    off = tmp_path / "off"
-    assert run([*base, "--out", str(off), "--defect_refs", str(known), "--known_match", "off"]) == 0
-    assert not any(r["like_known_defect"] for r in read_json(off / "predictions.json")["images"])
+    goods = [r for r in got["images"] if r["name"].startswith("g")]
+    assert all(r["known_match"] <= 0 and not r["like_known_defect"] for r in goods)
     with pytest.raises(FileNotFoundError, match="--defect_refs: .*nothere.png is no file"):
         run([*base, "--out", str(tmp_path / "c"), "--defect_refs", str(tmp_path / "nothere.png")])
     assert not (tmp_path / "c").exists()  # refused before anything is written
