@@ -53,7 +53,7 @@ MAX_PIXEL_MAPS = 256  # good maps the lot's pixel threshold is fitted on, at mos
 MOSTLY_ABOVE = 0.5
 # ... and, with at least FALLBACK_MIN_REFS references, a lot with at least FALLBACK_ABOVE of it there is
 # decided from the references alone (``falls_back``): on five real classes (docs/measurements.md) it
-# fired on none of 135 lots with 10-45 % defects at k = 2 and 4, and on 47-60 % of test-split lots,
+# fired on none of the 90 lots with 10-45 % defects at k = 2 and 4, and on 47-60 % of test-split lots,
 # whose defects it then catches (0.08 -> 0.53-0.64); with one reference it also fired on healthy
 # lots (one unusual reference flags much of a lot), so k = 1 only warns
 FALLBACK_ABOVE = 0.6
