@@ -382,8 +382,9 @@ def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: Save
         log.info("lot-aware: %d images, each compared with %d of them (a pool chosen by content) and the %d "
                  "reference(s)", len(usable), min(s.scoring.pool_size, len(chosen) - 1), len(refs.refs))
     scorer.fit(bank=refs.bank, copies=copies, pool=pool)
-    if defect_refs:
-        scorer.set_known(torch.stack([read_tensor(p, model) for p in defect_refs]))
+    known = model.encode(torch.stack([read_tensor(p, model) for p in defect_refs]), cfg) if defect_refs else None
+    if known is not None:
+        scorer.set_known(known)  # read and encoded once: their defect patches here, their scores below
     mine = [usable[i] for i in shard(usable, d, args.batch_size)]
     res = LotScores(lot_aware=lot_aware)
     (out / "maps").mkdir(parents=True, exist_ok=True)
@@ -410,8 +411,7 @@ def score_lot(args, model: FASL, cfg: InferenceConfig, post: MapPost, refs: Save
     bar.close()
     if d.is_main:
         res.ref_scores = scorer.score_references().image_score.tolist() if lot_aware else []
-        res.known = scorer.score(torch.stack([read_tensor(p, model) for p in defect_refs])).image_score.tolist() \
-            if defect_refs else []
+        res.known = scorer.score_encoded(known).image_score.tolist() if known is not None else []
     return res
 
 
@@ -688,12 +688,14 @@ def redecide(args, out: Path) -> int:
                                     doc["lot_aware"], lot, maps_dir, log, doc["references"].get("defect_ref_scores", []),
                                     alone)
             fell_back = bool(doc.get("fell_back"))
-            if fell_back:  # scored from the references alone: the reason stays with the verdicts
-                verdicts.warnings[:0] = [w for w in doc["verdicts"]["warnings"] if "decided from the references alone"
-                                         in w][:1]
+            if fell_back:  # scored from the references alone: the reason (the run's first warning) stays
+                verdicts.warnings.insert(0, doc["verdicts"]["warnings"][0])
             elif doc["lot_aware"] and falls_back(verdicts, len(refs.refs), args.settings):
-                why = (fallback_warning(verdicts, len(refs.refs)) + "; here the lot's thresholds are kept: --redecide "
-                       "does not score again, run predict.py on the images to decide them from the references alone")
+                share = verdicts.stats["share_above_reference_threshold"]
+                why = (f"{100 * share:.0f} % of the lot scores above the threshold the {len(refs.refs)} references "
+                       f"alone give: it looks mostly defective, and predict.py would decide it from the references "
+                       f"alone; --redecide does not score again, so the lot's thresholds are kept here (run "
+                       f"predict.py on the images)")
                 log.warning("%s", why)
                 verdicts.warnings.insert(0, why)
             matches = {i: r["known_match"] for i, r in enumerate(doc["images"])

@@ -302,7 +302,8 @@ def decision_settings_from_args(args):
     from models.lot import LotScoring
 
     return DecisionSettings(
-        lot=args.lot, min_lot=args.min_lot, mostly_defective=args.mostly_defective, fpr=args.fpr, margin=args.margin, ref_band=args.ref_band,
+        lot=args.lot, min_lot=args.min_lot, mostly_defective=args.mostly_defective, fpr=args.fpr, margin=args.margin,
+        ref_band=args.ref_band,
         scoring=LotScoring(pool_size=args.pool_size, fraction=args.pool_fraction, fd_weight=args.fd_weight),
         rule=LotRule(c=args.lot_c, band=args.lot_band), normal_sample=args.normal_sample,
         augment_refs=args.augment_refs, mask_level=args.mask_level, min_region_area=args.min_region_area,
